@@ -1,0 +1,111 @@
+"""Datasets: a literal registry of readers, and deterministic train/val/test splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from distillab.data.readers import (
+    ArraySet,
+    read_cifar10,
+    read_digits,
+    read_image_folder,
+    read_mnist_folder,
+    read_npz,
+)
+from distillab.data.transforms import Augment, Normalize, fit_normalize
+from distillab.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    reader: object
+    default_path: str | None
+    summary: str
+
+
+# name -> reader. A literal allow-list (design rule 2).
+DATASETS = {
+    "fashion_mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files"),
+    "mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/mnist", "MNIST IDX files"),
+    "digits": DatasetInfo(read_digits, None, "scikit-learn 8x8 digits (bundled with scikit-learn)"),
+    "cifar10": DatasetInfo(read_cifar10, None, "CIFAR-10 python batches in a local folder"),
+    "npz": DatasetInfo(read_npz, None, "an .npz with x_train, y_train, x_test, y_test"),
+    "image_folder": DatasetInfo(read_image_folder, None, "folder/{train,test}/<class>/<image> via Pillow"),
+}
+
+
+@dataclass
+class DataBundle:
+    """Everything the engine needs: three splits, one normalisation, one augmentation.
+
+    ``train_index`` maps each training row to its row in the full training file, which is
+    how the teacher-output cache addresses samples independently of the split seed.
+    """
+
+    name: str
+    source: str  # dataset + path, part of the cache key
+    train: ArraySet
+    train_index: torch.Tensor  # (N_train,) int64 rows of the full training set
+    full_train: ArraySet
+    val: ArraySet
+    test: ArraySet
+    normalize: Normalize
+    augment: Augment
+    num_classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+@lru_cache(maxsize=4)
+def _read(name: str, path: str | None) -> tuple[ArraySet, ArraySet]:
+    info = DATASETS[name]
+    resolved = Path(path) if path else (Path(info.default_path) if info.default_path else None)
+    if resolved is None and name != "digits":
+        raise DataError(f"data.path: dataset {name!r} has no default location; set data.path")
+    if resolved is not None and not resolved.exists():
+        hint = " (install Debian's dataset-fashion-mnist, or run: distillab data fetch fashion_mnist --to DIR)"
+        raise DataError(f"data.path: no such file or folder: {resolved}{hint if name == 'fashion_mnist' else ''}")
+    return info.reader(resolved)
+
+
+def _check(split: ArraySet, where: str) -> None:
+    if len(split) == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    if split.images.is_floating_point() and not torch.isfinite(split.images).all():
+        bad = (~torch.isfinite(split.images.flatten(1))).any(1).nonzero()[:5].flatten().tolist()
+        raise DataError(f"{where}: inputs contain NaN or infinite values (first rows: {bad})")
+    if (split.labels < 0).any():
+        raise DataError(f"{where}: labels must be >= 0")
+
+
+def build(data_spec, seed: int) -> DataBundle:
+    """Read the dataset (cached in memory) and split train/val deterministically by ``seed``."""
+    path = str(data_spec.path) if data_spec.path else None
+    full_train, test = _read(data_spec.dataset, path)
+    _check(full_train, f"{data_spec.dataset} train split")
+    _check(test, f"{data_spec.dataset} test split")
+    num_classes = int(max(full_train.labels.max(), test.labels.max())) + 1
+    n_total = len(full_train) if data_spec.limit_train is None else min(data_spec.limit_train, len(full_train))
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(10_007 + seed))
+    n_val = max(1, round(n_total * data_spec.val_size))
+    if n_total - n_val < 1:
+        raise DataError(f"data.limit_train: {n_total} samples leave none for training after the validation split")
+    val_rows, train_rows = order[:n_val].sort().values, order[n_val:].sort().values
+    return DataBundle(
+        name=data_spec.dataset,
+        source=f"{data_spec.dataset}:{Path(path).resolve() if path else 'default'}",
+        train=ArraySet(full_train.images[train_rows], full_train.labels[train_rows]),
+        train_index=train_rows,
+        full_train=full_train,
+        val=ArraySet(full_train.images[val_rows], full_train.labels[val_rows]),
+        test=test,
+        normalize=fit_normalize(full_train.images),
+        augment=Augment(data_spec.augment.crop_padding, data_spec.augment.hflip),
+        num_classes=num_classes,
+    )

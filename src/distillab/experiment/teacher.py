@@ -1,0 +1,86 @@
+"""Getting a teacher: load its checkpoint, or train it once with the one training loop
+and keep it in the cache (keyed by the spec parts that decide its weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from distillab import data as data_module
+from distillab.data.cache import default_cache_dir
+from distillab.engine.evaluate import evaluate, resolve_device
+from distillab.engine.loop import fit
+from distillab.models.loading import file_checksum, load_state_into, load_teacher, save_model
+from distillab.models.zoo import build_model
+from distillab.strategies import STRATEGIES
+
+log = logging.getLogger("distillab")
+
+
+def train_teacher(spec, index: int, out_path: Path, work_dir: Path, *, resume: bool = False, callbacks=()) -> dict:
+    """Train teacher ``index`` of the spec from scratch; write safetensors + a JSON sidecar.
+
+    Returns the facts recorded in the sidecar (test accuracy, command, seed ...).
+    """
+    teacher_spec = spec.teachers[index]
+    training = teacher_spec.training or spec.training
+    seed = training.seeds[0]
+    bundle = data_module.build(spec.data, seed)
+    model = build_model(teacher_spec.model, bundle.in_shape, bundle.num_classes, teacher_spec.model_args)
+    strategy = STRATEGIES["none"]([], model, STRATEGIES["none"].Params())
+    result = fit(strategy, bundle, training, seed, work_dir, resume=resume, callbacks=callbacks,
+                 description=f"teacher[{index}] {teacher_spec.model}")
+    device = resolve_device(training.device)
+    test = evaluate(model, bundle.test, bundle.normalize, training.eval_batch_size, device)
+    facts = {
+        "model": teacher_spec.model,
+        "model_args": teacher_spec.model_args,
+        "dataset": spec.data.dataset,
+        "seed": seed,
+        "epochs": training.epochs,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.best_val_accuracy,
+        "test_accuracy": test.accuracy,
+        "seconds": round(result.seconds, 1),
+        "command": shlex.join(["distillab", *sys.argv[1:]]) if sys.argv[0].endswith("distillab") else None,
+    }
+    save_model(model.cpu(), out_path, facts)
+    (out_path.with_suffix(".json")).write_text(json.dumps({**facts, "sha256": file_checksum(out_path)}, indent=2) + "\n")
+    log.info("teacher[%d]: test accuracy %.4f -> %s", index, test.accuracy, out_path)
+    return facts
+
+
+def _trained_teacher_key(spec, index: int) -> str:
+    teacher_spec = spec.teachers[index]
+    training = teacher_spec.training or spec.training
+    blob = json.dumps(
+        {"teacher": teacher_spec.model_dump(mode="json"), "training": training.model_dump(mode="json"),
+         "data": spec.data.model_dump(mode="json")},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def get_teachers(spec, bundle, *, resume: bool = False) -> list[tuple[object, str, dict]]:
+    """[(model, checksum, facts)] for every teacher in the spec, training those without a
+    checkpoint once (then reusing the cached weights)."""
+    out = []
+    for index, teacher_spec in enumerate(spec.teachers):
+        where = "teacher" if len(spec.teachers) == 1 else f"teacher[{index}]"
+        if teacher_spec.checkpoint is not None:
+            model, checksum = load_teacher(teacher_spec, bundle.in_shape, bundle.num_classes, where)
+            out.append((model, checksum, {"source": str(teacher_spec.checkpoint)}))
+            continue
+        folder = (spec.cache.dir or default_cache_dir()) / "teachers" / _trained_teacher_key(spec, index)
+        weights = folder / "teacher.safetensors"
+        if not weights.exists():
+            train_teacher(spec, index, weights, folder / "work", resume=resume)
+        model = build_model(teacher_spec.model, bundle.in_shape, bundle.num_classes, teacher_spec.model_args)
+        load_state_into(model, weights, f"{where} (cached)")
+        model.eval()
+        out.append((model, file_checksum(weights), {"source": f"trained, cached at {weights}"}))
+    return out

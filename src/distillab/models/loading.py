@@ -1,0 +1,107 @@
+"""Loading teachers: a safetensors state dict plus a zoo name, a TorchScript file, or an
+ONNX file run through onnxruntime as a black box (logits only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from distillab.engine.checkpoint import atomic_write_bytes
+from distillab.errors import CheckpointError
+from distillab.models.zoo import build_model
+
+
+def file_checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_checksum(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class OnnxTeacher(nn.Module):
+    """A black-box teacher: an ONNX graph run by onnxruntime on the CPU. Logits only, no
+    gradients and no intermediate features."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        import onnxruntime
+
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({error})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
+        array = x.detach().float().cpu().contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: array})[:1]
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(x.device)
+
+
+def save_model(model: nn.Module, path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors state dict (atomically), with string metadata."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, save(state, metadata=meta))
+
+
+def load_state_into(model: nn.Module, path: Path, where: str) -> nn.Module:
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{where}: {path} is not a readable safetensors file ({error})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        detail = str(error).split("\n", 1)[-1].strip()
+        raise CheckpointError(f"{where}: {path} does not fit the architecture: {detail[:500]}") from None
+    return model
+
+
+def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tuple[nn.Module, str]:
+    """(model in eval mode, checksum of the weights). ``spec`` is a TeacherSpec with a checkpoint."""
+    path = spec.checkpoint
+    fmt = spec.resolved_format
+    if fmt == "safetensors":
+        model = build_model(spec.model, in_shape, num_classes, spec.model_args)
+        load_state_into(model, path, f"{where}.checkpoint")
+    elif fmt == "torchscript":
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as error:
+            raise CheckpointError(f"{where}.checkpoint: {path} is not a loadable TorchScript file ({error})") from None
+    else:
+        model = OnnxTeacher(path)
+    model.eval()
+    _check_output(model, in_shape, num_classes, where)
+    return model, file_checksum(path)
+
+
+def _check_output(model: nn.Module, in_shape, num_classes: int, where: str) -> None:
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *in_shape))
+    except Exception as error:  # a foreign model may raise anything on a wrong input shape
+        raise CheckpointError(f"{where}: the model fails on inputs of shape {tuple(in_shape)}: {error}") from None
+    if out.dim() != 2 or out.shape[1] != num_classes:
+        raise CheckpointError(
+            f"{where}: the model outputs shape {tuple(out.shape[1:])} per sample but the dataset has {num_classes} classes"
+        )
+

@@ -1,0 +1,82 @@
+"""The Strategy interface. The base freezes the teachers and collects the trainable
+parameters; that is all it does (design rule 6). A strategy computes one training loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class Params(BaseModel):
+    """Base of every strategy's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar
+    student_logits: torch.Tensor  # (B, K), for running accuracy
+    logs: dict[str, float] = field(default_factory=dict)  # extra scalars for the metrics log
+
+
+class Strategy(nn.Module):
+    """One distillation method. Subclasses set the class attributes and ``loss``.
+
+    ``batch`` is a dict with ``inputs`` (B, C, H, W), ``targets`` (B,), ``index`` (B,) and,
+    when the teacher-output cache is in use, ``teacher_logits`` (n_teachers, B, K).
+    """
+
+    summary: ClassVar[str]
+    paper: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = Params
+    uses_teacher: ClassVar[bool] = True
+    # True when the loss needs only the teachers' logits, so cached outputs can replace
+    # the teacher forward pass. Strategies that read intermediate features set False.
+    logits_only: ClassVar[bool] = True
+
+    def __init__(self, teachers: list[nn.Module], student: nn.Module, params: BaseModel):
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+        for teacher in self.teachers:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.student = student
+        self.params = params
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teachers.eval()  # teachers stay in eval mode, whatever the caller asks
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        teacher_ids = {id(p) for p in self.teachers.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in teacher_ids]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teachers.")}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teachers.")]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not fit the strategy: missing {missing}, unexpected {unexpected}")
+
+    def teacher_logits(self, batch: dict) -> torch.Tensor:
+        """(n_teachers, B, K): from the cache when the batch carries it, else computed online."""
+        if "teacher_logits" in batch:
+            return batch["teacher_logits"]
+        with torch.no_grad():
+            return torch.stack([teacher(batch["inputs"]).float() for teacher in self.teachers])
+
+    def extra_parameter_count(self) -> int:
+        """Parameters that exist only during training (adapters, discriminators)."""
+        student_ids = {id(p) for p in self.student.parameters()}
+        return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
+
+    def loss(self, batch: dict) -> StepOutput:
+        raise NotImplementedError
