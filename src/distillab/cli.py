@@ -63,6 +63,132 @@ def teacher(
     console.print_json(json.dumps(facts))
 
 
+def _load(spec: Path, overrides: list[str] | None):
+    from distillab.spec import load_spec
+
+    return load_spec(spec, overrides or [])
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<name>)")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run in OUT.partial")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in OUT")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train teacher (if needed), scratch and distilled students for every seed; write the report."""
+    from distillab.experiment.render import markdown_table
+    from distillab.experiment.run import run as run_job
+
+    _logging(verbose)
+    try:
+        report = run_job(_load(spec, set_), out, resume=resume, overwrite=overwrite)
+    except DistillabError as error:
+        _fail(error)
+    console.print(markdown_table(report.data), markup=False, highlight=False)
+    console.print(report.verdict, markup=False, highlight=False)
+    console.print(f"report: {report.out_dir / 'report.md'}", markup=False, highlight=False)
+
+
+@app.command()
+def validate(spec: SpecArg, set_: SetOpt = None) -> None:
+    """Check a spec: keys, types, ranges, files, the dataset and the teacher's output size."""
+    from distillab import data as data_module
+    from distillab.experiment.teacher import get_teachers
+
+    _logging(False)
+    try:
+        job = _load(spec, set_)
+        bundle = data_module.build(job.data, job.training.seeds[0])
+        if all(t.checkpoint is not None for t in job.teachers):
+            get_teachers(job, bundle)
+    except DistillabError as error:
+        _fail(error)
+    console.print(f"{spec}: valid ({job.strategy.name}, {len(job.teachers)} teacher(s), "
+                  f"{len(bundle.train)} train / {len(bundle.val)} val / {len(bundle.test)} test)", markup=False)
+
+
+def _strategy_rows() -> list[dict]:
+    from distillab.strategies import STRATEGIES
+
+    rows = []
+    for name, cls in STRATEGIES.items():
+        params = {}
+        for key, field in cls.Params.model_fields.items():
+            bounds = {m.__class__.__name__.lower(): getattr(m, m.__class__.__name__.lower(), None)
+                      for m in field.metadata}
+            params[key] = {"default": field.default, "description": field.description, **bounds}
+        rows.append({"name": name, "summary": cls.summary, "paper": cls.paper, "params": params})
+    return rows
+
+
+@app.command()
+def strategies(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
+    """List the distillation strategies with their parameters and papers."""
+    rows = _strategy_rows()
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        params = ", ".join(f"{k}={v['default']}" for k, v in row["params"].items())
+        console.print(f"[bold]{row['name']}[/]: {row['summary']}\n    params: {params or '-'}\n    paper: {row['paper']}")
+
+
+@app.command()
+def models() -> None:
+    """List the model zoo."""
+    from distillab.models.zoo import MODEL_SUMMARIES
+
+    for name, summary in MODEL_SUMMARIES.items():
+        console.print(f"[bold]{name}[/]: {summary}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets and their default locations."""
+    from distillab.data import DATASETS
+
+    for name, info in DATASETS.items():
+        console.print(f"[bold]{name}[/]: {info.summary} (default path: {info.default_path or '-'})")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder")]) -> None:
+    """Re-render report.md and the plots from report.json."""
+    from distillab.experiment.render import markdown_table, render, load_report
+
+    try:
+        path = render(run_dir)
+        console.print(markdown_table(load_report(run_dir)), markup=False, highlight=False)
+    except DistillabError as error:
+        _fail(error)
+    console.print(f"wrote {path}", markup=False)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="fashion_mnist or mnist")],
+    to: Annotated[Path, typer.Option(help="destination folder")],
+    base_url: Annotated[Optional[str], typer.Option(help="mirror to download from")] = None,
+) -> None:
+    """Download a dataset's files and verify their checksums."""
+    from distillab.data.fetch import fetch_dataset
+
+    _logging(False)
+    try:
+        paths = fetch_dataset(name, to, base_url=base_url)
+    except DistillabError as error:
+        _fail(error)
+    for path in paths:
+        console.print(str(path), markup=False)
+
+
 def main() -> None:
     app()
 

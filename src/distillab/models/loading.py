@@ -38,14 +38,14 @@ class OnnxTeacher(nn.Module):
     """A black-box teacher: an ONNX graph run by onnxruntime on the CPU. Logits only, no
     gradients and no intermediate features."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, where: str = "teacher.checkpoint"):
         super().__init__()
         import onnxruntime
 
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors for bad files
-            raise CheckpointError(f"{path}: not a loadable ONNX model ({error})") from None
+            raise CheckpointError(f"{where}: {path} is not a loadable ONNX model ({error})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
 
@@ -78,6 +78,8 @@ def load_state_into(model: nn.Module, path: Path, where: str) -> nn.Module:
 def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tuple[nn.Module, str]:
     """(model in eval mode, checksum of the weights). ``spec`` is a TeacherSpec with a checkpoint."""
     path = spec.checkpoint
+    if path is None:
+        raise ValueError("load_teacher needs a TeacherSpec with a checkpoint; train the teacher first")
     fmt = spec.resolved_format
     if fmt == "safetensors":
         model = build_model(spec.model, in_shape, num_classes, spec.model_args)
@@ -88,20 +90,30 @@ def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tu
         except (RuntimeError, ValueError, OSError) as error:
             raise CheckpointError(f"{where}.checkpoint: {path} is not a loadable TorchScript file ({error})") from None
     else:
-        model = OnnxTeacher(path)
+        model = OnnxTeacher(path, f"{where}.checkpoint")
     model.eval()
-    _check_output(model, in_shape, num_classes, where)
+    _check_output(model, in_shape, num_classes, f"{where}.checkpoint: {path}")
     return model, file_checksum(path)
 
 
 def _check_output(model: nn.Module, in_shape, num_classes: int, where: str) -> None:
+    """Run a batch of two zero inputs: the teacher must give (2, num_classes) logits."""
+    batch = (2, *in_shape)
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *in_shape))
+            out = model(torch.zeros(batch))
     except Exception as error:  # a foreign model may raise anything on a wrong input shape
-        raise CheckpointError(f"{where}: the model fails on inputs of shape {tuple(in_shape)}: {error}") from None
-    if out.dim() != 2 or out.shape[1] != num_classes:
         raise CheckpointError(
-            f"{where}: the model outputs shape {tuple(out.shape[1:])} per sample but the dataset has {num_classes} classes"
+            f"{where}: the model fails on a batch of shape {batch} (it must accept any batch size): {error}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise CheckpointError(f"{where}: the model returns {type(out).__name__}, expected one tensor of logits")
+    if out.dim() != 2 or out.shape[0] != batch[0]:
+        raise CheckpointError(
+            f"{where}: the model outputs shape {tuple(out.shape)} for a batch of shape {batch}; "
+            f"expected ({batch[0]}, {num_classes}) logits"
         )
-
+    if out.shape[1] != num_classes:
+        raise CheckpointError(
+            f"{where}: the model outputs {out.shape[1]} classes per sample but the dataset has {num_classes} classes"
+        )

@@ -180,7 +180,7 @@ def _cnn(stages):
 MODELS = {
     "mlp": MLP,
     "cnn_tiny": _cnn(((16,), (32,), (64,))),  # ~25k parameters on 1x28x28
-    "cnn_small": _cnn(((24, 24), (48, 48), (88,))),  # ~97k parameters on 1x28x28
+    "cnn_small": _cnn(((16,), (32, 32), (64, 96))),  # ~89k parameters on 1x28x28
     "cnn": SmallCNN,
     "resnet": ResNet,
     "wrn": WideResNet,
@@ -189,7 +189,7 @@ MODELS = {
 MODEL_SUMMARIES = {
     "mlp": "multi-layer perceptron (hidden=(256, 128))",
     "cnn_tiny": "3-stage conv-BN-ReLU CNN, ~25k parameters on 1x28x28",
-    "cnn_small": "5-conv VGG-style CNN, ~97k parameters on 1x28x28",
+    "cnn_small": "5-conv VGG-style CNN, ~89k parameters on 1x28x28",
     "cnn": "VGG-style CNN with configurable stages",
     "resnet": "CIFAR-style ResNet, depth 6n+2 and width w",
     "wrn": "WideResNet WRN-d-k, depth 6n+4 and widen_factor k",

@@ -1,0 +1,166 @@
+"""Render report.md and the PNG plots from report.json (and nothing else), so
+``distillab report DIR`` can redo them at any time."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from distillab.errors import DistillabError
+
+
+def load_report(run_dir: Path) -> dict:
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise DistillabError(f"{run_dir}: no report.json here")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DistillabError(f"{path}: not valid JSON ({error})") from None
+
+
+def derived_rows(report: dict) -> list[dict]:
+    """Per model: speed-up and compression vs the (first) teacher, retention, efficiency."""
+    teacher = next(m for m in report["models"] if m["role"] == "teacher")
+    rows = []
+    for m in report["models"]:
+        acc = m["accuracy"]["mean"]
+        rows.append({
+            **m,
+            "speedup": teacher["latency_ms"] / m["latency_ms"] if m["latency_ms"] else None,
+            "compression": teacher["size_mb"] / m["size_mb"] if m["size_mb"] else None,
+            "retention": acc / teacher["accuracy"]["mean"] if teacher["accuracy"]["mean"] else None,
+            # seed 002's score: accuracy / (size MB x latency ms); higher is better
+            "efficiency": acc / (m["size_mb"] * m["latency_ms"]) if m["size_mb"] and m["latency_ms"] else None,
+        })
+    return rows
+
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def markdown_table(report: dict) -> str:
+    lines = [
+        "| model | role | accuracy (%) | params | size MB | latency ms (b=1) | latency ms (b=256) "
+        "| speed-up | compression | retention | efficiency |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in derived_rows(report):
+        acc = r["accuracy"]
+        lines.append(
+            f"| {r['name']} ({r['model']}) | {r['role']} | {acc['mean'] * 100:.2f} ± {acc['std'] * 100:.2f} "
+            f"| {r['params']:,} | {r['size_mb']:.3f} | {r['latency_ms']:.3f} | {_fmt(r.get('latency_ms_batch256'), '.2f')} "
+            f"| {_fmt(r['speedup'], '.2f')}× | {_fmt(r['compression'], '.1f')}× | {_fmt(r['retention'], '.3f')} "
+            f"| {_fmt(r['efficiency'], '.3f')} |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    seeds = report["seeds"]
+    strategy = report["strategy"]
+    params = ", ".join(f"{k}={v}" for k, v in strategy["params"].items())
+    parts = [
+        f"# {report['name']}",
+        "",
+        f"Dataset `{report['dataset']['name']}`: {report['dataset']['train']} train / {report['dataset']['val']} val / "
+        f"{report['dataset']['test']} test samples. Strategy `{strategy['name']}` ({params or 'no parameters'}). "
+        f"Seeds {seeds}. Accuracy is on the test split, mean ± sample std over seeds; the student is selected on "
+        f"the validation split.",
+        "",
+        markdown_table(report),
+        "",
+        "Speed-up and compression are relative to the teacher (latency at batch 1, serialized size). Retention is "
+        "student accuracy / teacher accuracy. Efficiency is accuracy / (size MB × latency ms).",
+        "",
+        "| comparison | mean difference (points) | p-value | test |",
+        "|---|---:|---:|---|",
+    ]
+    for c in report["comparisons"]:
+        parts.append(f"| {c['a']} − {c['b']} | {c['mean_diff'] * 100:+.2f} | {_fmt(c['p_value'], '.3g', 'n/a')} "
+                     f"| {c['test']}, n={c['n']} |")
+    if report.get("constraints"):
+        parts += ["", "| constraint | limit | value | met |", "|---|---:|---:|---|"]
+        for c in report["constraints"]:
+            parts.append(f"| {c['name']} | {c['limit']:.4f} | {c['value']:.4f} | {'yes' if c['met'] else 'NO'} |")
+    env = report["environment"]
+    parts += [
+        "",
+        f"Measured on {env['platform']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads, "
+        f"CUDA: {env['cuda'] or 'none'}), torch {env['torch']}, in {report['seconds']:.0f} s.",
+        "",
+        "![accuracy](accuracy.png) ![curves](curves.png) ![accuracy vs latency](accuracy_vs_latency.png)",
+        "",
+        report["verdict"],
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def render_plots(report: dict, run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    models = report["models"]
+    names = [m["name"] for m in models]
+    means = [m["accuracy"]["mean"] * 100 for m in models]
+    stds = [m["accuracy"]["std"] * 100 for m in models]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(names, means, yerr=stds, capsize=6, color=["#555", "#999", "#2a7"][: len(names)] + ["#2a7"] * (len(names) - 3))
+    low = min(m - s for m, s in zip(means, stds))
+    ax.set_ylim(max(0, low - 3), min(100, max(means) + 2))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report['name']}: mean ± std over {len(report['seeds'])} seed(s)")
+    written.append(_save(fig, run_dir / "accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        for seed, curve in (m.get("curves") or {}).items():
+            style = "-" if m["role"] == "distilled" else "--"
+            ax.plot(range(1, len(curve) + 1), [v * 100 for v in curve], style, label=f"{m['role']} seed {seed}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("training curves (validation split)")
+    written.append(_save(fig, run_dir / "curves.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        ax.errorbar(m["latency_ms"], m["accuracy"]["mean"] * 100, yerr=m["accuracy"]["std"] * 100, fmt="o", capsize=4)
+        ax.annotate(m["name"], (m["latency_ms"], m["accuracy"]["mean"] * 100), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("latency at batch 1 (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs latency")
+    written.append(_save(fig, run_dir / "accuracy_vs_latency.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def render(run_dir: Path, plots: bool | None = None) -> Path:
+    """Write report.md (and the plots unless disabled in the spec) from report.json."""
+    report = load_report(run_dir)
+    if plots is None:
+        plots = report.get("spec", {}).get("output", {}).get("plots", True)
+    if plots:
+        render_plots(report, run_dir)
+    path = run_dir / "report.md"
+    atomic_write_text(path, render_markdown(report))
+    return path

@@ -1,0 +1,239 @@
+"""``run(spec)``: the one entry point. For every seed it trains the student from scratch
+and distils its twin (same initial weights), then writes report.json, report.md and plots.
+
+The run folder is built as ``OUT.partial`` and renamed to ``OUT`` when complete, so a
+failed run never leaves a half-written result; an interrupted one can ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillab import data as data_module
+from distillab.data.cache import teacher_outputs
+from distillab.engine.checkpoint import atomic_write_json
+from distillab.engine.evaluate import evaluate, resolve_device
+from distillab.engine.loop import fit
+from distillab.errors import DistillabError, SpecError
+from distillab.experiment.stats import paired_comparison, summarize, verdict
+from distillab.experiment.teacher import get_teachers
+from distillab.models.facts import model_facts
+from distillab.models.zoo import build_model
+from distillab.spec import JobSpec, parse_spec
+from distillab.strategies import STRATEGIES
+
+log = logging.getLogger("distillab")
+
+
+@dataclass
+class Report:
+    """The result of a run: the parsed ``report.json`` and the folder it lives in."""
+
+    data: dict
+    out_dir: Path | None
+
+    @property
+    def models(self) -> list[dict]:
+        return self.data["models"]
+
+    def model(self, role: str) -> dict:
+        return next(m for m in self.models if m["role"] == role)
+
+    @property
+    def verdict(self) -> str:
+        return self.data["verdict"]
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _build_student(spec: JobSpec, bundle, seed: int):
+    torch.manual_seed(seed)  # scratch and distilled students start from the same weights
+    return build_model(spec.student.model, bundle.in_shape, bundle.num_classes, spec.student.model_args)
+
+
+def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks) -> dict:
+    """Train one student (role 'scratch' or 'distilled'); results are saved in phase_dir."""
+    done = phase_dir / "result.json"
+    if resume and done.exists():
+        log.info("seed %d %s: already done, skipping", seed, role)
+        return json.loads(done.read_text())
+    strategy_name = "none" if role == "scratch" else spec.strategy.name
+    strategy_cls = STRATEGIES[strategy_name]
+    params = strategy_cls.Params.model_validate({} if role == "scratch" else spec.strategy.params)
+    student = _build_student(spec, bundle, seed)
+    teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
+    strategy = strategy_cls(teacher_models, student, params)
+    use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
+    if strategy_cls.uses_teacher and not use_cache:
+        reason = "cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"
+        log.info("teacher outputs: running the teacher online (%s)", reason)
+    result = fit(
+        strategy, bundle, spec.training, seed, phase_dir, caches=caches if use_cache else (), resume=resume,
+        callbacks=callbacks(role, seed) if callbacks else (), deadline=deadline,
+        tensorboard=spec.output.tensorboard, description=f"seed {seed} {role}",
+    )
+    device = resolve_device(spec.training.device)
+    test = evaluate(strategy.student, bundle.test, bundle.normalize, spec.training.eval_batch_size, device)
+    summary = {
+        "seed": seed,
+        "role": role,
+        "strategy": strategy_name,
+        "test_accuracy": test.accuracy,
+        "val_accuracy": result.best_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "extra_training_params": strategy.extra_parameter_count(),
+        "history": result.history,
+    }
+    atomic_write_json(done, summary)
+    log.info("seed %d %s: test accuracy %.4f", seed, role, test.accuracy)
+    return summary
+
+
+def run(
+    spec: JobSpec | dict,
+    out_dir: Path | str | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks=None,
+) -> Report:
+    """Run the job. ``callbacks(role, seed)`` may return engine callbacks (progress, cancel)."""
+    spec = parse_spec(spec)
+    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
+    if (out_dir / "report.json").exists() and not overwrite:
+        raise SpecError(f"{out_dir}: already holds a finished run (report.json); choose another --out or --overwrite")
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    if partial.exists() and not resume:
+        shutil.rmtree(partial)
+
+    # Everything that can fail on bad input happens before the run folder exists.
+    seeds = spec.training.seeds
+    first = data_module.build(spec.data, seeds[0])
+    teachers = get_teachers(spec, first, resume=resume)
+    started = time.time()
+    deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
+
+    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_json(partial / "spec.json", spec.model_dump(mode="json"))
+        device = resolve_device(spec.training.device)
+        teacher_accuracy = [
+            evaluate(model.to(device), first.test, first.normalize, spec.training.eval_batch_size, device).accuracy
+            for model, _, _ in teachers
+        ]
+        uses_teacher = STRATEGIES[spec.strategy.name].uses_teacher
+        phases: dict[str, list[dict]] = {"scratch": [], "distilled": []}
+        for seed in seeds:
+            bundle = first if seed == seeds[0] else data_module.build(spec.data, seed)
+            caches = []
+            if uses_teacher and spec.cache.enabled and STRATEGIES[spec.strategy.name].logits_only:
+                caches = [
+                    teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
+                                    cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device)
+                    for model, checksum, _ in teachers
+                ]
+            for role in ("scratch", "distilled"):
+                phases[role].append(
+                    _phase(spec, bundle, seed, role, teachers, caches, partial / f"seed_{seed}" / role,
+                           resume, deadline, callbacks)
+                )
+        report = _assemble(spec, first, teachers, teacher_accuracy, phases, time.time() - started)
+        atomic_write_json(partial / "report.json", report)
+        from distillab.experiment.render import render
+
+        render(partial)
+    except BaseException as error:
+        if isinstance(error, DistillabError):
+            shutil.rmtree(partial, ignore_errors=True)  # a user mistake leaves nothing behind
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    log.info("report: %s", out_dir / "report.md")
+    return Report(report, out_dir)
+
+
+def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict:
+    repeats = spec.output.latency_repeats
+    seeds = spec.training.seeds
+    models = []
+    for index, ((model, checksum, facts), accuracy) in enumerate(zip(teachers, teacher_accuracy)):
+        teacher_spec = spec.teachers[index]
+        models.append({
+            "name": "teacher" if len(teachers) == 1 else f"teacher_{index}",
+            "role": "teacher",
+            "strategy": None,
+            "model": teacher_spec.model or teacher_spec.resolved_format,
+            "accuracy": summarize([accuracy] * len(seeds)),
+            **model_facts(model.cpu(), bundle.in_shape, repeats),
+            "checksum": checksum,
+            "source": facts["source"],
+        })
+    student = _build_student(spec, bundle, seeds[0])
+    student_facts = model_facts(student, bundle.in_shape, repeats)
+    for role in ("scratch", "distilled"):
+        runs = phases[role]
+        models.append({
+            "name": f"student_{role}",
+            "role": role,
+            "strategy": runs[0]["strategy"],
+            "model": spec.student.model,
+            "accuracy": summarize([r["test_accuracy"] for r in runs]),
+            **student_facts,
+            "val_accuracy": summarize([r["val_accuracy"] for r in runs]),
+            "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
+            "extra_training_params": runs[0]["extra_training_params"],
+            "curves": {str(r["seed"]): [h["val_accuracy"] for h in r["history"]] for r in runs},
+            "train_loss_curves": {str(r["seed"]): [h["train_loss"] for h in r["history"]] for r in runs},
+        })
+    distilled = [r["test_accuracy"] for r in phases["distilled"]]
+    scratch = [r["test_accuracy"] for r in phases["scratch"]]
+    comparisons = [paired_comparison("student_distilled", distilled, "student_scratch", scratch)]
+    teacher_mean = models[0]["accuracy"]["mean"]
+    distilled_mean = float(np.mean(distilled))
+    constraints = []
+    if spec.constraints.min_accuracy is not None:
+        constraints.append({"name": "min_accuracy", "limit": spec.constraints.min_accuracy,
+                            "value": distilled_mean, "met": distilled_mean >= spec.constraints.min_accuracy})
+    if spec.constraints.max_accuracy_drop is not None:
+        drop = teacher_mean - distilled_mean
+        constraints.append({"name": "max_accuracy_drop", "limit": spec.constraints.max_accuracy_drop,
+                            "value": drop, "met": drop <= spec.constraints.max_accuracy_drop})
+    return {
+        "name": spec.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "dataset": {"name": bundle.name, "train": len(bundle.train), "val": len(bundle.val),
+                    "test": len(bundle.test), "num_classes": bundle.num_classes},
+        "seeds": seeds,
+        "strategy": {"name": spec.strategy.name, "params": spec.strategy.params},
+        "models": models,
+        "comparisons": comparisons,
+        "constraints": constraints,
+        "verdict": verdict(comparisons[0], spec.strategy.name),
+        "environment": environment(),
+        "spec": spec.model_dump(mode="json"),
+    }

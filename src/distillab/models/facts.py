@@ -1,0 +1,144 @@
+"""Facts about a model: parameters, serialised size, multiply-accumulates and latency.
+
+Works for zoo models and TorchScript teachers; for an ``OnnxTeacher`` (a black box run by
+onnxruntime) the counts come from the ONNX file and MACs are unknown (None).
+Measuring never changes the model: its train/eval mode is restored afterwards and no
+global random state is consumed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from distillab.models.loading import OnnxTeacher
+
+BYTES_PER_MB = 1_000_000  # decimal megabytes, as file sizes are usually quoted (not MiB)
+THROUGHPUT_BATCH = 256
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable-shaped weights: parameters of a torch module (shared ones once); for an ONNX
+    teacher, the elements of its floating-point initializers (BatchNorm may have been folded
+    into the convolutions by the exporter, so this can differ from the torch count)."""
+    if isinstance(model, OnnxTeacher):
+        return sum(math.prod(init.dims) for init in _onnx_float_initializers(Path(model.path)))
+    return sum(p.numel() for p in model.parameters())
+
+
+def serialized_size_mb(model: nn.Module) -> float:
+    """Size in MB (10**6 bytes) of the state dict written as safetensors, buffers included;
+    for an ONNX teacher, the size of its file."""
+    if isinstance(model, OnnxTeacher):
+        return Path(model.path).stat().st_size / BYTES_PER_MB
+    return len(save(_unshared_state(model))) / BYTES_PER_MB
+
+
+def macs_per_sample(model: nn.Module, in_shape) -> int | None:
+    """Multiply-accumulates of one forward pass on a batch of one, in eval mode: the FLOPs
+    that ``torch.utils.flop_counter`` counts (matmuls and convolutions; 2 per MAC), halved.
+    Elementwise ops, norms and pooling are not counted. None when the model runs outside
+    torch (an ONNX teacher) and cannot be counted."""
+    if isinstance(model, OnnxTeacher):
+        return None
+    x = _example_input(model, in_shape, batch_size=1)
+    counter = FlopCounterMode(display=False)
+    with _eval_mode(model), torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def latency_ms(model: nn.Module, in_shape, batch_size: int, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time in milliseconds of one forward pass over a batch of ``batch_size``,
+    in eval mode under no_grad, after ``warmup`` untimed passes."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    x = _example_input(model, in_shape, batch_size)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times = []
+    with _eval_mode(model), torch.no_grad():
+        for _ in range(warmup):
+            model(x)
+        sync()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            sync()  # CUDA launches are asynchronous: wait for the work, not the launch
+            times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def model_facts(model: nn.Module, in_shape, repeats: int = 20) -> dict:
+    """params, size_mb, macs (per sample, None if unknown), latency_ms (batch of 1),
+    latency_ms_batch256 (per batch of 256) and throughput_per_s (samples/s at batch 256)."""
+    batch_latency = latency_ms(model, in_shape, THROUGHPUT_BATCH, repeats=repeats)
+    return {
+        "params": parameter_count(model),
+        "size_mb": serialized_size_mb(model),
+        "macs": macs_per_sample(model, in_shape),
+        "latency_ms": latency_ms(model, in_shape, 1, repeats=repeats),
+        "latency_ms_batch256": batch_latency,
+        "throughput_per_s": THROUGHPUT_BATCH / (batch_latency / 1000.0) if batch_latency > 0 else math.inf,
+    }
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _example_input(model: nn.Module, in_shape, batch_size: int) -> torch.Tensor:
+    """Random input on the model's device and floating dtype, from a private generator so
+    measuring does not move the global seed stream."""
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *in_shape, generator=generator)  # (B, C, H, W)
+    return x.to(device=device, dtype=dtype)
+
+
+def _unshared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU, as safetensors accepts it: tied tensors kept once, and a
+    private copy of any other tensor whose storage overlaps one already taken."""
+    state: dict[str, torch.Tensor] = {}
+    seen: dict[int, tuple] = {}  # storage pointer -> (data pointer, shape, stride) first kept
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen and tensor.numel() > 0:
+            if seen[storage] == key:
+                continue  # the same tensor under a second name (tied weights)
+            tensor = tensor.clone()
+        else:
+            seen[storage] = key
+        state[name] = tensor.cpu().contiguous()
+    return state
+
+
+def _onnx_float_initializers(path: Path):
+    import onnx
+
+    # Initializers only; external data is not needed because ``dims`` is in the graph itself.
+    graph = onnx.load(str(path), load_external_data=False).graph
+    floating = {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.DOUBLE,
+    }
+    return [init for init in graph.initializer if init.data_type in floating]
