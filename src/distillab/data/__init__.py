@@ -51,6 +51,7 @@ class DataBundle:
     train: ArraySet
     train_index: torch.Tensor  # (N_train,) int64 rows of the full training set
     full_train: ArraySet
+    n_rows: int  # rows of the full training file in use (limit_train applied)
     val: ArraySet
     test: ArraySet
     normalize: Normalize
@@ -103,6 +104,7 @@ def build(data_spec, seed: int) -> DataBundle:
         train=ArraySet(full_train.images[train_rows], full_train.labels[train_rows]),
         train_index=train_rows,
         full_train=full_train,
+        n_rows=n_total,
         val=ArraySet(full_train.images[val_rows], full_train.labels[val_rows]),
         test=test,
         normalize=fit_normalize(full_train.images),

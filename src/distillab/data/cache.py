@@ -38,7 +38,7 @@ def cache_key(teacher_checksum: str, bundle, views: int, fp16: bool) -> str:
     parts = [
         f"teacher={teacher_checksum}",
         f"data={bundle.source}",
-        f"n={len(bundle.full_train)}",
+        f"rows={bundle.n_rows}",
         f"normalize={bundle.normalize.describe()}",
         f"augment={bundle.augment.describe()}",
         f"views={views}",
@@ -50,7 +50,7 @@ def cache_key(teacher_checksum: str, bundle, views: int, fp16: bool) -> str:
 @dataclass
 class TeacherOutputCache:
     """Cached logits of one teacher. ``logits`` (V, N, K) and ``augment`` (V, N, 3) are
-    indexed by the row in the full training file."""
+    indexed by the row in the training file."""
 
     folder: Path
     logits: np.ndarray
@@ -70,8 +70,8 @@ class TeacherOutputCache:
 
 
 def _compute(teacher, bundle, views: int, fp16: bool, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
-    images = bundle.full_train.images
-    n = len(images)
+    n = bundle.n_rows  # the first n rows of the training file: those limit_train keeps
+    images = bundle.full_train.images[:n]
     augment = np.zeros((views, n, 3), dtype=np.int16)
     logits = None
     for view in range(views):
@@ -102,13 +102,13 @@ def teacher_outputs(
         try:
             logits = np.load(folder / "logits.npy", mmap_mode="r")
             augment = np.load(folder / "augment.npy", mmap_mode="r")
-            if logits.shape[:2] == (views, len(bundle.full_train)):
+            if logits.shape[:2] == (views, bundle.n_rows):
                 log.info("teacher outputs: cache hit %s", folder)
                 return TeacherOutputCache(folder, logits, augment, hit=True)
         except (OSError, ValueError):
             pass
         log.warning("teacher outputs: cache entry %s unreadable, recomputing", folder)
-    log.info("teacher outputs: computing %d view(s) of %d samples -> %s", views, len(bundle.full_train), folder)
+    log.info("teacher outputs: computing %d view(s) of %d samples -> %s", views, bundle.n_rows, folder)
     logits, augment = _compute(teacher, bundle, views, fp16, batch_size, device)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent))

@@ -41,11 +41,15 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX file (header cut short)")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=IDX_TYPES[raw[2]], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: truncated IDX file ({data.size} values, header says {int(np.prod(dims))})")
-    return data.reshape(dims)
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    body = raw[4 + 4 * ndim :]
+    expected = int(np.prod(dims))
+    if len(body) != expected * dtype.itemsize:  # checked in bytes: a partial value would make frombuffer fail
+        raise DataError(f"{path}: truncated IDX file ({len(body) // dtype.itemsize} values, header says {expected})")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path:

@@ -66,7 +66,7 @@ class JsonlLogger(Callback):
     def on_epoch_end(self, epoch, metrics):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"epoch": epoch + 1, **metrics}) + "\n")
+            handle.write(json.dumps(metrics) + "\n")
 
 
 class TensorBoardLogger(Callback):

@@ -131,7 +131,8 @@ def fit(
                 callbacks, steps_per_epoch, deadline, description,
             )
             val = evaluate(strategy.student, bundle.val, bundle.normalize, training.eval_batch_size, device)
-            metrics.update(val_accuracy=val.accuracy, val_loss=val.loss, lr=scheduler.get_last_lr()[0])
+            metrics = {"epoch": epoch + 1, **metrics, "val_accuracy": val.accuracy, "val_loss": val.loss,
+                       "lr": scheduler.get_last_lr()[0]}
             history.append(metrics)
             if val.accuracy > best["val_accuracy"]:
                 best = {"epoch": epoch, "val_accuracy": val.accuracy, "state": _cpu_state(strategy.student)}

@@ -1,0 +1,88 @@
+"""The training loop: resume gives the same weights as an uninterrupted run, NaN stops
+training with a clear error, model selection uses the validation split."""
+
+import json
+
+import pytest
+import torch
+
+from distillab import data as data_module
+from distillab.engine.callbacks import Callback
+from distillab.engine.loop import fit
+from distillab.errors import TrainingDiverged
+from distillab.models.zoo import build_model
+from distillab.spec import DataSpec, TrainingSpec
+from distillab.strategies import STRATEGIES
+from distillab.strategies.base import StepOutput
+
+
+class Interrupt(Callback):
+    def __init__(self, after_epoch):
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt  # as if the process were killed after this epoch's checkpoint
+
+
+def new_strategy(name="none"):
+    torch.manual_seed(0)
+    student = build_model("cnn", (1, 8, 8), 3, {"stages": [[8], [16]], "dropout": 0.3})
+    cls = STRATEGIES[name]
+    return cls([], student, cls.Params())
+
+
+TRAINING = TrainingSpec(epochs=3, batch_size=32, schedule="cosine", warmup_epochs=1, lr=0.01)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(blobs, tmp_path):
+    bundle = data_module.build(DataSpec(dataset="npz", path=blobs, augment={"crop_padding": 1, "hflip": True}), 0)
+    straight = new_strategy()
+    fit(straight, bundle, TRAINING, 0, tmp_path / "straight", tensorboard=False)
+
+    broken = new_strategy()
+    with pytest.raises(KeyboardInterrupt):
+        fit(broken, bundle, TRAINING, 0, tmp_path / "resumed", callbacks=[Interrupt(after_epoch=1)], tensorboard=False)
+    resumed = new_strategy()
+    result = fit(resumed, bundle, TRAINING, 0, tmp_path / "resumed", resume=True, tensorboard=False)
+
+    assert len(result.history) == 3
+    for key, value in straight.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_nan_loss_stops_training_with_a_clear_error(blobs, tmp_path):
+    bundle = data_module.build(DataSpec(dataset="npz", path=blobs), 0)
+
+    class Exploding(STRATEGIES["none"]):
+        def loss(self, batch):
+            out = super().loss(batch)
+            return StepOutput(out.loss * float("nan"), out.student_logits)
+
+    strategy = Exploding([], build_model("mlp", (1, 8, 8), 3), STRATEGIES["none"].Params())
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1.*training.lr"):
+        fit(strategy, bundle, TRAINING, 0, tmp_path / "nan", tensorboard=False)
+
+
+def test_the_selected_student_is_the_best_on_validation(blobs, tmp_path):
+    bundle = data_module.build(DataSpec(dataset="npz", path=blobs), 0)
+    strategy = new_strategy()
+    result = fit(strategy, bundle, TrainingSpec(epochs=4, batch_size=32, lr=0.02), 0, tmp_path / "sel",
+                 tensorboard=True)
+    val = [h["val_accuracy"] for h in result.history]
+    assert result.best_val_accuracy == max(val)
+    assert result.best_epoch == val.index(max(val)) + 1
+    assert (tmp_path / "sel" / "student.safetensors").exists()
+    assert any((tmp_path / "sel" / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "step"), ("adamw", "constant"), ("sgd", "cosine")])
+def test_optimizers_and_schedules_learn(blobs, tmp_path, optimizer, schedule):
+    bundle = data_module.build(DataSpec(dataset="npz", path=blobs), 0)
+    strategy = new_strategy()
+    training = TrainingSpec(epochs=4, batch_size=32, lr=0.05 if optimizer == "sgd" else 0.01, optimizer=optimizer,
+                            schedule=schedule, step_size=2, grad_clip=1.0)
+    result = fit(strategy, bundle, training, 0, tmp_path / "opt", tensorboard=False)
+    assert result.best_val_accuracy > 0.6  # three classes: chance is 1/3
