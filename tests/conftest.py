@@ -56,11 +56,11 @@ def tiny_teacher(tmp_path) -> Path:
     return path
 
 
-def tiny_spec(npz: Path, teacher: Path, **overrides) -> dict:
+def tiny_spec(npz: Path, teacher_path: Path, **overrides) -> dict:
     spec = {
         "name": "tiny",
         "data": {"dataset": "npz", "path": str(npz), "augment": {"crop_padding": 1, "hflip": True}},
-        "teacher": {"model": "cnn_tiny", "checkpoint": str(teacher)},
+        "teacher": {"model": "cnn_tiny", "checkpoint": str(teacher_path)},
         "student": {"model": "mlp", "model_args": {"hidden": [16]}},
         "strategy": {"name": "response"},
         "training": {"epochs": 2, "batch_size": 32, "seeds": [0, 1], "eval_batch_size": 256},

@@ -15,8 +15,8 @@ from rich.logging import RichHandler
 from distillab.errors import DistillabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="distillab: knowledge distillation for PyTorch.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 SpecArg = Annotated[Path, typer.Argument(help="job spec, YAML or JSON")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override, key.path=value (YAML)")]

@@ -62,11 +62,15 @@ def save_model(model: nn.Module, path: Path, metadata: dict | None = None) -> No
     atomic_write_bytes(path, save(state, metadata=meta))
 
 
-def load_state_into(model: nn.Module, path: Path, where: str) -> nn.Module:
+def read_state(path: Path, where: str) -> dict[str, torch.Tensor]:
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{where}: {path} is not a readable safetensors file ({error})") from None
+
+
+def load_state_into(model: nn.Module, path: Path, where: str, state: dict | None = None) -> nn.Module:
+    state = read_state(path, where) if state is None else state
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -82,8 +86,15 @@ def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tu
         raise ValueError("load_teacher needs a TeacherSpec with a checkpoint; train the teacher first")
     fmt = spec.resolved_format
     if fmt == "safetensors":
+        state = read_state(path, f"{where}.checkpoint")
+        classifier = state.get("classifier.weight")  # zoo models name their last layer "classifier"
+        if classifier is not None and classifier.shape[0] != num_classes:
+            raise CheckpointError(
+                f"{where}.checkpoint: {path}: the model outputs {classifier.shape[0]} classes per sample "
+                f"but the dataset has {num_classes} classes"
+            )
         model = build_model(spec.model, in_shape, num_classes, spec.model_args)
-        load_state_into(model, path, f"{where}.checkpoint")
+        load_state_into(model, path, f"{where}.checkpoint", state)
     elif fmt == "torchscript":
         try:
             model = torch.jit.load(str(path), map_location="cpu")

@@ -1,0 +1,99 @@
+"""Spec validation: every error names the key path and the problem."""
+
+import json
+
+import pytest
+
+from distillab.errors import SpecError
+from distillab.spec import JobSpec, apply_override, load_spec, parse_spec
+from conftest import tiny_spec
+
+
+def error_of(data) -> str:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return str(info.value)
+
+
+def test_valid_spec_fills_defaults(blobs, tiny_teacher):
+    spec = parse_spec(tiny_spec(blobs, tiny_teacher))
+    assert isinstance(spec, JobSpec)
+    assert spec.strategy.params == {"temperature": 4.0, "alpha": 0.9}
+    assert spec.teachers[0].resolved_format == "safetensors"
+    assert spec.data.limit_train is None and spec.training.seeds == [0, 1]
+
+
+def test_unknown_key_is_named(blobs, tiny_teacher):
+    data = tiny_spec(blobs, tiny_teacher, training={"epochz": 3})
+    assert "training.epochz: unknown key" in error_of(data)
+
+
+def test_wrong_type_is_named(blobs, tiny_teacher):
+    assert "training.batch_size" in error_of(tiny_spec(blobs, tiny_teacher, training={"batch_size": "big"}))
+
+
+def test_out_of_range_strategy_param_is_named(blobs, tiny_teacher):
+    message = error_of(tiny_spec(blobs, tiny_teacher, strategy={"name": "response", "params": {"temperature": 0}}))
+    assert "strategy.params.temperature" in message and "greater than 0" in message
+
+
+def test_unknown_strategy_param_is_named(blobs, tiny_teacher):
+    message = error_of(tiny_spec(blobs, tiny_teacher, strategy={"name": "response", "params": {"temprature": 2}}))
+    assert "strategy.params.temprature: unknown key" in message
+
+
+def test_unknown_strategy_suggests_close_names(blobs, tiny_teacher):
+    message = error_of(tiny_spec(blobs, tiny_teacher, strategy={"name": "respons"}))
+    assert "strategy.name" in message and "response" in message
+
+
+def test_missing_files_are_named(blobs, tiny_teacher, tmp_path):
+    message = error_of(tiny_spec(blobs, tmp_path / "nope.safetensors"))
+    assert "teacher.checkpoint: no such file" in message
+    message = error_of(tiny_spec(tmp_path / "nope.npz", tiny_teacher))
+    assert "data.path: no such file" in message
+
+
+def test_unknown_model_and_dataset(blobs, tiny_teacher):
+    assert "student.model: unknown model 'resnet9000'" in error_of(
+        tiny_spec(blobs, tiny_teacher, student={"model": "resnet9000"}))
+    assert "data.dataset" in error_of(tiny_spec(blobs, tiny_teacher, data={"dataset": "fashion"}))
+
+
+def test_a_list_of_teachers_is_accepted_and_errors_name_the_index(blobs, tiny_teacher, tmp_path):
+    data = tiny_spec(blobs, tiny_teacher)
+    data["teacher"] = [data["teacher"], {"model": "cnn_tiny", "checkpoint": str(tmp_path / "missing.st")}]
+    assert "teacher.1.checkpoint: no such file" in error_of(data)
+    data["teacher"] = [data["teacher"][0], data["teacher"][0]]
+    assert len(parse_spec(data).teachers) == 2
+
+
+def test_overrides_are_parsed_as_yaml(blobs, tiny_teacher, tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(tiny_spec(blobs, tiny_teacher)))
+    spec = load_spec(path, ["training.epochs=3", "strategy.params.temperature=2", "training.seeds=[4, 5]"])
+    assert spec.training.epochs == 3 and spec.strategy.params["temperature"] == 2.0 and spec.training.seeds == [4, 5]
+    with pytest.raises(SpecError, match="expected key.path=value"):
+        apply_override({}, "training.epochs")
+    with pytest.raises(SpecError, match="training.epochs: unknown key|training.epochs"):
+        load_spec(path, ["training.epochs.x=1"])
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("teacher: [unclosed\n  student: {")
+    with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
+        load_spec(path)
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+
+def test_the_spec_is_immutable(blobs, tiny_teacher):
+    spec = parse_spec(tiny_spec(blobs, tiny_teacher))
+    with pytest.raises(Exception):
+        spec.training.epochs = 5
