@@ -1,0 +1,23 @@
+"""distillab: distil a PyTorch teacher into a small student, and measure whether it helped.
+
+    import distillab
+    report = distillab.run("configs/digits_kd.yaml", out_dir="runs/digits")
+    print(report.verdict)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def run(spec, out_dir=None, **options):
+    """Run a job from a JobSpec, a dict, or a path to a YAML/JSON spec; returns a Report.
+    Options: resume, overwrite, callbacks (see distillab.experiment.run.run)."""
+    from pathlib import Path
+
+    from distillab.experiment.run import run as run_job
+    from distillab.spec import load_spec
+
+    if isinstance(spec, (str, Path)):
+        spec = load_spec(spec)
+    return run_job(spec, out_dir, **options)

@@ -1,0 +1,67 @@
+"""End to end: the real `distillab run` command on scikit-learn digits, then `report`,
+and the Python API on a tiny dataset with resume."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import distillab
+from conftest import tiny_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+DISTILLAB = [sys.executable, "-m", "distillab.cli"]
+
+
+def test_distillab_run_on_digits(tmp_path):
+    out = tmp_path / "digits"
+    env = {**os.environ, "DISTILLAB_CACHE": str(tmp_path / "cache")}
+    command = DISTILLAB + [
+        "run", str(ROOT / "configs" / "digits_kd.yaml"), "--out", str(out),
+        "--set", "training.epochs=3", "--set", "training.seeds=[0, 1]", "--set", "teacher.training.epochs=6",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| teacher (resnet) | teacher |" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    roles = [m["role"] for m in report["models"]]
+    assert roles == ["teacher", "scratch", "distilled"]
+    for model in report["models"]:
+        assert set(model) >= {"name", "role", "strategy", "accuracy", "params", "size_mb", "latency_ms", "macs"}
+        assert len(model["accuracy"]["per_seed"]) == 2
+        assert 0 <= model["accuracy"]["mean"] <= 1 and model["params"] > 0 and model["macs"] > 0
+    teacher, scratch, distilled = report["models"]
+    assert teacher["accuracy"]["mean"] > 0.8  # a ResNet on digits learns fast
+    assert scratch["params"] == distilled["params"] < teacher["params"]
+    assert distilled["strategy"] == "response" and scratch["strategy"] == "none"
+    comparison = report["comparisons"][0]
+    assert (comparison["a"], comparison["b"]) == ("student_distilled", "student_scratch")
+    expected_diff = distilled["accuracy"]["mean"] - scratch["accuracy"]["mean"]
+    assert abs(comparison["mean_diff"] - expected_diff) < 1e-9
+    assert {"torch", "python", "cpu_count", "torch_threads"} <= set(report["environment"])
+    markdown = (out / "report.md").read_text()
+    assert markdown.rstrip().endswith(report["verdict"])
+    for plot in ("accuracy.png", "curves.png", "accuracy_vs_latency.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "digits.partial").exists()
+
+    (out / "report.md").unlink()
+    again = subprocess.run(DISTILLAB + ["report", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and (out / "report.md").read_text() == markdown
+
+
+def test_python_api_resumes_an_interrupted_run(tmp_path, blobs, tiny_teacher):
+    spec = tiny_spec(blobs, tiny_teacher, training={"seeds": [0]})
+    out = tmp_path / "api"
+    first = distillab.run(spec, out)
+    assert first.model("distilled")["accuracy"]["per_seed"]
+
+    # an interrupted run: the partial folder holds the finished scratch phase only
+    partial = tmp_path / "again.partial"
+    (partial / "seed_0").mkdir(parents=True)
+    os.rename(out / "seed_0" / "scratch", partial / "seed_0" / "scratch")
+    resumed = distillab.run(spec, tmp_path / "again", resume=True)
+    assert resumed.model("scratch")["accuracy"] == first.model("scratch")["accuracy"]
+    assert resumed.model("distilled")["accuracy"] == first.model("distilled")["accuracy"]
