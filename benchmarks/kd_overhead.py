@@ -1,0 +1,93 @@
+"""Seconds per epoch for student-only training, online KD (teacher forward every step) and
+cached KD (teacher outputs read from the on-disk cache), in one process, on the same data.
+
+    .venv/bin/python benchmarks/kd_overhead.py            # writes benchmarks/results/kd_overhead.{json,md}
+
+The cache is filled before timing; its one-time cost is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from distillab import data as data_module
+from distillab.data.cache import teacher_outputs
+from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.engine.loop import fit
+from distillab.experiment.run import environment
+from distillab.experiment.teacher import get_teachers
+from distillab.models.zoo import build_model
+from distillab.spec import load_spec
+from distillab.strategies import STRATEGIES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", default=str(ROOT / "configs" / "fashion_mnist_kd.yaml"))
+    parser.add_argument("--limit-train", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per mode (median reported)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_overhead"))
+    args = parser.parse_args()
+
+    spec = load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
+                                 "training.seeds=[0]"])
+    bundle = data_module.build(spec.data, 0)
+    (teacher, checksum, _), = get_teachers(spec, bundle)
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        cache = teacher_outputs(teacher, checksum, bundle, views=spec.cache.views, fp16=False,
+                                cache_dir=Path(scratch) / "cache")
+        cache_seconds = time.perf_counter() - started
+        modes = {
+            "student only": ("none", []),
+            "online KD": ("response", None),
+            "cached KD": ("response", [cache]),
+        }
+        results = {}
+        for label, (name, caches) in modes.items():
+            torch.manual_seed(0)
+            student = build_model(spec.student.model, bundle.in_shape, bundle.num_classes, spec.student.model_args)
+            cls = STRATEGIES[name]
+            strategy = cls([teacher] if cls.uses_teacher else [], student, cls.Params.model_validate(
+                spec.strategy.params if name != "none" else {}))
+            result = fit(strategy, bundle, spec.training, 0, Path(scratch) / label.replace(" ", "_"),
+                         caches=caches or (), tensorboard=False, description=label)
+            epoch_seconds = [h["epoch_seconds"] for h in result.history]
+            results[label] = {"seconds_per_epoch": statistics.median(epoch_seconds), "all_epochs": epoch_seconds}
+            print(f"{label:>13}: {results[label]['seconds_per_epoch']:.2f} s/epoch", flush=True)
+    base = results["student only"]["seconds_per_epoch"]
+    for row in results.values():
+        row["ratio_vs_student_only"] = row["seconds_per_epoch"] / base
+    out = {
+        "train_samples": len(bundle.train),
+        "teacher": spec.teachers[0].model, "student": spec.student.model,
+        "views": cache.views, "cache_fill_seconds": cache_seconds,
+        "results": results, "environment": environment(),
+    }
+    lines = [
+        f"Fashion-MNIST, {len(bundle.train)} training samples per epoch, teacher {spec.teachers[0].model} "
+        f"{spec.teachers[0].model_args}, student {spec.student.model}, batch {spec.training.batch_size}; "
+        f"median of {args.epochs} epochs; {out['environment']['cpu_count']} CPUs, torch {out['environment']['torch']}.",
+        "",
+        "| mode | s/epoch | × student-only |",
+        "|---|---:|---:|",
+        *[f"| {label} | {r['seconds_per_epoch']:.2f} | {r['ratio_vs_student_only']:.2f} |" for label, r in results.items()],
+        "",
+        f"Filling the cache ({cache.views} augmented views of {bundle.n_rows} samples) took {cache_seconds:.1f} s once.",
+    ]
+    atomic_write_json(Path(args.out + ".json"), out)
+    atomic_write_text(Path(args.out + ".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
