@@ -58,7 +58,7 @@ def main() -> None:
             student = build_model(spec.student.model, bundle.in_shape, bundle.num_classes, spec.student.model_args)
             cls = STRATEGIES[name]
             strategy = cls([teacher] if cls.uses_teacher else [], student, cls.Params.model_validate(
-                spec.strategy.params if name != "none" else {}))
+                spec.strategy.params if name != "none" else {}), in_shape=bundle.in_shape)
             result = fit(strategy, bundle, spec.training, 0, Path(scratch) / label.replace(" ", "_"),
                          caches=caches or (), tensorboard=False, description=label)
             epoch_seconds = [h["epoch_seconds"] for h in result.history]

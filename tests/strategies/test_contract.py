@@ -14,7 +14,7 @@ def make_strategy(name, seed=0):
     teacher = build_model("cnn_tiny", (1, 8, 8), 3)
     student = build_model("cnn_tiny", (1, 8, 8), 3)
     cls = STRATEGIES[name]
-    return cls([teacher], student, cls.Params()), teacher
+    return cls([teacher], student, cls.Params(), in_shape=(1, 8, 8)), teacher
 
 
 def batch(seed=0):

@@ -99,6 +99,7 @@ def fit(
     device = resolve_device(training.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    strategy.prepare(bundle)
     strategy.to(device)
     if training.channels_last:
         strategy.to(memory_format=torch.channels_last)

@@ -84,7 +84,7 @@ def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadli
     params = strategy_cls.Params.model_validate({} if role == "scratch" else spec.strategy.params)
     student = _build_student(spec, bundle, seed)
     teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
-    strategy = strategy_cls(teacher_models, student, params)
+    strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
     use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
     if strategy_cls.uses_teacher and not use_cache:
         reason = "cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"

@@ -31,7 +31,7 @@ def train_teacher(spec, index: int, out_path: Path, work_dir: Path, *, resume: b
     seed = training.seeds[0]
     bundle = data_module.build(spec.data, seed)
     model = build_model(teacher_spec.model, bundle.in_shape, bundle.num_classes, teacher_spec.model_args)
-    strategy = STRATEGIES["none"]([], model, STRATEGIES["none"].Params())
+    strategy = STRATEGIES["none"]([], model, STRATEGIES["none"].Params(), in_shape=bundle.in_shape)
     result = fit(strategy, bundle, training, seed, work_dir, resume=resume, callbacks=callbacks,
                  description=f"teacher[{index}] {teacher_spec.model}")
     device = resolve_device(training.device)

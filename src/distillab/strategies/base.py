@@ -39,8 +39,10 @@ class Strategy(nn.Module):
     # the teacher forward pass. Strategies that read intermediate features set False.
     logits_only: ClassVar[bool] = True
 
-    def __init__(self, teachers: list[nn.Module], student: nn.Module, params: BaseModel):
+    def __init__(self, teachers: list[nn.Module], student: nn.Module, params: BaseModel, in_shape=None):
+        """``in_shape`` (C, H, W) lets a strategy size its adapters with a dummy forward pass."""
         super().__init__()
+        self.in_shape = tuple(in_shape) if in_shape is not None else None
         self.teachers = nn.ModuleList(teachers)
         for teacher in self.teachers:
             teacher.eval()
@@ -77,6 +79,10 @@ class Strategy(nn.Module):
         """Parameters that exist only during training (adapters, discriminators)."""
         student_ids = {id(p) for p in self.student.parameters()}
         return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
+
+    def prepare(self, bundle) -> None:
+        """Called by the engine once before training, with the data (e.g. to weigh teachers
+        by validation accuracy). Does nothing by default."""
 
     def loss(self, batch: dict) -> StepOutput:
         raise NotImplementedError
