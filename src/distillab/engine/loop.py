@@ -185,6 +185,7 @@ def _train_epoch(
     started = time.perf_counter()
     for step, batch in enumerate(train_batches(bundle, training.batch_size, generator, caches)):
         batch = _to_device(batch, device, training.channels_last)
+        batch["epoch"], batch["epochs"] = epoch, training.epochs  # for warm-ups and schedules inside losses
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = strategy.loss(batch)
         if not torch.isfinite(out.loss):

@@ -27,8 +27,9 @@ class StepOutput:
 class Strategy(nn.Module):
     """One distillation method. Subclasses set the class attributes and ``loss``.
 
-    ``batch`` is a dict with ``inputs`` (B, C, H, W), ``targets`` (B,), ``index`` (B,) and,
-    when the teacher-output cache is in use, ``teacher_logits`` (n_teachers, B, K).
+    ``batch`` is a dict with ``inputs`` (B, C, H, W), ``targets`` (B,), ``index`` (B,), the
+    0-based ``epoch`` and the total ``epochs`` (python ints), and, when the teacher-output
+    cache is in use, ``teacher_logits`` (n_teachers, B, K).
     """
 
     summary: ClassVar[str]
