@@ -42,14 +42,18 @@ class FitResult:
     seconds_per_epoch: float = 0.0
 
 
-def train_batches(bundle, batch_size: int, generator: torch.Generator, caches: Sequence) -> Iterator[dict]:
-    """One epoch of shuffled, augmented, normalised batches.
+def train_batches(
+    bundle, batch_size: int, generator: torch.Generator, caches: Sequence, order: torch.Tensor | None = None
+) -> Iterator[dict]:
+    """One epoch of shuffled, augmented, normalised batches, in ``order`` when given
+    (rows of bundle.train, e.g. a curriculum), else a random permutation.
 
     With caches, each sample is shown as one of the cached views (drawn per sample from
     ``generator``) with exactly that view's augmentation, and carries the cached logits.
     """
     n = len(bundle.train)
-    order = torch.randperm(n, generator=generator)
+    if order is None:
+        order = torch.randperm(n, generator=generator)
     padding = bundle.augment.crop_padding
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
@@ -183,7 +187,8 @@ def _train_epoch(
     total_loss = total_correct = seen = 0
     extra: dict[str, float] = {}
     started = time.perf_counter()
-    for step, batch in enumerate(train_batches(bundle, training.batch_size, generator, caches)):
+    order = strategy.sample_order(epoch, training.epochs, generator)
+    for step, batch in enumerate(train_batches(bundle, training.batch_size, generator, caches, order)):
         batch = _to_device(batch, device, training.channels_last)
         batch["epoch"], batch["epochs"] = epoch, training.epochs  # for warm-ups and schedules inside losses
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):

@@ -82,6 +82,13 @@ def render_markdown(report: dict) -> str:
     for c in report["comparisons"]:
         parts.append(f"| {c['a']} − {c['b']} | {c['mean_diff'] * 100:+.2f} | {_fmt(c['p_value'], '.3g', 'n/a')} "
                      f"| {c['test']}, n={c['n']} |")
+    for m in report["models"]:
+        if m.get("stages"):
+            parts += ["", f"Stages of `{m['strategy']}` (test accuracy, mean ± std over seeds):", "",
+                      "| stage | model | params | accuracy (%) |", "|---|---|---:|---|"]
+            for st in m["stages"]:
+                parts.append(f"| {st['stage']} | {st['model']} | {st['params']:,} | "
+                             f"{st['accuracy']['mean'] * 100:.2f} ± {st['accuracy']['std'] * 100:.2f} |")
     if report.get("constraints"):
         parts += ["", "| constraint | limit | value | met |", "|---|---:|---:|---|"]
         for c in report["constraints"]:

@@ -29,6 +29,7 @@ from distillab.errors import DistillabError, SpecError
 from distillab.experiment.stats import paired_comparison, summarize, verdict
 from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import model_facts
+from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
 from distillab.spec import JobSpec, parse_spec
 from distillab.strategies import STRATEGIES
@@ -68,38 +69,29 @@ def environment() -> dict:
     }
 
 
+def _trained_student(spec, bundle, seed, summary, phase_dir):
+    """The scratch student of this seed: in memory, or (after --resume) from its folder."""
+    if "student" in summary:
+        return summary["student"]
+    model = _build_student(spec, bundle, seed)
+    return load_state_into(model, phase_dir / "student.safetensors", f"{phase_dir} (resume)")
+
+
 def _build_student(spec: JobSpec, bundle, seed: int):
     torch.manual_seed(seed)  # scratch and distilled students start from the same weights
     return build_model(spec.student.model, bundle.in_shape, bundle.num_classes, spec.student.model_args)
 
 
-def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks) -> dict:
-    """Train one student (role 'scratch' or 'distilled'); results are saved in phase_dir."""
-    done = phase_dir / "result.json"
-    if resume and done.exists():
-        log.info("seed %d %s: already done, skipping", seed, role)
-        return json.loads(done.read_text())
-    strategy_name = "none" if role == "scratch" else spec.strategy.name
-    strategy_cls = STRATEGIES[strategy_name]
-    params = strategy_cls.Params.model_validate({} if role == "scratch" else spec.strategy.params)
-    student = _build_student(spec, bundle, seed)
-    teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
-    strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
-    use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
-    if strategy_cls.uses_teacher and not use_cache:
-        reason = "cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"
-        log.info("teacher outputs: running the teacher online (%s)", reason)
+def _fit_one(spec, bundle, seed, strategy, caches, run_dir, resume, deadline, callbacks, label) -> dict:
+    """Train one strategy with the engine and measure its student on the test split."""
     result = fit(
-        strategy, bundle, spec.training, seed, phase_dir, caches=caches if use_cache else (), resume=resume,
-        callbacks=callbacks(role, seed) if callbacks else (), deadline=deadline,
-        tensorboard=spec.output.tensorboard, description=f"seed {seed} {role}",
+        strategy, bundle, spec.training, seed, run_dir, caches=caches, resume=resume,
+        callbacks=callbacks or (), deadline=deadline, tensorboard=spec.output.tensorboard, description=label,
     )
     device = resolve_device(spec.training.device)
     test = evaluate(strategy.student, bundle.test, bundle.normalize, spec.training.eval_batch_size, device)
-    summary = {
-        "seed": seed,
-        "role": role,
-        "strategy": strategy_name,
+    log.info("%s: test accuracy %.4f", label, test.accuracy)
+    return {
         "test_accuracy": test.accuracy,
         "val_accuracy": result.best_val_accuracy,
         "best_epoch": result.best_epoch,
@@ -107,8 +99,59 @@ def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadli
         "extra_training_params": strategy.extra_parameter_count(),
         "history": result.history,
     }
-    atomic_write_json(done, summary)
-    log.info("seed %d %s: test accuracy %.4f", seed, role, test.accuracy)
+
+
+def _stage_teachers(stage, teachers, caches, previous, scratch_student):
+    """(teacher models, caches) for one stage of a multi-stage strategy."""
+    if stage.teacher == "spec":
+        return [t for t, _, _ in teachers], caches
+    source = previous if stage.teacher == "previous" else scratch_student
+    if source is None:
+        raise ValueError(f"stage {stage.name}: no {stage.teacher} model to learn from")
+    return [source.eval()], ()  # a model trained in this run: its outputs are computed online
+
+
+def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks, scratch=None) -> dict:
+    """Train one student (role 'scratch' or 'distilled'); results are saved in phase_dir.
+    ``scratch`` is this seed's trained scratch student (born-again starts from it)."""
+    done = phase_dir / "result.json"
+    if resume and done.exists():
+        log.info("seed %d %s: already done, skipping", seed, role)
+        return json.loads(done.read_text())
+    strategy_name = "none" if role == "scratch" else spec.strategy.name
+    strategy_cls = STRATEGIES[strategy_name]
+    params = strategy_cls.Params.model_validate({} if role == "scratch" else spec.strategy.params)
+    stages = strategy_cls.stages(params)
+    use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
+    if strategy_cls.uses_teacher and not use_cache:
+        reason = "cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"
+        log.info("teacher outputs: running the teacher online (%s)", reason)
+    cbs = callbacks(role, seed) if callbacks else ()
+    label = f"seed {seed} {role}"
+    if not stages:
+        student = _build_student(spec, bundle, seed)
+        teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
+        strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
+        summary = _fit_one(spec, bundle, seed, strategy, caches if use_cache else (), phase_dir, resume, deadline,
+                           cbs, label)
+        summary["student"] = student
+    else:
+        previous, stage_results = None, []
+        for stage in stages:
+            stage_teachers, stage_caches = _stage_teachers(stage, teachers, caches if use_cache else (), previous, scratch)
+            torch.manual_seed(seed)
+            model = build_model(stage.model or spec.student.model, bundle.in_shape, bundle.num_classes,
+                                stage.model_args if stage.model else spec.student.model_args)
+            strategy = strategy_cls(stage_teachers, model, params, in_shape=bundle.in_shape)
+            result = _fit_one(spec, bundle, seed, strategy, stage_caches, phase_dir / stage.name, resume, deadline,
+                              cbs, f"{label} {stage.name}")
+            stage_results.append({"stage": stage.name, "model": stage.model or spec.student.model,
+                                  "params": sum(p.numel() for p in model.parameters()), **result})
+            previous = strategy.student
+        summary = {**stage_results[-1], "stages": stage_results, "student": previous}
+        summary["extra_training_params"] = sum(r["params"] for r in stage_results[:-1])
+    summary.update(seed=seed, role=role, strategy=strategy_name)
+    atomic_write_json(done, {k: v for k, v in summary.items() if k != "student"})
     return summary
 
 
@@ -144,22 +187,27 @@ def run(
             evaluate(model.to(device), first.test, first.normalize, spec.training.eval_batch_size, device).accuracy
             for model, _, _ in teachers
         ]
-        uses_teacher = STRATEGIES[spec.strategy.name].uses_teacher
+        strategy_cls = STRATEGIES[spec.strategy.name]
+        stages = strategy_cls.stages(strategy_cls.Params.model_validate(spec.strategy.params))
+        needs_cache = (strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
+                       and (not stages or any(stage.teacher == "spec" for stage in stages)))
         phases: dict[str, list[dict]] = {"scratch": [], "distilled": []}
         for seed in seeds:
             bundle = first if seed == seeds[0] else data_module.build(spec.data, seed)
             caches = []
-            if uses_teacher and spec.cache.enabled and STRATEGIES[spec.strategy.name].logits_only:
+            if needs_cache:
                 caches = [
                     teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
                                     cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device)
                     for model, checksum, _ in teachers
                 ]
-            for role in ("scratch", "distilled"):
-                phases[role].append(
-                    _phase(spec, bundle, seed, role, teachers, caches, partial / f"seed_{seed}" / role,
-                           resume, deadline, callbacks)
-                )
+            scratch = _phase(spec, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
+                             resume, deadline, callbacks)
+            distilled = _phase(spec, bundle, seed, "distilled", teachers, caches,
+                               partial / f"seed_{seed}" / "distilled", resume, deadline, callbacks,
+                               scratch=_trained_student(spec, bundle, seed, scratch, partial / f"seed_{seed}" / "scratch"))
+            phases["scratch"].append(scratch)
+            phases["distilled"].append(distilled)
         report = _assemble(spec, first, teachers, teacher_accuracy, phases, time.time() - started)
         atomic_write_json(partial / "report.json", report)
         from distillab.experiment.render import render
@@ -207,6 +255,7 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
             "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
             "extra_training_params": runs[0]["extra_training_params"],
             "curves": {str(r["seed"]): [h["val_accuracy"] for h in r["history"]] for r in runs},
+            **({"stages": _stage_summary(runs)} if "stages" in runs[0] else {}),
             "train_loss_curves": {str(r["seed"]): [h["train_loss"] for h in r["history"]] for r in runs},
         })
     distilled = [r["test_accuracy"] for r in phases["distilled"]]
@@ -237,3 +286,14 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
         "environment": environment(),
         "spec": spec.model_dump(mode="json"),
     }
+
+
+def _stage_summary(runs: list[dict]) -> list[dict]:
+    """Per stage (assistant, each born-again generation): model, params, accuracy over seeds."""
+    out = []
+    for index, stage in enumerate(runs[0]["stages"]):
+        out.append({
+            "stage": stage["stage"], "model": stage["model"], "params": stage["params"],
+            "accuracy": summarize([r["stages"][index]["test_accuracy"] for r in runs]),
+        })
+    return out

@@ -70,7 +70,7 @@ def get_teachers(spec, bundle, *, resume: bool = False) -> list[tuple[object, st
     checkpoint once (then reusing the cached weights)."""
     out = []
     for index, teacher_spec in enumerate(spec.teachers):
-        where = "teacher" if len(spec.teachers) == 1 else f"teacher[{index}]"
+        where = "teacher" if len(spec.teachers) == 1 else f"teacher.{index}"
         if teacher_spec.checkpoint is not None:
             model, checksum = load_teacher(teacher_spec, bundle.in_shape, bundle.num_classes, where)
             out.append((model, checksum, {"source": str(teacher_spec.checkpoint)}))

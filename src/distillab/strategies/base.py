@@ -24,6 +24,21 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)  # extra scalars for the metrics log
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a multi-stage strategy (teacher-assistant chain, born-again).
+
+    ``teacher``: "spec" (the job's teachers), "previous" (the student of the stage
+    before) or "scratch" (this seed's scratch-trained student). ``model`` None means the
+    job's student architecture.
+    """
+
+    name: str
+    teacher: str
+    model: str | None = None
+    model_args: dict | None = None
+
+
 class Strategy(nn.Module):
     """One distillation method. Subclasses set the class attributes and ``loss``.
 
@@ -84,6 +99,18 @@ class Strategy(nn.Module):
     def prepare(self, bundle) -> None:
         """Called by the engine once before training, with the data (e.g. to weigh teachers
         by validation accuracy). Does nothing by default."""
+
+    @classmethod
+    def stages(cls, params: BaseModel) -> list[Stage] | None:
+        """A multi-stage strategy lists its stages; the experiment trains them in order,
+        each with this strategy's loss. None (the default): one stage."""
+        return None
+
+    def sample_order(self, epoch: int, epochs: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Rows of the training split to visit this epoch, in order (a curriculum); None,
+        the default, lets the engine shuffle. Keep the length equal to the training set so
+        every epoch has the same number of steps."""
+        return None
 
     def loss(self, batch: dict) -> StepOutput:
         raise NotImplementedError
