@@ -146,6 +146,44 @@ def models() -> None:
 
 
 @app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="a model of the zoo (see `distillab models`)")],
+    model_args: Annotated[Optional[str], typer.Option(help="the model's keyword arguments as JSON, e.g. '{\"depth\": 8}'")] = None,
+    in_shape: Annotated[str, typer.Option(help="input shape C,H,W")] = "1,28,28",
+    classes: Annotated[int, typer.Option(min=1, help="number of classes")] = 10,
+) -> None:
+    """List a model's tappable layers with their output shapes, to write strategy layer pairs."""
+    from distillab.models.taps import stage_outputs, tappable_layers
+    from distillab.models.zoo import build_model
+
+    try:
+        try:
+            shape = tuple(int(size) for size in in_shape.split(","))
+        except ValueError:
+            shape = (0,)
+        if any(size < 1 for size in shape):
+            raise DistillabError(f"--in-shape: expected positive integers such as 1,28,28, got {in_shape!r}")
+        try:
+            args = json.loads(model_args) if model_args else {}
+        except ValueError as error:  # json.JSONDecodeError
+            raise DistillabError(f"--model-args: not valid JSON ({error})") from None
+        if not isinstance(args, dict):
+            raise DistillabError(f"--model-args: expected a JSON object such as '{{\"depth\": 8}}', got {model_args!r}")
+        net = build_model(model, shape, classes, args)
+        try:
+            rows = tappable_layers(net, shape)
+            defaults = {name for name, _ in stage_outputs(net, shape)}
+        except RuntimeError as error:
+            raise DistillabError(f"--in-shape {in_shape}: {model} cannot run on it: {error}") from None
+    except DistillabError as error:
+        _fail(error)
+    width = max(len(name) for name, _ in rows)
+    for name, out_shape in rows:
+        console.print(f"{'*' if name in defaults else ' '} {name:<{width}}  {out_shape}", markup=False, highlight=False)
+    console.print("* picked by default for layer pairs (one per spatial resolution)", markup=False, highlight=False)
+
+
+@app.command()
 def datasets() -> None:
     """List the datasets and their default locations."""
     from distillab.data import DATASETS
@@ -165,6 +203,26 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder")
     except DistillabError as error:
         _fail(error)
     console.print(f"wrote {path}", markup=False)
+
+
+@app.command()
+def sweep(
+    spec: SpecArg,
+    out: Annotated[Path, typer.Option(help="sweep folder (study.db, trials.md, best.json, heatmap.png)")],
+    grid: Annotated[Optional[list[str]], typer.Option(help="key.path=v1,v2,... (GridSampler)")] = None,
+    range_: Annotated[Optional[list[str]], typer.Option("--range", help="key.path=low:high[:log] (TPE)")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="trials for --range sweeps (default 20)")] = None,
+) -> None:
+    """Tune strategy or training parameters on the validation split (Optuna, resumable)."""
+    from distillab.experiment.sweep import parse_grid, parse_ranges, sweep as run_sweep
+
+    _logging(False)
+    try:
+        best = run_sweep(spec, out, parse_grid(grid or []), parse_ranges(range_ or []), trials)
+    except DistillabError as error:
+        _fail(error)
+    console.print((out / "trials.md").read_text(), markup=False, highlight=False)
+    console.print(f"best (validation): {json.dumps(best['params'])} -> {best['val_accuracy'] * 100:.2f}%", markup=False)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")

@@ -1,0 +1,190 @@
+"""Hyper-parameter sweeps with Optuna: a grid (GridSampler) or ranges (TPE), selected on the
+validation split only. The study lives in SQLite, so an interrupted sweep resumes and
+skips finished trials."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import optuna
+import yaml
+
+from distillab import data as data_module
+from distillab.data.cache import teacher_outputs
+from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from distillab.engine.evaluate import resolve_device
+from distillab.errors import SpecError
+from distillab.experiment.run import _phase, _trained_student
+from distillab.experiment.teacher import get_teachers
+from distillab.spec import apply_override, parse_spec, read_spec_file
+from distillab.strategies import STRATEGIES
+
+log = logging.getLogger("distillab")
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``key=v1,v2,...`` -> {key: [values parsed as YAML]}."""
+    grid = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        if not key or not raw:
+            raise SpecError(f"--grid {item!r}: expected key.path=v1,v2,...")
+        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        if not values:
+            raise SpecError(f"--grid {key}: no values")
+        grid[key.strip()] = values
+    return grid
+
+
+def parse_ranges(items: list[str]) -> dict[str, tuple[float, float, bool]]:
+    """``key=low:high`` (uniform) or ``key=low:high:log`` -> {key: (low, high, log)}."""
+    ranges = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        parts = raw.split(":")
+        try:
+            low, high = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise SpecError(f"--range {item!r}: expected key.path=low:high[:log]") from None
+        if not low < high:
+            raise SpecError(f"--range {key}: low must be below high")
+        ranges[key.strip()] = (low, high, len(parts) > 2 and parts[2] == "log")
+    return ranges
+
+
+def _spec_with(base: dict, assignments: dict):
+    data = copy.deepcopy(base)
+    for key, value in assignments.items():
+        apply_override(data, f"{key}={json.dumps(value)}")
+    return parse_spec(data)
+
+
+def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, trials: int | None = None) -> dict:
+    """Run (or resume) the study; write study.db, trials.md, best.json and, for two grid
+    parameters, heatmap.png. Returns the best trial's parameters and validation accuracy."""
+    base = read_spec_file(spec_path)
+    if not grid and not ranges:
+        raise SpecError("give at least one --grid or --range")
+    for key, values in grid.items():  # an unknown parameter fails here, naming the key
+        _spec_with(base, {key: values[0]})
+    for key, (low, _, _) in ranges.items():
+        _spec_with(base, {key: low})
+    spec = _spec_with(base, {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    seeds = spec.training.seeds
+    bundles = {seed: data_module.build(spec.data, seed) for seed in seeds}
+    teachers = get_teachers(spec, bundles[seeds[0]])
+    device = resolve_device(spec.training.device)
+    caches = {
+        seed: [teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
+                               cache_dir=spec.cache.dir, device=device) for model, checksum, _ in teachers]
+        if spec.cache.enabled else []
+        for seed, bundle in bundles.items()
+    }
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {key: trial.suggest_categorical(key, vals) for key, vals in grid.items()}
+        for key, (low, high, log_scale) in ranges.items():
+            values[key] = trial.suggest_float(key, low, high, log=log_scale)
+        trial_spec = _spec_with(base, values)
+        accuracies = []
+        for seed in seeds:
+            trial_dir = out_dir / "trials" / f"{trial.number:04d}" / f"seed_{seed}"
+            scratch = None
+            if STRATEGIES[trial_spec.strategy.name].stages(
+                STRATEGIES[trial_spec.strategy.name].Params.model_validate(trial_spec.strategy.params)
+            ):
+                summary = _phase(trial_spec, bundles[seed], seed, "scratch", teachers, caches[seed],
+                                 trial_dir / "scratch", True, None, None)
+                scratch = _trained_student(trial_spec, bundles[seed], seed, summary, trial_dir / "scratch")
+            result = _phase(trial_spec, bundles[seed], seed, "distilled", teachers, caches[seed],
+                            trial_dir / "distilled", True, None, None, scratch=scratch)
+            accuracies.append(result["val_accuracy"])
+        return statistics.fmean(accuracies)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if grid and not ranges:
+        sampler = optuna.samplers.GridSampler(grid, seed=0)
+        total = 1
+        for values in grid.values():
+            total *= len(values)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=0)
+        total = trials or 20
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, direction="maximize",
+                                load_if_exists=True)
+    _requeue_unfinished(study)
+    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    remaining = max(0, total - finished)
+    log.info("sweep: %d trial(s) finished, %d to run", finished, remaining)
+    if remaining:
+        study.optimize(objective, n_trials=remaining)
+    return _write_outputs(study, grid, out_dir)
+
+
+def _requeue_unfinished(study: optuna.Study) -> None:
+    """Trials an interrupted sweep left failed or running are queued again (once), so the
+    grid is completed instead of skipped."""
+    states = optuna.trial.TrialState
+    done = [t.params for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.WAITING))]
+    for trial in study.get_trials(deepcopy=False, states=(states.RUNNING, states.FAIL)):
+        if trial.state == states.RUNNING:  # its process died: it will never finish
+            study._storage.set_trial_state_values(trial._trial_id, states.FAIL)
+        if trial.params and trial.params not in done:
+            # a copy that keeps the system attributes (GridSampler's grid_id), as Optuna's
+            # RetryFailedTrialCallback does, so the grid point runs again
+            study.add_trial(optuna.trial.create_trial(state=states.WAITING, system_attrs=dict(trial.system_attrs)))
+            done.append(trial.params)
+
+
+def _write_outputs(study: optuna.Study, grid: dict, out_dir: Path) -> dict:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    keys = sorted({k for t in complete for k in t.params})
+    lines = ["| trial | " + " | ".join(keys) + " | val accuracy (%) |", "|---:|" + "---|" * len(keys) + "---:|"]
+    for trial in sorted(complete, key=lambda t: -t.value):
+        cells = " | ".join(f"{trial.params.get(k)}" for k in keys)
+        lines.append(f"| {trial.number} | {cells} | {trial.value * 100:.2f} |")
+    atomic_write_text(out_dir / "trials.md", "\n".join(lines) + "\n")
+    best = {"params": study.best_trial.params, "val_accuracy": study.best_value, "trial": study.best_trial.number,
+            "trials": len(complete), "selected_on": "validation split"}
+    atomic_write_json(out_dir / "best.json", best)
+    if len(grid) == 2:
+        _heatmap(complete, list(grid.items()), out_dir / "heatmap.png")
+    return best
+
+
+def _heatmap(trials, axes, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    (y_key, y_values), (x_key, x_values) = axes
+    grid = np.full((len(y_values), len(x_values)), np.nan)
+    for trial in trials:
+        grid[y_values.index(trial.params[y_key]), x_values.index(trial.params[x_key])] = trial.value * 100
+    fig, ax = plt.subplots(figsize=(1.2 * len(x_values) + 2, 0.9 * len(y_values) + 1.5))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(x_values)), [str(v) for v in x_values])
+    ax.set_yticks(range(len(y_values)), [str(v) for v in y_values])
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, label="validation accuracy (%)")
+    ax.set_title("sweep (validation split)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
