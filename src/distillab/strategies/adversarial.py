@@ -1,0 +1,144 @@
+"""Adversarial KD: a discriminator learns to tell teacher outputs from student outputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from distillab import losses
+from distillab.strategies.base import Params, StepOutput, Strategy
+
+INPUT_EMBEDDING_DIMS = 64  # the optional input condition is the input average-pooled to at most this
+
+
+class AdversarialParams(Params):
+    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T of the KD term and of D's inputs")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs CE")
+    adv_weight: float = Field(0.1, ge=0, le=10, description="weight of the student's adversarial term")
+    d_lr: float = Field(1e-4, gt=0, le=1, description="learning rate of the discriminator's own Adam")
+    d_steps: int = Field(1, ge=1, le=10, description="discriminator updates per student step")
+    d_hidden: int = Field(128, ge=8, le=2048, description="width of the discriminator's two hidden layers")
+    use_input: bool = Field(False, description="condition D on the input, average-pooled to at most 64 values")
+    gradient_penalty: float = Field(0.0, ge=0, le=100, description="R1 weight gamma on teacher samples; 0 = off")
+
+
+class Discriminator(nn.Module):
+    """MLP with spectral norm on every linear layer; a score > 0 means "teacher"."""
+
+    def __init__(self, in_features: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            spectral_norm(nn.Linear(in_features, hidden)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(hidden, hidden)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(hidden, 1)),
+        )
+
+    def forward(self, x):  # (B, D) -> (B,)
+        return self.net(x).squeeze(-1)
+
+
+class Adversarial(Strategy):
+    """Xu, Hsu & Huang (2017), "Training Shallow and Thin Networks for Acceleration via Knowledge
+    Distillation with Conditional Adversarial Networks", arXiv:1709.00513: a discriminator D
+    learns to tell the teacher's outputs from the student's and the student learns to fool it.
+    Here D sees softened probabilities p = softmax(./T), optionally joined with a pooled input
+    e(x) as the condition, and the Hinton KD term is kept. (Not KDGAN, Wang et al. 2018, which
+    also trains the teacher.) With several teachers, t is the mean of their logits.
+
+        L_S = alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(s, y) + adv_weight * E[-log D(p_s, e(x))]
+        L_D = E[-log D(p_t, e(x))] + E[-log(1 - D(p_s, e(x)))] + gamma * E[1/2 ||grad_p D(p_t, e(x))||^2]
+
+    D (spectral norm on every layer) takes ``d_steps`` Adam steps on L_D inside ``loss`` on
+    detached student outputs; the engine's optimizer sees only the student.
+    """
+
+    summary = "Hinton KD plus a GAN term: a spectral-norm discriminator tells teacher from student outputs"
+    paper = "Xu, Hsu & Huang 2017, arXiv:1709.00513"
+    Params = AdversarialParams
+
+    def __init__(self, teachers, student, params, in_shape=None):
+        super().__init__(teachers, student, params, in_shape)
+        if self.in_shape is None:
+            raise ValueError("adversarial needs in_shape to size its discriminator")
+        num_classes = self._student_classes()
+        self.condition_dims = min(INPUT_EMBEDDING_DIMS, math.prod(self.in_shape)) if params.use_input else 0
+        self.discriminator = Discriminator(num_classes + self.condition_dims, params.d_hidden)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
+
+    def _student_classes(self) -> int:
+        was_training = self.student.training
+        self.student.eval()  # no BatchNorm statistics from the dummy batch
+        device = next(self.student.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            num_classes = self.student(torch.zeros(2, *self.in_shape, device=device)).shape[-1]
+        self.student.train(was_training)
+        return num_classes
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        d_ids = {id(p) for p in self.discriminator.parameters()}  # D has its own optimizer
+        return [p for p in super().trainable_parameters() if id(p) not in d_ids]
+
+    def extra_parameter_count(self) -> int:
+        return super().extra_parameter_count() + sum(p.numel() for p in self.discriminator.parameters())
+
+    # D's Adam moments are saved with the strategy's state_dict, so a resumed run continues them.
+    def get_extra_state(self):
+        return {"d_optimizer": self.d_optimizer.state_dict()}
+
+    def set_extra_state(self, state):
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+
+    def _join(self, probs, condition):  # (B, K), (B, E) or None -> (B, K + E)
+        return probs if condition is None else torch.cat([probs, condition], dim=1)
+
+    def _train_discriminator(self, teacher_probs, student_probs, condition) -> tuple[float, float]:
+        p, B = self.params, len(teacher_probs)
+        for _ in range(p.d_steps):
+            real = teacher_probs.detach().requires_grad_(p.gradient_penalty > 0)  # (B, K)
+            both = torch.cat([self._join(real, condition), self._join(student_probs.detach(), condition)])  # (2B, D)
+            scores = self.discriminator(both)  # (2B,): one forward, one power iteration
+            real_scores, fake_scores = scores[:B], scores[B:]
+            d_loss = losses.discriminator_bce(real_scores, fake_scores)
+            if p.gradient_penalty > 0:
+                d_loss = d_loss + p.gradient_penalty * losses.r1_penalty(real_scores, real)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+        accuracy = ((real_scores > 0).float().mean() + (fake_scores < 0).float().mean()) / 2
+        return d_loss.item(), accuracy.item()
+
+    def loss(self, batch):
+        p = self.params
+        inputs = batch["inputs"]  # (B, C, H, W)
+        teacher_logits = self.teacher_logits(batch).mean(0)  # (B, K)
+        student_logits = self.student(inputs)  # (B, K)
+        kd = losses.soft_kl(student_logits, teacher_logits, p.temperature)
+        hard = losses.cross_entropy(student_logits, batch["targets"])
+
+        # D is small and trained here, in float32 whatever autocast the engine uses.
+        with torch.autocast(inputs.device.type, enabled=False):
+            condition = None
+            if p.use_input:
+                flat = inputs.detach().float().flatten(1)  # (B, C*H*W)
+                condition = F.adaptive_avg_pool1d(flat[:, None], self.condition_dims)[:, 0]  # (B, E)
+            teacher_probs = F.softmax(teacher_logits.float() / p.temperature, dim=-1)  # (B, K)
+            student_probs = F.softmax(student_logits.float() / p.temperature, dim=-1)  # (B, K)
+            d_loss, d_accuracy = self._train_discriminator(teacher_probs, student_probs, condition)
+            # The student's term must not leave gradients on D: freeze it for this forward.
+            self.discriminator.requires_grad_(False)
+            try:
+                adv = losses.generator_nonsaturating(self.discriminator(self._join(student_probs, condition)))
+            finally:
+                self.discriminator.requires_grad_(True)
+
+        loss = p.alpha * kd + (1 - p.alpha) * hard + p.adv_weight * adv
+        logs = {"kd": kd.item(), "hard": hard.item(), "adv_loss": adv.item(), "d_loss": d_loss,
+                "d_accuracy": d_accuracy}
+        return StepOutput(loss, student_logits, logs)
