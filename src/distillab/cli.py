@@ -96,6 +96,7 @@ def run(
 def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec: keys, types, ranges, files, the dataset and the teacher's output size."""
     from distillab import data as data_module
+    from distillab.experiment.run import check_strategy
     from distillab.experiment.teacher import get_teachers
 
     _logging(False)
@@ -103,7 +104,7 @@ def validate(spec: SpecArg, set_: SetOpt = None) -> None:
         job = _load(spec, set_)
         bundle = data_module.build(job.data, job.training.seeds[0])
         if all(t.checkpoint is not None for t in job.teachers):
-            get_teachers(job, bundle)
+            check_strategy(job, bundle, get_teachers(job, bundle))
     except DistillabError as error:
         _fail(error)
     console.print(f"{spec}: valid ({job.strategy.name}, {len(job.teachers)} teacher(s), "
@@ -117,8 +118,8 @@ def _strategy_rows() -> list[dict]:
     for name, cls in STRATEGIES.items():
         params = {}
         for key, field in cls.Params.model_fields.items():
-            bounds = {m.__class__.__name__.lower(): getattr(m, m.__class__.__name__.lower(), None)
-                      for m in field.metadata}
+            bounds = {key: getattr(m, key) for m in field.metadata
+                      for key in ("gt", "ge", "lt", "le", "min_length", "max_length") if getattr(m, key, None) is not None}
             params[key] = {"default": field.default, "description": field.description, **bounds}
         rows.append({"name": name, "summary": cls.summary, "paper": cls.paper, "params": params})
     return rows

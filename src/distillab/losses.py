@@ -26,16 +26,16 @@ def soft_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction:
     The T^2 factor keeps the gradient magnitude of the soft term independent of T.
     student_logits, teacher_logits: (B, K). Returns a scalar, or (B,) with reduction="none".
     """
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (B, K)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)  # (B, K)
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, K), fp32 under autocast
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, K)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)  # (B,)
     return _reduce(kl * temperature**2, reduction)
 
 
 def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean"):
     """T^2 * KL(softmax(s/T) || softmax(t/T)): mode-seeking, as used for generative students."""
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (B, K)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)  # (B, K)
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, K), fp32 under autocast
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, K)
     kl = (log_p_student.exp() * (log_p_student - log_p_teacher)).sum(-1)  # (B,)
     return _reduce(kl * temperature**2, reduction)
 
@@ -45,8 +45,8 @@ def jsd(student_logits, teacher_logits, temperature: float = 1.0, reduction: str
 
     Bounded by T^2 * ln 2, reached when the two distributions have disjoint support.
     """
-    p_student = F.softmax(student_logits / temperature, dim=-1)  # (B, K)
-    p_teacher = F.softmax(teacher_logits / temperature, dim=-1)  # (B, K)
+    p_student = F.softmax(student_logits.float() / temperature, dim=-1)  # (B, K), fp32 under autocast
+    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)  # (B, K)
     log_mix = ((p_student + p_teacher) / 2).clamp_min(1e-12).log()  # (B, K)
     kl_s = (p_student * (p_student.clamp_min(1e-12).log() - log_mix)).sum(-1)
     kl_t = (p_teacher * (p_teacher.clamp_min(1e-12).log() - log_mix)).sum(-1)

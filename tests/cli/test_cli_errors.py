@@ -110,3 +110,12 @@ def test_listing_commands(tmp_path):
     assert run_cli("report", tmp_path)[0] == 2
 
 
+
+
+def test_unknown_layer_fails_before_training(tmp_path, blobs, tiny_teacher):
+    strategy = {"name": "feature", "params": {"pairs": [["stages.9", "stages.2"]]}}
+    spec = tiny_spec(blobs, tiny_teacher, student={"model": "cnn_tiny", "model_args": {}}, strategy=strategy)
+    path = write_spec(tmp_path, spec)
+    assert_rejected(tmp_path, path, "strategy.params.pairs[0]", "stages.9")
+    code, output = run_cli("validate", path)
+    assert code == 2 and "stages.9" in output

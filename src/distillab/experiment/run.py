@@ -69,6 +69,21 @@ def environment() -> dict:
     }
 
 
+def check_strategy(spec, bundle, teachers) -> None:
+    """Build the distillation strategy once on throw-away students, so bad strategy
+    parameters (a layer name that does not exist, a weight list of the wrong length) fail
+    before anything is trained or written."""
+    strategy_cls = STRATEGIES[spec.strategy.name]
+    params = strategy_cls.Params.model_validate(spec.strategy.params)
+    teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
+    for stage in strategy_cls.stages(params) or [None]:
+        model = build_model(stage.model if stage and stage.model else spec.student.model, bundle.in_shape,
+                            bundle.num_classes, stage.model_args if stage and stage.model else spec.student.model_args)
+        if stage is not None and stage.teacher != "spec":
+            continue  # its teacher is trained in this run
+        strategy_cls(teacher_models, model, params, in_shape=bundle.in_shape)
+
+
 def _trained_student(spec, bundle, seed, summary, phase_dir):
     """The scratch student of this seed: in memory, or (after --resume) from its folder."""
     if "student" in summary:
@@ -176,6 +191,7 @@ def run(
     seeds = spec.training.seeds
     first = data_module.build(spec.data, seeds[0])
     teachers = get_teachers(spec, first, resume=resume)
+    check_strategy(spec, first, teachers)
     started = time.time()
     deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
 
