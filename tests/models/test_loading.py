@@ -24,15 +24,6 @@ pytestmark = [
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # A training job shares this machine: keep the tests off the other core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def teacher() -> nn.Module:
     """cnn_tiny in eval mode with random BatchNorm statistics, so buffers must round-trip too."""
