@@ -31,10 +31,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "which_layers"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value")
     args = parser.parse_args()
 
     base = load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
-                                 f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false"])
+                                 f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false",
+                                 *args.overrides])
     work = Path(args.out)
     bundles = {seed: data_module.build(base.data, seed) for seed in args.seeds}
     bundle = bundles[args.seeds[0]]
