@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from distillab.engine.callbacks import ProgressBar
 from distillab.errors import DistillabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="distillab: knowledge distillation for PyTorch.")
@@ -57,7 +58,9 @@ def teacher(
         job = load_spec(spec, set_ or [])
         if index >= len(job.teachers):
             raise DistillabError(f"--index {index}: the spec has {len(job.teachers)} teacher(s)")
-        facts = train_teacher(job, index, out, work_dir or out.with_suffix(".work"), resume=resume)
+        training = job.teachers[index].training or job.training
+        facts = train_teacher(job, index, out, work_dir or out.with_suffix(".work"), resume=resume,
+                              callbacks=[ProgressBar(f"teacher[{index}]", training.epochs)])
     except DistillabError as error:
         _fail(error)
     console.print_json(json.dumps(facts))
@@ -84,7 +87,9 @@ def run(
 
     _logging(verbose)
     try:
-        report = run_job(_load(spec, set_), out, resume=resume, overwrite=overwrite)
+        job = _load(spec, set_)
+        report = run_job(job, out, resume=resume, overwrite=overwrite,
+                         callbacks=lambda role, seed: [ProgressBar(f"seed {seed} {role}", job.training.epochs)])
     except DistillabError as error:
         _fail(error)
     console.print(markdown_table(report.data), markup=False, highlight=False)

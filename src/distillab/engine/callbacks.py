@@ -55,6 +55,7 @@ class ProgressBar(Callback):
 
     def close(self):
         self.progress.stop()
+        self.task = None
 
 
 class JsonlLogger(Callback):
