@@ -19,10 +19,8 @@ import statistics
 from pathlib import Path
 
 from distillab import data as data_module
-from distillab.data.cache import teacher_outputs
 from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
-from distillab.engine.evaluate import resolve_device
-from distillab.experiment.run import _phase, _trained_student, environment
+from distillab.experiment.run import _phase, _trained_student, environment, teacher_caches
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
 from distillab.spec import load_spec
@@ -46,11 +44,9 @@ def main() -> None:
                                  f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false",
                                  *args.overrides])
     work = Path(args.out)
-    device = resolve_device(base.training.device)
     bundles = {seed: data_module.build(base.data, seed) for seed in args.seeds}
     teachers = get_teachers(base, bundles[args.seeds[0]])
-    caches = {seed: [teacher_outputs(m, c, b, views=base.cache.views, fp16=False, cache_dir=base.cache.dir, device=device)
-                     for m, c, _ in teachers] for seed, b in bundles.items()}
+    caches = {seed: teacher_caches(base, bundle, teachers) for seed, bundle in bundles.items()}
 
     results: dict[str, list[dict]] = {"none": []}
     scratch_models = {}

@@ -69,6 +69,18 @@ def environment() -> dict:
     }
 
 
+def teacher_caches(spec, bundle, teachers) -> list:
+    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache)."""
+    if not spec.cache.enabled:
+        return []
+    device = resolve_device(spec.training.device)
+    return [
+        teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
+                        cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device)
+        for model, checksum, _ in teachers
+    ]
+
+
 def check_strategy(spec, bundle, teachers) -> None:
     """Build the distillation strategy once on throw-away students, so bad strategy
     parameters (a layer name that does not exist, a weight list of the wrong length) fail
@@ -212,11 +224,7 @@ def run(
             bundle = first if seed == seeds[0] else data_module.build(spec.data, seed)
             caches = []
             if needs_cache:
-                caches = [
-                    teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
-                                    cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device)
-                    for model, checksum, _ in teachers
-                ]
+                caches = teacher_caches(spec, bundle, teachers)
             scratch = _phase(spec, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
                              resume, deadline, callbacks)
             distilled = _phase(spec, bundle, seed, "distilled", teachers, caches,

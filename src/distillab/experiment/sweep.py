@@ -14,11 +14,9 @@ import optuna
 import yaml
 
 from distillab import data as data_module
-from distillab.data.cache import teacher_outputs
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
-from distillab.engine.evaluate import resolve_device
 from distillab.errors import SpecError
-from distillab.experiment.run import _phase, _trained_student
+from distillab.experiment.run import _phase, _trained_student, teacher_caches
 from distillab.experiment.teacher import get_teachers
 from distillab.spec import apply_override, parse_spec, read_spec_file
 from distillab.strategies import STRATEGIES
@@ -79,13 +77,7 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
     seeds = spec.training.seeds
     bundles = {seed: data_module.build(spec.data, seed) for seed in seeds}
     teachers = get_teachers(spec, bundles[seeds[0]])
-    device = resolve_device(spec.training.device)
-    caches = {
-        seed: [teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
-                               cache_dir=spec.cache.dir, device=device) for model, checksum, _ in teachers]
-        if spec.cache.enabled else []
-        for seed, bundle in bundles.items()
-    }
+    caches = {seed: teacher_caches(spec, bundle, teachers) for seed, bundle in bundles.items()}
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: trial.suggest_categorical(key, vals) for key, vals in grid.items()}
