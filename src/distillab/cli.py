@@ -253,6 +253,27 @@ def data_fetch(
         console.print(str(path), markup=False)
 
 
+export_app = typer.Typer(no_args_is_help=True, help="Export trained models for deployment.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("adaptive")
+def export_adaptive(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run of the 'adaptive' strategy")],
+    out: Annotated[Path, typer.Option(help="folder for adaptive.json, generator.safetensors, student.safetensors")],
+    seed: Annotated[Optional[int], typer.Option(help="which seed's model (default: the run's first)")] = None,
+) -> None:
+    """Write the generator G and the student of an adaptive run, without the teacher."""
+    from distillab.adaptive.export import export_run
+
+    try:
+        path = export_run(run_dir, out, seed)
+    except DistillabError as error:
+        _fail(error)
+    for name in ("adaptive.json", "generator.safetensors", "student.safetensors"):
+        console.print(str(path / name), markup=False)
+
+
 def main() -> None:
     app()
 

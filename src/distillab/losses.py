@@ -242,6 +242,15 @@ def generator_nonsaturating(fake_scores, reduction: str = "mean"):
     return _reduce(F.softplus(-fake_scores), reduction)
 
 
+def gaussian_kl(mu, logvar, reduction: str = "mean"):
+    """KL(N(mu, exp(logvar)) || N(0, I)) of a diagonal Gaussian, summed over the latent.
+
+    mu, logvar: (B, Z). Per sample 1/2 * sum(mu^2 + exp(logvar) - logvar - 1) (Kingma &
+    Welling 2014). Returns a scalar, or (B,) with reduction="none".
+    """
+    return _reduce(0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1), reduction)
+
+
 def r1_penalty(real_scores, real_inputs, reduction: str = "mean"):
     """R1 gradient penalty (Mescheder et al. 2018): 1/2 * ||d score / d x||^2 on real samples.
 

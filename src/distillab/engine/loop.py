@@ -139,7 +139,7 @@ def fit(
             metrics = {"epoch": epoch + 1, **metrics, "val_accuracy": val.accuracy, "val_loss": val.loss,
                        "lr": scheduler.get_last_lr()[0]}
             history.append(metrics)
-            if val.accuracy > best["val_accuracy"]:
+            if strategy.selectable(epoch, training.epochs) and val.accuracy > best["val_accuracy"]:
                 best = {"epoch": epoch, "val_accuracy": val.accuracy, "state": _cpu_state(strategy.student)}
             atomic_torch_save(
                 {

@@ -161,7 +161,7 @@ def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadli
         strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
         summary = _fit_one(spec, bundle, seed, strategy, caches if use_cache else (), phase_dir, resume, deadline,
                            cbs, label)
-        summary["student"] = student
+        summary["student"] = strategy.student
     else:
         previous, stage_results = None, []
         for stage in stages:
@@ -265,7 +265,8 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
             "source": facts["source"],
         })
     student = _build_student(spec, bundle, seeds[0])
-    student_facts = model_facts(student, bundle.in_shape, repeats)
+    facts = {"scratch": model_facts(student, bundle.in_shape, repeats)}
+    facts["distilled"] = model_facts(_deployed_model(spec, bundle, teachers), bundle.in_shape, repeats)
     for role in ("scratch", "distilled"):
         runs = phases[role]
         models.append({
@@ -274,7 +275,7 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
             "strategy": runs[0]["strategy"],
             "model": spec.student.model,
             "accuracy": summarize([r["test_accuracy"] for r in runs]),
-            **student_facts,
+            **facts[role],
             "val_accuracy": summarize([r["val_accuracy"] for r in runs]),
             "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
             "extra_training_params": runs[0]["extra_training_params"],
@@ -300,7 +301,10 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
         "dataset": {"name": bundle.name, "train": len(bundle.train), "val": len(bundle.val),
-                    "test": len(bundle.test), "num_classes": bundle.num_classes},
+                    "test": len(bundle.test), "num_classes": bundle.num_classes,
+                    "in_shape": list(bundle.in_shape),
+                    "normalize": {"mean": list(bundle.normalize.mean), "std": list(bundle.normalize.std),
+                                  "scale": bundle.normalize.scale}},
         "seeds": seeds,
         "strategy": {"name": spec.strategy.name, "params": spec.strategy.params},
         "models": models,
@@ -310,6 +314,19 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
         "environment": environment(),
         "spec": spec.model_dump(mode="json"),
     }
+
+
+def _deployed_model(spec, bundle, teachers):
+    """An untrained instance of what the distilled run serves (the student, or for
+    ``adaptive`` the generator plus student), for size, MACs and latency."""
+    strategy_cls = STRATEGIES[spec.strategy.name]
+    params = strategy_cls.Params.model_validate(spec.strategy.params)
+    if strategy_cls.stages(params):
+        return _build_student(spec, bundle, spec.training.seeds[0])
+    teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
+    strategy = strategy_cls(teacher_models, _build_student(spec, bundle, spec.training.seeds[0]), params,
+                            in_shape=bundle.in_shape)
+    return strategy.deployed_model()
 
 
 def _stage_summary(runs: list[dict]) -> list[dict]:

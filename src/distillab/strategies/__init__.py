@@ -1,5 +1,6 @@
 """The strategy registry: a literal dict, the only names a spec or the service may use."""
 
+from distillab.strategies.adaptive import Adaptive
 from distillab.strategies.adversarial import Adversarial
 from distillab.strategies.attention import Attention
 from distillab.strategies.base import Strategy
@@ -25,6 +26,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "adversarial": Adversarial,
     "feature": Feature,
     "attention": Attention,
+    "adaptive": Adaptive,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

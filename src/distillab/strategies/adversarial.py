@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from distillab import losses
+from distillab.models.critic import Critic
 from distillab.strategies.base import Params, StepOutput, Strategy
 
 INPUT_EMBEDDING_DIMS = 64  # the optional input condition is the input average-pooled to at most this
@@ -25,23 +25,6 @@ class AdversarialParams(Params):
     d_hidden: int = Field(128, ge=8, le=2048, description="width of the discriminator's two hidden layers")
     use_input: bool = Field(False, description="condition D on the input, average-pooled to at most 64 values")
     gradient_penalty: float = Field(0.0, ge=0, le=100, description="R1 weight gamma on teacher samples; 0 = off")
-
-
-class Discriminator(nn.Module):
-    """MLP with spectral norm on every linear layer; a score > 0 means "teacher"."""
-
-    def __init__(self, in_features: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            spectral_norm(nn.Linear(in_features, hidden)),
-            nn.LeakyReLU(0.2),
-            spectral_norm(nn.Linear(hidden, hidden)),
-            nn.LeakyReLU(0.2),
-            spectral_norm(nn.Linear(hidden, 1)),
-        )
-
-    def forward(self, x):  # (B, D) -> (B,)
-        return self.net(x).squeeze(-1)
 
 
 class Adversarial(Strategy):
@@ -69,7 +52,7 @@ class Adversarial(Strategy):
             raise ValueError("adversarial needs in_shape to size its discriminator")
         num_classes = self._student_classes()
         self.condition_dims = min(INPUT_EMBEDDING_DIMS, math.prod(self.in_shape)) if params.use_input else 0
-        self.discriminator = Discriminator(num_classes + self.condition_dims, params.d_hidden)
+        self.discriminator = Critic(num_classes + self.condition_dims, params.d_hidden)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
 
     def _student_classes(self) -> int:

@@ -112,5 +112,15 @@ class Strategy(nn.Module):
         every epoch has the same number of steps."""
         return None
 
+    def selectable(self, epoch: int, epochs: int) -> bool:
+        """Whether the model after this 0-based epoch may be selected on validation. True by
+        default; a strategy whose early epochs train something else (adaptive's static
+        phase) excludes them."""
+        return True
+
+    def deployed_model(self) -> nn.Module:
+        """The module that serves predictions after training: the student, by default."""
+        return self.student
+
     def loss(self, batch: dict) -> StepOutput:
         raise NotImplementedError
