@@ -46,11 +46,19 @@ def weight_statistics(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
     ], 1)
 
 
+def singular_values(matrices: torch.Tensor) -> torch.Tensor:
+    """(B, min(O, I)) singular values of (B, O, I) matrices, from the eigenvalues of the
+    smaller Gram matrix (several times faster than an SVD on the CPU)."""
+    gram = matrices @ matrices.transpose(1, 2) if matrices.shape[1] <= matrices.shape[2] \
+        else matrices.transpose(1, 2) @ matrices
+    return torch.linalg.eigvalsh(gram).clamp_min(0).add(EPS).sqrt()
+
+
 def complexity_statistics(matrices: torch.Tensor, fro_scale: torch.Tensor, rank_scale: torch.Tensor) -> torch.Tensor:
     """(B, 2): log Frobenius norm and effective rank of (B, O, I) matrices, relative to the
     reference's."""
     fro = matrices.flatten(1).norm(dim=1)
-    singular = torch.linalg.svdvals(matrices)  # (B, min(O, I))
+    singular = singular_values(matrices)  # (B, min(O, I))
     share = singular / (singular.sum(1, keepdim=True) + EPS)
     effective_rank = torch.exp(-(share * torch.log(share + EPS)).sum(1))
     return torch.stack([torch.log(fro / fro_scale + EPS), effective_rank / rank_scale], 1)
@@ -88,7 +96,7 @@ class MultiHeadDiscriminator(nn.Module):
                 weight = getattr(self, f"reference_{index}")
                 matrix = _as_matrix(weight.unsqueeze(0))
                 half = matrix[:, :, : max(1, matrix.shape[2] // 2)]
-                singular = torch.linalg.svdvals(half)
+                singular = singular_values(half)
                 share = singular / singular.sum(1, keepdim=True)
                 rank = torch.exp(-(share * torch.log(share + EPS)).sum(1))[0]
                 self._scale[name] = (weight.abs().mean() + EPS, half.flatten(1).norm(dim=1)[0] + EPS, rank)

@@ -35,7 +35,7 @@ class Weights:
     kl_weight: float = 1e-3
     gradient_penalty: float = 0.0
     d_steps: int = 1
-    weight_rows: int = 16  # batch rows whose generated weights the weight heads score
+    weight_rows: int = 8  # batch rows whose generated weights the weight heads score
 
 
 def input_condition(inputs: torch.Tensor, dims: int) -> torch.Tensor | None:

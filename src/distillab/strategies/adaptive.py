@@ -42,7 +42,7 @@ class AdaptiveParams(Params):
     d_hidden: int = Field(128, ge=8, le=2048, description="width of the discriminator heads")
     use_input: bool = Field(True, description="condition D's output head on the pooled input")
     gradient_penalty: float = Field(0.0, ge=0, le=100, description="R1 weight on the output head's teacher samples")
-    weight_rows: int = Field(16, ge=1, le=1024, description="batch rows whose generated weights the weight heads score")
+    weight_rows: int = Field(8, ge=1, le=1024, description="batch rows whose generated weights the weight heads score")
 
     @field_validator("base_checkpoint")
     @classmethod
