@@ -200,3 +200,15 @@ def test_saved_pipeline_predicts_the_same_without_the_teacher(tmp_path, strategy
         AdaptivePipeline.load(out)
     with pytest.raises(CheckpointError, match="no adaptive.json"):
         AdaptivePipeline.load(tmp_path)
+
+
+def test_a_restored_strategy_scores_weights_like_the_trained_one(strategy):
+    """The reference statistics D scales its features by follow the reference it loads."""
+    torch.manual_seed(1)
+    fresh = Adaptive([BandTeacher()], build_model("mlp", (1, SIZE, SIZE), K, {"hidden": [32]}),
+                     Adaptive.Params(), in_shape=(1, SIZE, SIZE))
+    fresh.load_trainable_state_dict(strategy.trainable_state_dict())
+    weights = {name: w.unsqueeze(0) for name, w in strategy.discriminator.reference().items()}
+    for a, b in zip(fresh.discriminator.weight_features(weights, torch.Generator().manual_seed(0)),
+                    strategy.discriminator.weight_features(weights, torch.Generator().manual_seed(0))):
+        torch.testing.assert_close(a, b)

@@ -106,10 +106,9 @@ class MultiHeadDiscriminator(nn.Module):
         self._scales()
         return out
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+    def _load_from_state_dict(self, *args, **kwargs):  # also when a parent module loads a state dict
+        super()._load_from_state_dict(*args, **kwargs)
         self._scales()
-        return out
 
     def reference(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"reference_{index}") for index, name in enumerate(self.params)}
