@@ -54,8 +54,8 @@ def test_generated_weights_match_a_module_loaded_with_them(mode, rank, model):
 
 def test_untrained_generator_reproduces_the_base_student():
     student, inputs = student_and_inputs()
-    for mode in ("modulate", "full"):
-        adaptive = AdaptiveStudent(student, WeightGenerator(student, IN_SHAPE, mode=mode, rank=1))
+    for mode, rank in (("modulate", 1), ("full", 0)):
+        adaptive = AdaptiveStudent(student, WeightGenerator(student, IN_SHAPE, mode=mode, rank=rank))
         adaptive.activate()
         adaptive.eval()
         with torch.no_grad():
@@ -68,6 +68,10 @@ def test_default_layers_per_mode_and_unknown_layer_names_are_errors():
     assert WeightGenerator(student, IN_SHAPE, mode="modulate").layers == generatable_layers(student)
     with pytest.raises(SpecError, match=r"strategy.params.layers.0: 'classifer'.*classifier"):
         WeightGenerator(student, IN_SHAPE, layers=["classifer"])
+    with pytest.raises(SpecError, match="named twice"):
+        WeightGenerator(student, IN_SHAPE, layers=["classifier", "classifier"])
+    with pytest.raises(SpecError, match="strategy.params.rank"):
+        WeightGenerator(student, IN_SHAPE, mode="full", rank=2)
 
 
 def test_vae_latent_is_sampled_in_training_and_deterministic_at_inference():
@@ -78,9 +82,10 @@ def test_vae_latent_is_sampled_in_training_and_deterministic_at_inference():
     b, _, _ = generator(inputs, sample=True)
     assert not torch.equal(a, b)
     torch.testing.assert_close(generator(inputs)[0], generator(inputs)[0])
-    kl = losses.gaussian_kl(mu, logvar)
-    assert kl.item() >= 0
-    assert losses.gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0
+    assert losses.gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0  # the prior itself
+    shifted = losses.gaussian_kl(torch.ones(1, 4), torch.zeros(1, 4)).item()
+    assert shifted == pytest.approx(2.0)  # 1/2 * sum(mu^2) with unit variance
+    assert mu.shape == logvar.shape == (len(inputs), generator.latent_dims)
 
 
 def test_gradients_reach_the_generator_but_not_the_frozen_base():

@@ -8,7 +8,7 @@ from torch import nn
 from distillab.adaptive.objective import Weights, discriminator_step, generator_loss, input_condition
 from distillab.adaptive.pipeline import AdaptivePipeline, PipelineConfig
 from distillab.data.transforms import Normalize
-from distillab.errors import CheckpointError
+from distillab.errors import CheckpointError, SpecError
 from distillab.models.zoo import build_model
 from distillab.strategies.adaptive import Adaptive
 
@@ -99,11 +99,12 @@ def test_generator_loss_leaves_no_gradient_on_discriminator_or_teacher(strategy)
     strategy.zero_grad(set_to_none=True)
     generated, mu, logvar = strategy.student.generate(inputs, sample=True)
     student_logits = strategy.student.run_student(inputs, generated)
-    loss, logs = generator_loss(strategy.discriminator, strategy.teachers[0](inputs), student_logits, generated, mu,
+    teacher_logits = torch.randn(len(inputs), K, requires_grad=True)  # as if from a teacher with gradients on
+    loss, logs = generator_loss(strategy.discriminator, teacher_logits, student_logits, generated, mu,
                                 logvar, input_condition(inputs, strategy.condition_dims), Weights(), labels)
     loss.backward()
     assert all(p.grad is None for p in strategy.discriminator.parameters())
-    assert all(p.grad is None for p in strategy.teachers.parameters())
+    assert teacher_logits.grad is None
     assert strategy.student.generator.decoder[-1].weight.grad.abs().sum() > 0
     assert {"kd", "hard", "vae_kl", "adv_output", "adv_weights", "adv_complexity"} <= set(logs)
 
@@ -120,7 +121,11 @@ def test_a_switched_off_head_is_neither_trained_nor_used(strategy):
                               strategy.teachers[0](inputs), student_logits, generated, None if not
                               strategy.condition_dims else input_condition(inputs, strategy.condition_dims), cfg)
     assert all(p.grad is None for p in discriminator.weights.parameters())
-    assert "d_weights_accuracy" not in logs
+    assert all(p.grad is None for p in discriminator.complexity.parameters())
+    assert "d_weights_accuracy" not in logs and "d_complexity_accuracy" not in logs
+    _, g_logs = generator_loss(discriminator, strategy.teachers[0](inputs), student_logits, generated, mu, logvar,
+                               input_condition(inputs, strategy.condition_dims), cfg)
+    assert "adv_output" in g_logs and "adv_weights" not in g_logs and "adv_complexity" not in g_logs
 
 
 def test_training_reaches_the_teacher_and_selects_only_adaptive_epochs(strategy):
@@ -133,7 +138,7 @@ def test_training_reaches_the_teacher_and_selects_only_adaptive_epochs(strategy)
 
 
 def pipeline_for(strategy, **config):
-    trained = trained_strategy()  # a fresh copy: pipelines change G
+    trained = trained_strategy().train()  # a fresh copy (pipelines change G), left in train mode on purpose
     return AdaptivePipeline.from_strategy(trained, NORMALIZE, PipelineConfig(**config))
 
 
@@ -212,3 +217,52 @@ def test_a_restored_strategy_scores_weights_like_the_trained_one(strategy):
     for a, b in zip(fresh.discriminator.weight_features(weights, torch.Generator().manual_seed(0)),
                     strategy.discriminator.weight_features(weights, torch.Generator().manual_seed(0))):
         torch.testing.assert_close(a, b)
+
+
+def test_a_pipeline_with_a_teacher_but_no_discriminator_only_audits(strategy):
+    pipeline = AdaptivePipeline(strategy.student, normalize=NORMALIZE, teacher=BandTeacher(),
+                                config=PipelineConfig(audit_fraction=1.0))
+    images, _ = blob_images(40, seed=16)
+    pipeline.predict(images)
+    stats = pipeline.stats()
+    assert not pipeline.calibrating and stats["calibration_steps"] == 0 and stats["audits"] == 40
+    with pytest.raises(RuntimeError, match="no discriminator"):
+        pipeline.calibrate(NORMALIZE(images))
+
+
+def test_bad_inputs_and_configs_are_clear_errors(strategy):
+    pipeline = AdaptivePipeline(strategy.student, normalize=NORMALIZE, in_shape=(1, SIZE, SIZE))
+    images, _ = blob_images(4, seed=17)
+    with pytest.raises(ValueError, match=r"shape \(1, 9, 9\); this model takes \(1, 8, 8\)"):
+        pipeline.predict(torch.zeros(4, 1, 9, 9, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="raw uint8"):
+        pipeline.predict(images.float() / 255)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        pipeline.predict(images[0])
+    with pytest.raises(ValueError, match="could never fire"):
+        PipelineConfig(window=10, min_audits=20)
+    with pytest.raises(ValueError, match="audit_fraction"):
+        PipelineConfig(audit_fraction=1.5)
+
+
+def test_a_corrupt_export_is_a_checkpoint_error(tmp_path, strategy):
+    out = AdaptivePipeline(strategy.student, normalize=NORMALIZE).save(
+        tmp_path / "export", student_model="mlp", student_args={"hidden": [32]}, in_shape=(1, SIZE, SIZE),
+        num_classes=K)
+    (out / "generator.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="generator.safetensors"):
+        AdaptivePipeline.load(out)
+    (out / "adaptive.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="not readable JSON"):
+        AdaptivePipeline.load(out)
+    assert not (tmp_path / "export.partial").exists()
+
+
+def test_no_epoch_left_for_the_base_is_a_clear_error():
+    torch.manual_seed(0)
+    student = build_model("mlp", (1, SIZE, SIZE), K, {"hidden": [32]})
+    strategy = Adaptive([BandTeacher()], student, Adaptive.Params(), in_shape=(1, SIZE, SIZE))
+    images, labels = blob_images(8, seed=18)
+    with pytest.raises(SpecError, match="strategy.params.base_fraction: 0.5 of 1 epoch"):
+        strategy.loss({"inputs": NORMALIZE(images), "targets": labels, "epoch": 0, "epochs": 1})
+    assert strategy.base_epochs(5) == 2 and strategy.base_epochs(4) == 2

@@ -63,6 +63,8 @@ def choose_layers(student: nn.Module, mode: str, layers: list[str] | None, where
             linear = [name for name in available if isinstance(student.get_submodule(name), nn.Linear)]
             return [(linear or available)[-1]]
         return available
+    if len(set(layers)) != len(layers):
+        raise SpecError(f"{where}: a layer is named twice: {layers}")
     for index, name in enumerate(layers):
         if name not in available:
             raise SpecError(f"{where}.{index}: {name!r} is not a Conv2d or Linear layer of the student"
@@ -78,6 +80,9 @@ class WeightGenerator(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise SpecError(f"adaptive mode must be one of {MODES}, got {mode!r}")
+        if mode == "full" and rank:
+            raise SpecError("strategy.params.rank: low-rank updates exist only in modulate mode (full mode writes "
+                            "whole weights); set rank: 0")
         self.mode, self.rank, self.latent_dims = mode, rank, latent_dims
         self.layers = choose_layers(student, mode, layers, "strategy.params.layers")
         self.slots = self._layout(student)

@@ -97,6 +97,7 @@ def generator_loss(discriminator, teacher_logits, student_logits, generated, mu,
     """L_G and its parts. D's parameters get no gradient from it (they are frozen for the
     call); gradients flow to G through the student's logits and the generated weights."""
     T = cfg.temperature
+    teacher_logits = teacher_logits.detach()
     kd = losses.soft_kl(student_logits, teacher_logits, T)
     alpha = cfg.alpha if targets is not None else 1.0
     loss = alpha * kd

@@ -17,6 +17,8 @@ and is feed-forward only, which is the deployment the seed names (the teacher st
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from distillab.adaptive.discriminator import MultiHeadDiscriminator
 from distillab.adaptive.generator import WeightGenerator
 from distillab.adaptive.objective import Weights, discriminator_step, generator_loss, input_condition
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.data.transforms import Normalize
-from distillab.engine.checkpoint import atomic_write_text
-from distillab.errors import CheckpointError
+from distillab.errors import CheckpointError, DistillabError
+from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
 
 EXPORT_FORMAT = "distillab-adaptive/1"
@@ -53,6 +55,15 @@ class PipelineConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("calibration_calls", "recalibration_calls", "min_audits"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.calibration_steps < 1 or self.window < 1:
+            raise ValueError("calibration_steps and window must be >= 1")
+        if self.min_audits > self.window:
+            raise ValueError(f"min_audits ({self.min_audits}) > window ({self.window}): the monitor could never fire")
+        if self.calibration_lr <= 0:
+            raise ValueError(f"calibration_lr must be > 0, got {self.calibration_lr}")
         if not 0 <= self.audit_fraction <= 1:
             raise ValueError(f"audit_fraction must be in [0, 1], got {self.audit_fraction}")
         if not 0 <= self.agreement_threshold <= 1:
@@ -65,13 +76,17 @@ class AdaptivePipeline:
 
     def __init__(self, model: AdaptiveStudent, *, normalize: Normalize | None = None, teacher=None,
                  discriminator: MultiHeadDiscriminator | None = None, objective: Weights = Weights(),
-                 config: PipelineConfig = PipelineConfig(), condition_dims: int = 0):
+                 config: PipelineConfig = PipelineConfig(), condition_dims: int = 0, in_shape=None):
+        """``model`` is used (and calibrated) in place. An inactive model (G never trained)
+        is activated, which starts G from the base weights. ``in_shape`` (C, H, W), when
+        given, is checked on every call."""
         if not model.is_active:
             model.activate()
         self.model = model.eval()
         self.normalize = normalize
+        self.in_shape = tuple(in_shape) if in_shape is not None else None
         self.teacher = teacher.eval() if teacher is not None else None
-        self.discriminator = discriminator
+        self.discriminator = discriminator.eval() if discriminator is not None else None  # train() only to step
         self.objective = objective
         self.config = config
         self.condition_dims = condition_dims
@@ -87,26 +102,42 @@ class AdaptivePipeline:
     @classmethod
     def from_strategy(cls, strategy, normalize=None, config: PipelineConfig = PipelineConfig()):
         """A pipeline with everything an ``adaptive`` strategy trained: G, the student, D and
-        the teacher (the mean of the job's teachers' logits when there are several)."""
+        the teacher (the mean of the job's teachers' logits when there are several). It
+        shares the strategy's modules: calibration changes the strategy's G and D too."""
         teachers = list(strategy.teachers)
         teacher = teachers[0] if len(teachers) == 1 else _MeanTeacher(teachers)
         return cls(strategy.student, normalize=normalize, teacher=teacher, discriminator=strategy.discriminator,
-                   objective=strategy.params.objective(), config=config, condition_dims=strategy.condition_dims)
+                   objective=strategy.params.objective(), config=config, condition_dims=strategy.condition_dims,
+                   in_shape=strategy.in_shape)
+
+    @property
+    def can_calibrate(self) -> bool:
+        return self.teacher is not None and self.discriminator is not None
 
     @property
     def calibrating(self) -> bool:
-        return self._calibration_left > 0 and self.teacher is not None
+        return self._calibration_left > 0 and self.can_calibrate
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError(f"predict expects a (B, C, H, W) tensor of images, got "
+                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        if self.in_shape is not None and tuple(images.shape[1:]) != self.in_shape:
+            raise ValueError(f"images of shape {tuple(images.shape[1:])}; this model takes {self.in_shape}")
+        if self.normalize is not None and self.normalize.scale != 1 and images.is_floating_point():
+            raise ValueError("this model takes raw uint8 images (0-255), like its training data; got floats")
         device = next(self.model.parameters()).device
+        images = images.cpu()
         inputs = self.normalize(images) if self.normalize is not None else images.float()
         return inputs.to(device)
 
     def calibrate(self, inputs: torch.Tensor) -> dict[str, float]:
         """One calibration step on normalised inputs: D (optionally) then G, from the teacher's
         outputs only (no labels). Returns the losses."""
-        if self.teacher is None or self.discriminator is None:
-            raise RuntimeError("calibration needs the teacher and the discriminator; this pipeline has neither")
+        if not self.can_calibrate:
+            missing = " and ".join(n for n, m in (("teacher", self.teacher), ("discriminator", self.discriminator))
+                                   if m is None)
+            raise RuntimeError(f"calibration needs the teacher and the discriminator; this pipeline has no {missing}")
         if self._g_optimizer is None:
             self._g_optimizer = torch.optim.Adam(self.model.generator.parameters(), lr=self.config.calibration_lr)
             self._d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config.calibration_lr,
@@ -119,8 +150,12 @@ class AdaptivePipeline:
             generated, mu, logvar = self.model.generate(inputs)
             student_logits = self.model.run_student(inputs, generated)
             if self.config.update_discriminator:
-                logs.update(discriminator_step(self.discriminator, self._d_optimizer, teacher_logits,
-                                               student_logits, generated, condition, self.objective))
+                self.discriminator.train()  # spectral norm's power iteration runs only in train mode
+                try:
+                    logs.update(discriminator_step(self.discriminator, self._d_optimizer, teacher_logits,
+                                                   student_logits, generated, condition, self.objective))
+                finally:
+                    self.discriminator.eval()
             loss, g_logs = generator_loss(self.discriminator, teacher_logits, student_logits, generated, mu, logvar,
                                           condition, self.objective)
             self._g_optimizer.zero_grad(set_to_none=True)
@@ -139,8 +174,11 @@ class AdaptivePipeline:
             self._calibration_left -= 1
         with torch.no_grad():
             logits = self.model(inputs)
-            if self.teacher is not None and self.config.audit_fraction > 0:
+            # Audits judge the calibrated generator: none are recorded while it is being calibrated.
+            if self.teacher is not None and self.config.audit_fraction > 0 and not self.calibrating:
                 self._audit(inputs, logits)
+        if inputs.device.type == "cuda":
+            torch.cuda.synchronize()
         self.calls += 1
         self.samples += len(images)
         self._latency_ms.append((time.perf_counter() - started) * 1000)
@@ -196,13 +234,13 @@ class AdaptivePipeline:
     def save(self, out_dir: Path | str, *, student_model: str, student_args: dict | None, in_shape,
              num_classes: int, source: str | None = None) -> Path:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        final, out_dir = out_dir, out_dir.with_name(out_dir.name + ".partial")  # built aside, then renamed
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
         generator_state = {k: v.detach().cpu().contiguous() for k, v in self.model.generator.state_dict().items()}
         student_state = {k: v.detach().cpu().contiguous() for k, v in self.model.student.state_dict().items()}
         for name, state in (("generator.safetensors", generator_state), ("student.safetensors", student_state)):
-            partial = out_dir / (name + ".partial")
-            save_file(state, str(partial))
-            partial.replace(out_dir / name)
+            save_file(state, str(out_dir / name))
         normalize = None if self.normalize is None else {"mean": list(self.normalize.mean),
                                                          "std": list(self.normalize.std),
                                                          "scale": self.normalize.scale}
@@ -215,8 +253,11 @@ class AdaptivePipeline:
             "normalize": normalize,
             "source": source,
         }
-        atomic_write_text(out_dir / "adaptive.json", json.dumps(meta, indent=2) + "\n")
-        return out_dir
+        (out_dir / "adaptive.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(out_dir, final)
+        return final
 
     @classmethod
     def load(cls, directory: Path | str, config: PipelineConfig = PipelineConfig()) -> "AdaptivePipeline":
@@ -225,25 +266,29 @@ class AdaptivePipeline:
         meta_path = directory / "adaptive.json"
         if not meta_path.is_file():
             raise CheckpointError(f"{directory}: no adaptive.json; not an exported adaptive pipeline")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != EXPORT_FORMAT:
-            raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
-        student = build_model(meta["student"]["model"], meta["in_shape"], meta["num_classes"],
-                              meta["student"]["model_args"])
-        g = meta["generator"]
-        generator = WeightGenerator(student, meta["in_shape"], g["mode"], g["layers"], g["latent_dims"], g["hidden"],
-                                    g["rank"], tuple(g["encoder_channels"]))
         try:
-            student.load_state_dict(load_file(str(directory / "student.safetensors")))
-            generator.load_state_dict(load_file(str(directory / "generator.safetensors")))
-        except (RuntimeError, FileNotFoundError) as error:
-            raise CheckpointError(f"{directory}: the exported weights do not load: {str(error)[:300]}") from None
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{meta_path}: not readable JSON ({error})") from None
+        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise CheckpointError(f"{meta_path}: format {found!r}, expected {EXPORT_FORMAT!r}")
+        try:
+            student = build_model(meta["student"]["model"], meta["in_shape"], meta["num_classes"],
+                                  meta["student"]["model_args"])
+            g = meta["generator"]
+            generator = WeightGenerator(student, meta["in_shape"], g["mode"], g["layers"], g["latent_dims"],
+                                        g["hidden"], g["rank"], tuple(g["encoder_channels"]))
+        except (KeyError, TypeError, DistillabError) as error:
+            raise CheckpointError(f"{meta_path}: incomplete or invalid ({type(error).__name__}: {error})") from None
+        load_state_into(student, directory / "student.safetensors", str(directory))
+        load_state_into(generator, directory / "generator.safetensors", str(directory))
         model = AdaptiveStudent(student, generator)
         model.active.fill_(True)
         model.student.eval()
         normalize = Normalize(tuple(meta["normalize"]["mean"]), tuple(meta["normalize"]["std"]),
                               meta["normalize"]["scale"]) if meta.get("normalize") else None
-        return cls(model, normalize=normalize, config=config)
+        return cls(model, normalize=normalize, config=config, in_shape=meta["in_shape"])
 
 
 class _MeanTeacher(torch.nn.Module):

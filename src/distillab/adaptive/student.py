@@ -43,6 +43,11 @@ class AdaptiveStudent(nn.Module):
             self.student.eval()
         return self
 
+    def _load_from_state_dict(self, *args, **kwargs):  # a loaded active model keeps BatchNorm frozen
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.is_active:
+            self.student.eval()
+
     def base_parameters(self) -> dict[str, torch.Tensor]:
         """The shared student parameters; detached unless ``finetune_base``."""
         return {name: p if self.finetune_base else p.detach() for name, p in self.student.named_parameters()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from distillab.adaptive.discriminator import MultiHeadDiscriminator
 from distillab.adaptive.generator import WeightGenerator
 from distillab.adaptive.objective import CONDITION_DIMS, Weights, discriminator_step, generator_loss, input_condition
 from distillab.adaptive.student import AdaptiveStudent
+from distillab.errors import SpecError
 from distillab.models.loading import load_state_into
 from distillab.strategies.base import Params, StepOutput, Strategy
 
@@ -101,7 +103,7 @@ class Adaptive(Strategy):
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
 
     def base_epochs(self, epochs: int) -> int:
-        return min(round(self.params.base_fraction * epochs), epochs - 1)
+        return min(math.floor(self.params.base_fraction * epochs), epochs - 1)
 
     def selectable(self, epoch: int, epochs: int) -> bool:
         return epoch >= self.base_epochs(epochs)
@@ -143,6 +145,11 @@ class Adaptive(Strategy):
             return StepOutput(p.alpha * soft + (1 - p.alpha) * hard, student_logits,
                               {"soft": soft.item(), "hard": hard.item()})
         if not self.student.is_active:
+            if ("epochs" in batch and p.base_fraction > 0 and self.base_epochs(batch["epochs"]) == 0
+                    and not p.base_checkpoint and not p.finetune_base):
+                raise SpecError(f"strategy.params.base_fraction: {p.base_fraction} of {batch['epochs']} epoch(s) "
+                                "leaves no epoch to distil the base student; train more epochs, give "
+                                "base_checkpoint, or set finetune_base: true")
             self._start_adaptive_phase()
         cfg = p.objective()
         generated, mu, logvar = self.student.generate(inputs, sample=True)
