@@ -96,3 +96,20 @@ def test_gradients_reach_the_generator_but_not_the_frozen_base():
     adaptive.run_student(inputs, weights).logsumexp(-1).sum().backward()
     assert adaptive.generator.decoder[-1].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in student.parameters())
+
+
+@pytest.mark.parametrize("model", ["cnn_tiny", "mlp"])
+def test_channel_scale_shortcut_equals_the_vmapped_student(model):
+    student, inputs = student_and_inputs(model)
+    generator = WeightGenerator(student, IN_SHAPE, mode="modulate", rank=0)
+    perturb(generator)
+    adaptive = AdaptiveStudent(student, generator)
+    adaptive.active.fill_(True)
+    adaptive.eval()
+    with torch.no_grad():
+        raw, _, _ = generator(inputs)
+        vmapped = adaptive.run_student(inputs, generator.weights(raw, adaptive.base_parameters()))
+        shortcut = adaptive(inputs)  # no gradients: takes the shortcut
+    assert generator.scales_only
+    torch.testing.assert_close(shortcut, vmapped, rtol=1e-4, atol=1e-5)
+    assert not any(module._forward_hooks for module in student.modules())  # hooks removed

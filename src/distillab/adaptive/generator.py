@@ -170,6 +170,15 @@ class WeightGenerator(nn.Module):
             out[param] = generated
         return out
 
+    @property
+    def scales_only(self) -> bool:
+        """True when every generated weight is a base weight scaled per output channel."""
+        return self.mode == "modulate" and self.rank == 0
+
+    def channel_scales(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{module path: s (B, O)} of a ``scales_only`` generator's output."""
+        return {slot.param.rsplit(".", 1)[0]: raw[:, slot.start:slot.end] for slot in self.slots}
+
     def describe(self) -> dict:
         return {"mode": self.mode, "layers": self.layers, "latent_dims": self.latent_dims, "rank": self.rank,
                 "hidden": self.decoder[0].out_features, "out_features": self.out_features,

@@ -2,7 +2,9 @@
 
 The student is any zoo module. It runs functionally (``torch.func.functional_call``) under
 ``torch.func.vmap`` over the batch, so every input gets its own weights without a Python
-loop: vmap turns a convolution with per-sample weights into one grouped convolution.
+loop: vmap turns a convolution with per-sample weights into one grouped convolution. When G
+only scales output channels (``modulate`` with rank 0), inference without gradients takes
+an exact shortcut: an ordinary forward pass whose layer outputs are rescaled per input.
 """
 
 from __future__ import annotations
@@ -68,8 +70,34 @@ class AdaptiveStudent(nn.Module):
 
         return vmap(one)(weights, inputs)
 
+    def run_scaled(self, inputs, scales: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The same logits as ``run_student`` with weights W * (1 + s), computed without
+        per-input weights: a convolution or linear map is linear in W, so
+        layer(x; W * (1 + s)) = (layer(x; W) - b) * (1 + s) + b, a per-channel rescaling of
+        an ordinary batched forward pass. Inference only (the base weights are not detached)."""
+
+        def rescale(scale):
+            def hook(module, args, out):
+                shape = (out.shape[0], out.shape[1]) + (1,) * (out.dim() - 2)
+                factor = (1 + scale).reshape(shape)
+                if module.bias is None:
+                    return out * factor
+                bias = module.bias.reshape((1, -1) + (1,) * (out.dim() - 2))
+                return (out - bias) * factor + bias
+            return hook
+
+        handles = [self.student.get_submodule(name).register_forward_hook(rescale(scale))
+                   for name, scale in scales.items()]
+        try:
+            return self.student(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def forward(self, inputs):  # (B, C, H, W) -> (B, K)
         if not self.is_active:
             return self.student(inputs)
-        weights, _, _ = self.generate(inputs)
-        return self.run_student(inputs, weights)
+        raw, _, _ = self.generator(inputs)
+        if self.generator.scales_only and not torch.is_grad_enabled():
+            return self.run_scaled(inputs, self.generator.channel_scales(raw))
+        return self.run_student(inputs, self.generator.weights(raw, self.base_parameters()))

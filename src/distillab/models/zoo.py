@@ -14,6 +14,14 @@ import torch.nn.functional as F
 from distillab.errors import SpecError, close_matches
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over H and W, keeping (B, C, 1, 1): AdaptiveAvgPool2d(1) written as a mean, which
+    torch.func.vmap batches natively (the adaptive student runs the zoo models under vmap)."""
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, 1, 1)
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
 class MLP(nn.Module):
     """Flatten, then Linear-ReLU layers with dropout."""
 
@@ -59,7 +67,7 @@ class SmallCNN(nn.Module):
                 c_in = c_out
             blocks.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c_in, num_classes)
 
@@ -109,7 +117,7 @@ class ResNet(nn.Module):
                 c_in = c_out
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x):  # (B, C, H, W)
@@ -160,7 +168,7 @@ class WideResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.bn = nn.BatchNorm2d(c_in)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x):  # (B, C, H, W)
