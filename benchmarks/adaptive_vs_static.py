@@ -14,13 +14,13 @@ Every variant reads the same cached teacher outputs for E epochs: equal teacher 
 
 Distribution shift: the test images with a fixed corruption, x' = clip(0.5 * x + 0.05, 0, 1)
 on the [0, 1] scale (half the contrast, slightly brighter). The severity was picked by
-looking at the *teacher* only (it must stay useful as the feedback: about 90% on it, against
+looking at the *teacher* only (it must stay useful as the feedback: 79.0% on it, against
 38% with +0.35 brightness); no student result was looked at. "Before" is the trained model on it.
 "After" calibrates on an unlabeled stream of --stream shifted *validation* images in batches
 of 64, where only the teacher gives feedback: the adaptive pipeline updates G (and D) from D's
 heads and KL(teacher || student); the static student, as a control, takes the same number of
 Adam steps on KL(teacher || student) alone (BatchNorm in eval mode, like the adaptive base).
-Both use learning rate --calibration-lr, chosen before looking at any result. "Without
+Both run at every --calibration-lr (default 1e-3 and 1e-4), all reported, none selected. "Without
 calibration" is the "before" column. Resumable: finished trainings are kept and skipped.
 """
 
@@ -81,6 +81,17 @@ def accuracy_on(model, images, labels, normalize, batch_size=1024) -> float:
     return evaluate(model, ArraySet(images, labels), normalize, batch_size).accuracy
 
 
+def calibrated(strategy, name, teacher, stream, normalize, lr, seed):
+    """The model after on-line calibration on the unlabeled stream, teacher feedback only."""
+    if name == "adaptive":
+        pipeline = AdaptivePipeline.from_strategy(strategy, normalize, PipelineConfig(
+            calibration_calls=-(-len(stream) // STREAM_BATCH), calibration_lr=lr, audit_fraction=0.0, seed=seed))
+        for start in range(0, len(stream), STREAM_BATCH):
+            pipeline.predict(stream[start:start + STREAM_BATCH])
+        return pipeline.model
+    return calibrate_static(strategy.student, teacher, stream, normalize, lr, strategy.params.temperature)
+
+
 def calibrate_static(student, teacher, stream, normalize, lr, temperature):
     """The control: the static student adapted to the stream with the teacher's KL only."""
     student = copy.deepcopy(student).eval()
@@ -104,7 +115,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--stream", type=int, default=2048, help="unlabeled shifted images for calibration")
-    parser.add_argument("--calibration-lr", type=float, default=1e-3)
+    parser.add_argument("--calibration-lr", type=float, nargs="+", default=[1e-3, 1e-4],
+                        help="every value is reported (a sensitivity check, nothing is selected)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaptive_vs_static"))
     args = parser.parse_args()
 
@@ -130,23 +142,15 @@ def main() -> None:
             strategy = trained(spec, name, params, bundle, seed, teachers, phase_dir)
             stream = corrupt(bundle.val.images[: args.stream])
             before = accuracy_on(strategy.student, shifted_test, bundle.test.labels, bundle.normalize)
-            if name == "adaptive":
-                pipeline = AdaptivePipeline.from_strategy(strategy, bundle.normalize, PipelineConfig(
-                    calibration_calls=-(-len(stream) // STREAM_BATCH), calibration_lr=args.calibration_lr,
-                    audit_fraction=0.0, seed=seed))
-                for start in range(0, len(stream), STREAM_BATCH):
-                    pipeline.predict(stream[start:start + STREAM_BATCH])
-                adapted = pipeline.model
-                calibration_steps = pipeline.stats()["calibration_steps"]
-            else:
-                adapted = calibrate_static(strategy.student, teacher, stream, bundle.normalize, args.calibration_lr,
-                                           strategy.params.temperature)
-                calibration_steps = -(-len(stream) // STREAM_BATCH)
-            after = accuracy_on(adapted, shifted_test, bundle.test.labels, bundle.normalize)
+            after = {}
+            for lr in args.calibration_lr:
+                fresh = trained(spec, name, params, bundle, seed, teachers, phase_dir)  # calibration changes it
+                after[str(lr)] = accuracy_on(calibrated(fresh, name, teacher, stream, bundle.normalize, lr, seed),
+                                             shifted_test, bundle.test.labels, bundle.normalize)
             runs.append({"seed": seed, "test_accuracy": summary["test_accuracy"], "val_accuracy": summary["val_accuracy"],
                          "seconds_per_epoch": summary["seconds_per_epoch"], "shifted_before": before,
-                         "shifted_after": after, "calibration_steps": calibration_steps})
-            print(f"{variant} seed {seed}: test {summary['test_accuracy']:.4f}, shifted {before:.4f} -> {after:.4f}",
+                         "shifted_after": after, "calibration_steps": -(-len(stream) // STREAM_BATCH)})
+            print(f"{variant} seed {seed}: test {summary['test_accuracy']:.4f}, shifted {before:.4f} -> {after}",
                   flush=True)
         deployed = strategy.deployed_model()
         facts = model_facts(deployed, first.in_shape, repeats=20)
@@ -155,7 +159,7 @@ def main() -> None:
             "strategy": name, "params": params, "runs": runs,
             "accuracy": summarize([r["test_accuracy"] for r in runs]),
             "shifted_before": summarize([r["shifted_before"] for r in runs]),
-            "shifted_after": summarize([r["shifted_after"] for r in runs]),
+            "shifted_after": {lr: summarize([r["shifted_after"][lr] for r in runs]) for lr in runs[0]["shifted_after"]},
             "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in runs),
             "generator_params": sum(p.numel() for p in generator.parameters()) if generator is not None else 0,
             "training_only_params": strategy.extra_parameter_count(),
@@ -166,10 +170,11 @@ def main() -> None:
     for variant, row in rows.items():
         accs = [r["test_accuracy"] for r in row["runs"]]
         row["vs_static"] = paired_comparison(variant, accs, "static", static) if static and variant != "static" else None
-        after = [r["shifted_after"] for r in row["runs"]]
-        row["calibration_gain"] = paired_comparison("after", after, "before", [r["shifted_before"] for r in row["runs"]])
+        before = [r["shifted_before"] for r in row["runs"]]
+        row["calibration_gain"] = {lr: paired_comparison("after", [r["shifted_after"][lr] for r in row["runs"]],
+                                                         "before", before) for lr in row["shifted_after"]}
     out = {"teacher": base.teachers[0].model, "student": base.student.model, "train_samples": len(first.train),
-           "epochs": args.epochs, "seeds": args.seeds, "stream": args.stream, "calibration_lr": args.calibration_lr,
+           "epochs": args.epochs, "seeds": args.seeds, "stream": args.stream, "calibration_lrs": [str(lr) for lr in args.calibration_lr],
            "teacher_test_accuracy_shifted": teacher_shifted, "rows": rows, "environment": environment()}
     atomic_write_json(work.with_suffix(".json"), out)
     atomic_write_text(work.with_suffix(".md"), render(out))
@@ -187,23 +192,34 @@ def _diff(c):
 
 
 def render(out: dict) -> str:
+    lrs = out["calibration_lrs"]
     lines = [
         f"Teacher {out['teacher']} → student {out['student']}, {out['train_samples']} training images, "
         f"{out['epochs']} epochs (equal teacher passes), seeds {out['seeds']}. Test accuracy mean ± std; paired "
-        f"t-test over seeds. Shifted = test images at half contrast, +0.05 brightness (teacher on them: "
-        f"{out['teacher_test_accuracy_shifted'] * 100:.2f}%); calibration on {out['stream']} unlabeled shifted "
-        f"validation images, teacher feedback only, lr {out['calibration_lr']}.",
+        f"t-test over seeds. Latency: median of 20 runs after warm-up, CPU.",
         "",
-        "| variant | accuracy (%) | vs static (points) | shifted, before (%) | shifted, after calibration (%) "
-        "| params (all) | of which G | size (MB) | MACs/sample | latency b=1 (ms) | latency b=256 (ms) | s/epoch |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | accuracy (%) | vs static (points) | params (all) | of which G | size (MB) | MACs/sample "
+        "| latency b=1 (ms) | latency b=256 (ms) | training s/epoch | training-only params (D) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in out["rows"].items():
         lines.append(
-            f"| {variant} | {_pct(row['accuracy'])} | {_diff(row['vs_static'])} | {_pct(row['shifted_before'])} "
-            f"| {_pct(row['shifted_after'])} ({_diff(row['calibration_gain'])}) | {row['params']:,} "
+            f"| {variant} | {_pct(row['accuracy'])} | {_diff(row['vs_static'])} | {row['params']:,} "
             f"| {row['generator_params']:,} | {row['size_mb']:.3f} | {row['macs'] or 0:,} | {row['latency_ms']:.2f} "
-            f"| {row['latency_ms_batch256']:.1f} | {row['seconds_per_epoch']:.1f} |")
+            f"| {row['latency_ms_batch256']:.1f} | {row['seconds_per_epoch']:.1f} | {row['training_only_params']:,} |")
+    lines += [
+        "",
+        f"Distribution shift: test images at half contrast, +0.05 brightness (the teacher on them: "
+        f"{out['teacher_test_accuracy_shifted'] * 100:.2f}%). Calibration: {out['stream']} unlabeled shifted "
+        f"validation images in batches of {STREAM_BATCH}, teacher feedback only; every learning rate listed is "
+        "reported (none is selected). \"before\" is the ablation without calibration.",
+        "",
+        "| variant | shifted, before (%) | " + " | ".join(f"after, lr {lr} (%)" for lr in lrs) + " |",
+        "|---|---|" + "---|" * len(lrs),
+    ]
+    for variant, row in out["rows"].items():
+        cells = [f"{_pct(row['shifted_after'][lr])} ({_diff(row['calibration_gain'][lr])})" for lr in lrs]
+        lines.append(f"| {variant} | {_pct(row['shifted_before'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
