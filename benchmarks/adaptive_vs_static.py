@@ -10,6 +10,8 @@ Variants (all from configs/fashion_mnist_kd.yaml, the shipped ResNet-20 teacher,
   adaptive               strategy adaptive, defaults: E/2 epochs of static KD for the base, E/2 for G
   adaptive_no_weights    the same with the weights head off (weights_weight=0)
   adaptive_no_complexity the same with the complexity head off (complexity_weight=0)
+  adaptive_finetune_base the base weights keep training while G trains (finetune_base=true)
+  adaptive_full          G writes the whole last Linear layer per input (mode=full)
 Every variant reads the same cached teacher outputs for E epochs: equal teacher passes.
 
 Distribution shift: the test images with a fixed corruption, x' = clip(0.5 * x + 0.05, 0, 1)
@@ -55,6 +57,8 @@ VARIANTS = {
     "adaptive": ("adaptive", {}),
     "adaptive_no_weights": ("adaptive", {"weights_weight": 0.0}),
     "adaptive_no_complexity": ("adaptive", {"complexity_weight": 0.0}),
+    "adaptive_finetune_base": ("adaptive", {"finetune_base": True}),
+    "adaptive_full": ("adaptive", {"mode": "full"}),
 }
 STREAM_BATCH = 64
 
