@@ -266,3 +266,17 @@ def test_no_epoch_left_for_the_base_is_a_clear_error():
     with pytest.raises(SpecError, match="strategy.params.base_fraction: 0.5 of 1 epoch"):
         strategy.loss({"inputs": NORMALIZE(images), "targets": labels, "epoch": 0, "epochs": 1})
     assert strategy.base_epochs(5) == 2 and strategy.base_epochs(4) == 2
+
+
+def test_calibration_is_reproducible_and_leaves_the_global_rng_alone():
+    images, _ = blob_images(64, seed=19)
+    results = []
+    for _ in range(2):
+        pipeline = pipeline_for(None, calibration_calls=2, audit_fraction=0.0, seed=3)
+        torch.manual_seed(123)
+        pipeline.predict(images[:32])
+        pipeline.predict(images[32:])
+        results.append((state(pipeline.model.generator), torch.rand(1)))
+    assert changed(results[0][0], results[1][0]) == []
+    torch.manual_seed(123)
+    assert torch.equal(results[0][1], torch.rand(1))  # calibration drew nothing from the global generator

@@ -55,8 +55,9 @@ def _rows(weights: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
 
 
 def discriminator_step(discriminator, optimizer, teacher_logits, student_logits, generated, condition,
-                       cfg: Weights) -> dict[str, float]:
-    """``cfg.d_steps`` Adam steps of D on detached inputs; returns D's loss and accuracy per head."""
+                       cfg: Weights, rng: torch.Generator | None = None) -> dict[str, float]:
+    """``cfg.d_steps`` Adam steps of D on detached inputs; returns D's loss and accuracy per head.
+    ``rng`` draws the weight heads' subsamples (default: torch's global generator)."""
     T = cfg.temperature
     teacher_probs = F.softmax(teacher_logits.detach().float() / T, -1)
     student_probs = F.softmax(student_logits.detach().float() / T, -1)
@@ -73,8 +74,8 @@ def discriminator_step(discriminator, optimizer, teacher_logits, student_logits,
         logs["d_output_accuracy"] = ((scores[:B] > 0).float().mean() + (scores[B:] < 0).float().mean()).item() / 2
         if use_weight_heads:
             n = next(iter(generated.values())).shape[0]
-            fake_values, fake_complexity = discriminator.weight_features(generated)
-            real_values, real_complexity = discriminator.reference_features(n)
+            fake_values, fake_complexity = discriminator.weight_features(generated, rng)
+            real_values, real_complexity = discriminator.reference_features(n, rng)
             for head, real_x, fake_x, weight in (("weights", real_values, fake_values, cfg.weights_weight),
                                                  ("complexity", real_complexity, fake_complexity,
                                                   cfg.complexity_weight)):
@@ -93,7 +94,8 @@ def discriminator_step(discriminator, optimizer, teacher_logits, student_logits,
 
 
 def generator_loss(discriminator, teacher_logits, student_logits, generated, mu, logvar, condition,
-                   cfg: Weights, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   cfg: Weights, targets: torch.Tensor | None = None,
+                   rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """L_G and its parts. D's parameters get no gradient from it (they are frozen for the
     call); gradients flow to G through the student's logits and the generated weights."""
     T = cfg.temperature
@@ -117,7 +119,7 @@ def generator_loss(discriminator, teacher_logits, student_logits, generated, mu,
             loss = loss + cfg.adv_weight * adv
             logs["adv_output"] = adv.item()
         if cfg.weights_weight > 0 or cfg.complexity_weight > 0:
-            values, complexity = discriminator.weight_features(_rows(generated, cfg.weight_rows))
+            values, complexity = discriminator.weight_features(_rows(generated, cfg.weight_rows), rng)
             for head, features, weight in (("weights", values, cfg.weights_weight),
                                            ("complexity", complexity, cfg.complexity_weight)):
                 if weight > 0:

@@ -91,6 +91,7 @@ class AdaptivePipeline:
         self.config = config
         self.condition_dims = condition_dims
         self._audit_generator = torch.Generator().manual_seed(config.seed)
+        self._weights_rng = torch.Generator().manual_seed(config.seed + 1)  # D's weight-head subsamples
         self._g_optimizer = self._d_optimizer = None
         self.calls = self.samples = self.calibration_steps = self.recalibrations = self.audits = 0
         self._calibration_left = config.calibration_calls if teacher is not None else 0
@@ -153,11 +154,12 @@ class AdaptivePipeline:
                 self.discriminator.train()  # spectral norm's power iteration runs only in train mode
                 try:
                     logs.update(discriminator_step(self.discriminator, self._d_optimizer, teacher_logits,
-                                                   student_logits, generated, condition, self.objective))
+                                                   student_logits, generated, condition, self.objective,
+                                                   self._weights_rng))
                 finally:
                     self.discriminator.eval()
             loss, g_logs = generator_loss(self.discriminator, teacher_logits, student_logits, generated, mu, logvar,
-                                          condition, self.objective)
+                                          condition, self.objective, rng=self._weights_rng)
             self._g_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._g_optimizer.step()
