@@ -274,6 +274,36 @@ def export_adaptive(
         console.print(str(path / name), markup=False)
 
 
+users_app = typer.Typer(no_args_is_help=True, help="Accounts of the job service.")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="the user's name (unique)")],
+    admin: Annotated[bool, typer.Option("--admin", help="may read analytics and the audit log")] = False,
+) -> None:
+    """Create a service user; prints the API key once, alone on the last line."""
+    from sqlalchemy.orm import Session
+
+    from distillab.service.auth import add_user
+    from distillab.service.db import make_engine
+    from distillab.service.migrate import upgrade
+    from distillab.service.settings import Settings
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    try:
+        with Session(engine) as session, session.begin():
+            key = add_user(session, name, admin)
+    except DistillabError as error:
+        _fail(error)
+    console.print(f"created {'admin' if admin else 'user'} {name!r}; the API key is shown once:", markup=False)
+    print(key)
+
+
 def main() -> None:
     app()
 
