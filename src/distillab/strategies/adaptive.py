@@ -88,14 +88,10 @@ class Adaptive(Strategy):
             raise ValueError("adaptive needs in_shape to size its generator")
         if params.base_checkpoint:
             load_state_into(student, Path(params.base_checkpoint), "strategy.params.base_checkpoint")
+        num_classes = self.student_classes()
         generator = WeightGenerator(student, self.in_shape, params.mode, params.layers, params.latent_dims,
                                     params.hidden, params.rank)
         self.student = AdaptiveStudent(student, generator, params.finetune_base)
-        with torch.no_grad():
-            was_training = student.training
-            student.eval()
-            num_classes = student(torch.zeros(1, *self.in_shape)).shape[-1]
-            student.train(was_training)
         reference = {name: p.detach() for name, p in student.named_parameters() if any(
             slot.param == name for slot in generator.slots)}
         self.condition_dims = min(CONDITION_DIMS, int(torch.tensor(self.in_shape).prod())) if params.use_input else 0

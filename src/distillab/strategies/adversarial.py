@@ -50,19 +50,10 @@ class Adversarial(Strategy):
         super().__init__(teachers, student, params, in_shape)
         if self.in_shape is None:
             raise ValueError("adversarial needs in_shape to size its discriminator")
-        num_classes = self._student_classes()
+        num_classes = self.student_classes()
         self.condition_dims = min(INPUT_EMBEDDING_DIMS, math.prod(self.in_shape)) if params.use_input else 0
         self.discriminator = Critic(num_classes + self.condition_dims, params.d_hidden)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
-
-    def _student_classes(self) -> int:
-        was_training = self.student.training
-        self.student.eval()  # no BatchNorm statistics from the dummy batch
-        device = next(self.student.parameters(), torch.empty(0)).device
-        with torch.no_grad():
-            num_classes = self.student(torch.zeros(2, *self.in_shape, device=device)).shape[-1]
-        self.student.train(was_training)
-        return num_classes
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         d_ids = {id(p) for p in self.discriminator.parameters()}  # D has its own optimizer

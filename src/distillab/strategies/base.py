@@ -91,6 +91,17 @@ class Strategy(nn.Module):
         with torch.no_grad():
             return torch.stack([teacher(batch["inputs"]).float() for teacher in self.teachers])
 
+    def student_classes(self) -> int:
+        """The student's number of outputs, from one forward pass on zeros of ``in_shape``
+        in eval mode (no BatchNorm statistics are touched)."""
+        was_training = self.student.training
+        self.student.eval()
+        device = next(self.student.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            num_classes = self.student(torch.zeros(2, *self.in_shape, device=device)).shape[-1]
+        self.student.train(was_training)
+        return num_classes
+
     def extra_parameter_count(self) -> int:
         """Parameters that exist only during training (adapters, discriminators)."""
         student_ids = {id(p) for p in self.student.parameters()}
