@@ -1,4 +1,4 @@
-"""The job store on SQLite: migrations build the models' schema on an empty database, claims
+"""The job store on SQLite and PostgreSQL: migrations build the models' schema on an empty database, claims
 are atomic across real processes, stale jobs are re-queued, cancellation is graceful."""
 
 import subprocess
@@ -16,8 +16,8 @@ from distillab.service.store import JobStore
 
 
 @pytest.fixture
-def database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+def database(database_url):
+    url = database_url
     engine = make_engine(url)
     upgrade(engine)
     store = JobStore(engine)
@@ -26,14 +26,16 @@ def database(tmp_path):
     return url, store
 
 
-def test_migrations_apply_to_an_empty_database_and_match_the_models(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+def test_migrations_apply_to_an_empty_database_and_match_the_models(database_url):
+    engine = make_engine(database_url)
     upgrade(engine)
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
-    with engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
 
 
 def test_claim_heartbeat_finish(database):
