@@ -13,6 +13,7 @@ from distillab.service.db import Base, User, make_engine, utcnow
 from distillab.service.migrate import upgrade
 from distillab.service.settings import Settings
 from distillab.service.store import JobStore
+from service_databases import database_url, postgres_server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Databases for the service tests: SQLite always; PostgreSQL from DISTILLAB_TEST_POSTGRES_URL,
+"""Database fixtures for the service tests (imported by name; not a conftest, whose module name
+the other test folders import): SQLite always; PostgreSQL from DISTILLAB_TEST_POSTGRES_URL,
 or a throw-away server started here from the installed binaries (skipped, with the reason,
 only when no server can be started)."""
 
