@@ -28,14 +28,13 @@ calibration" is the "before" column. Resumable: finished trainings are kept and 
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
 from pathlib import Path
 
 import torch
 
+from common import base_spec, comparison_parser
 from distillab import data as data_module
 from distillab import losses
 from distillab.adaptive.pipeline import AdaptivePipeline, PipelineConfig
@@ -48,10 +47,8 @@ from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import model_facts
 from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
-from distillab.spec import load_spec
 from distillab.strategies import STRATEGIES
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "static": ("response", {}),
     "adaptive": ("adaptive", {}),
@@ -112,20 +109,14 @@ def calibrate_static(student, teacher, stream, normalize, lr, temperature):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", default=str(ROOT / "configs" / "fashion_mnist_kd.yaml"))
-    parser.add_argument("--limit-train", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = comparison_parser(__doc__, "adaptive_vs_static", epochs=4)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--stream", type=int, default=2048, help="unlabeled shifted images for calibration")
     parser.add_argument("--calibration-lr", type=float, nargs="+", default=[1e-3, 1e-4],
                         help="every value is reported (a sensitivity check, nothing is selected)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaptive_vs_static"))
     args = parser.parse_args()
 
-    base = load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
-                                 f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false"])
+    base = base_spec(args)
     work = Path(args.out)
     bundles = {seed: data_module.build(base.data, seed) for seed in args.seeds}
     teachers = get_teachers(base, bundles[args.seeds[0]])

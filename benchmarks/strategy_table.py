@@ -13,38 +13,25 @@ benchmarks/results/strategy_table/ and skipped.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 from pathlib import Path
 
+from common import base_spec, comparison_parser
 from distillab import data as data_module
 from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
 from distillab.experiment.run import _phase, _trained_student, environment, teacher_caches
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
-from distillab.spec import load_spec
 from distillab.strategies import STRATEGIES
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", default=str(ROOT / "configs" / "fashion_mnist_kd.yaml"))
-    parser.add_argument("--limit-train", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = comparison_parser(__doc__, "strategy_table")
     # `adaptive` has its own benchmark (adaptive_vs_static.py: shift, calibration, ablations).
     parser.add_argument("--strategies", nargs="+",
                         default=[name for name in STRATEGIES if name not in ("none", "adaptive")])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "strategy_table"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value")
     args = parser.parse_args()
 
-    base = load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
-                                 f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false",
-                                 *args.overrides])
+    base = base_spec(args)
     work = Path(args.out)
     bundles = {seed: data_module.build(base.data, seed) for seed in args.seeds}
     teachers = get_teachers(base, bundles[args.seeds[0]])

@@ -8,10 +8,9 @@ all pairs together, against the shared scratch twins.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
+from common import base_spec, comparison_parser
 from distillab import data as data_module
 from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
 from distillab.experiment.run import _phase, environment
@@ -19,24 +18,11 @@ from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
 from distillab.models.taps import stage_outputs
 from distillab.models.zoo import build_model
-from distillab.spec import load_spec
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", default=str(ROOT / "configs" / "fashion_mnist_kd.yaml"))
-    parser.add_argument("--limit-train", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "which_layers"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value")
-    args = parser.parse_args()
+    args = comparison_parser(__doc__, "which_layers").parse_args()
 
-    base = load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
-                                 f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false",
-                                 *args.overrides])
+    base = base_spec(args)
     work = Path(args.out)
     bundles = {seed: data_module.build(base.data, seed) for seed in args.seeds}
     bundle = bundles[args.seeds[0]]
@@ -46,6 +32,9 @@ def main() -> None:
     teacher_layers = [name for name, _ in stage_outputs(teachers[0][0], bundle.in_shape)]
     count = min(len(student_layers), len(teacher_layers))
     pairs = list(zip(student_layers[-count:], teacher_layers[-count:]))
+    if not pairs:
+        raise SystemExit(f"which_layers: {base.student.model} and {base.teachers[0].model} have no stage outputs to "
+                         "pair (feature distillation needs convolutional stages); choose a CNN student with --set")
     configs = {f"{s} <- {t}": [[s, t]] for s, t in pairs}
     configs["all pairs"] = [list(p) for p in pairs]
 

@@ -1,0 +1,33 @@
+"""What the comparison benchmarks share: their arguments and the base spec they derive.
+
+Imported by the scripts in this folder (run as ``.venv/bin/python benchmarks/NAME.py``,
+which puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from distillab.spec import JobSpec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def comparison_parser(doc: str, out_name: str, epochs: int = 5) -> argparse.ArgumentParser:
+    """--spec, --limit-train, --epochs, --seeds, --out and --set; add the script's own after."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--spec", default=str(ROOT / "configs" / "fashion_mnist_kd.yaml"))
+    parser.add_argument("--limit-train", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / out_name))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value")
+    return parser
+
+
+def base_spec(args) -> JobSpec:
+    """The spec every run of the benchmark starts from: the arguments applied as overrides."""
+    return load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
+                                 f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false",
+                                 *args.overrides])
