@@ -46,7 +46,8 @@ def input_condition(inputs: torch.Tensor, dims: int) -> torch.Tensor | None:
     return F.adaptive_avg_pool1d(flat[:, None], dims)[:, 0]
 
 
-def _join(probs, condition):
+def join_condition(probs, condition):
+    """D's output-head input: (B, K) probabilities, with the (B, E) condition appended if any."""
     return probs if condition is None else torch.cat([probs, condition], 1)
 
 
@@ -67,7 +68,7 @@ def discriminator_step(discriminator, optimizer, teacher_logits, student_logits,
     for _ in range(cfg.d_steps):
         B = len(teacher_probs)
         real = teacher_probs.requires_grad_(cfg.gradient_penalty > 0)
-        scores = discriminator.output(torch.cat([_join(real, condition), _join(student_probs, condition)]))
+        scores = discriminator.output(torch.cat([join_condition(real, condition), join_condition(student_probs, condition)]))
         loss = losses.discriminator_bce(scores[:B], scores[B:])
         if cfg.gradient_penalty > 0:
             loss = loss + cfg.gradient_penalty * losses.r1_penalty(scores[:B], real)
@@ -115,7 +116,7 @@ def generator_loss(discriminator, teacher_logits, student_logits, generated, mu,
     try:
         if cfg.adv_weight > 0:
             student_probs = F.softmax(student_logits.float() / T, -1)
-            adv = losses.generator_nonsaturating(discriminator.output(_join(student_probs, condition)))
+            adv = losses.generator_nonsaturating(discriminator.output(join_condition(student_probs, condition)))
             loss = loss + cfg.adv_weight * adv
             logs["adv_output"] = adv.item()
         if cfg.weights_weight > 0 or cfg.complexity_weight > 0:

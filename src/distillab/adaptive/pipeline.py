@@ -31,7 +31,8 @@ from safetensors.torch import save_file
 
 from distillab.adaptive.discriminator import MultiHeadDiscriminator
 from distillab.adaptive.generator import WeightGenerator
-from distillab.adaptive.objective import Weights, discriminator_step, generator_loss, input_condition
+from distillab.adaptive.objective import (Weights, discriminator_step, generator_loss, input_condition,
+                                          join_condition)
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.data.transforms import Normalize
 from distillab.errors import CheckpointError, DistillabError
@@ -198,8 +199,8 @@ class AdaptivePipeline:
         if self.discriminator is not None:
             probs = F.softmax(logits[chosen].float() / self.objective.temperature, -1)
             condition = input_condition(inputs[chosen], self.condition_dims)
-            joined = probs if condition is None else torch.cat([probs, condition], 1)
-            self._d_scores.extend(torch.sigmoid(self.discriminator.output(joined)).tolist())
+            scores = self.discriminator.output(join_condition(probs, condition))
+            self._d_scores.extend(torch.sigmoid(scores).tolist())
         if (not self.calibrating and len(self._agreement) >= self.config.min_audits
                 and self.agreement < self.config.agreement_threshold):
             self._calibration_left = self.config.recalibration_calls
