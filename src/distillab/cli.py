@@ -88,8 +88,12 @@ def run(
     _logging(verbose)
     try:
         job = _load(spec, set_)
-        report = run_job(job, out, resume=resume, overwrite=overwrite,
-                         callbacks=lambda role, seed: [ProgressBar(f"seed {seed} {role}", job.training.epochs)])
+        def bars(role: str, seed: int) -> list:
+            if role == "teacher":  # seed is the teacher's index
+                return [ProgressBar(f"teacher[{seed}]", (job.teachers[seed].training or job.training).epochs)]
+            return [ProgressBar(f"seed {seed} {role}", job.training.epochs)]
+
+        report = run_job(job, out, resume=resume, overwrite=overwrite, callbacks=bars)
     except DistillabError as error:
         _fail(error)
     console.print(markdown_table(report.data), markup=False, highlight=False)

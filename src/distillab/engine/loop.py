@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from distillab.data.transforms import apply_augment, draw_augment_params
 from distillab.engine.callbacks import Callback, JsonlLogger, TensorBoardLogger
-from distillab.engine.checkpoint import atomic_torch_save, load_training_checkpoint
+from distillab.engine.checkpoint import atomic_torch_save, atomic_write_bytes, load_training_checkpoint
 from distillab.engine.evaluate import evaluate, resolve_device
 from distillab.engine.optim import build_optimizer, build_scheduler
 from distillab.errors import DistillabError, TrainingDiverged
@@ -30,7 +30,13 @@ class TimeBudgetExceeded(DistillabError):
 
 
 class Stop(Exception):
-    """Raised by a callback to end training early (a cancelled job); not an error."""
+    """Raised by a callback to end training early (a cancelled job, a spent budget); not an
+    error. ``fit`` keeps its epoch checkpoint and saves the best student so far; ``run``
+    then writes ``partial.json`` and re-raises."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -157,13 +163,17 @@ def fit(
             )
             for callback in callbacks:
                 callback.on_epoch_end(epoch, metrics)
+    except Stop:
+        if best["state"] is not None:  # the best student of the finished epochs stays readable
+            atomic_write_bytes(run_dir / "student.safetensors", safetensors_bytes(best["state"]))
+        raise
     finally:
         for callback in callbacks:
             callback.close()
 
     strategy.student.load_state_dict(best["state"])
     strategy.student.to(memory_format=torch.contiguous_format)
-    save_file(_cpu_state(strategy.student), str(run_dir / "student.safetensors"))
+    atomic_write_bytes(run_dir / "student.safetensors", safetensors_bytes(_cpu_state(strategy.student)))
     seconds = sum(h["epoch_seconds"] for h in history)
     return FitResult(best["epoch"] + 1, best["val_accuracy"], history, seconds, seconds / max(1, len(history)))
 

@@ -24,7 +24,7 @@ from distillab import data as data_module
 from distillab.data.cache import teacher_outputs
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import evaluate, resolve_device
-from distillab.engine.loop import fit
+from distillab.engine.loop import Stop, fit
 from distillab.errors import DistillabError, SpecError
 from distillab.experiment.stats import paired_comparison, summarize, verdict
 from distillab.experiment.teacher import get_teachers
@@ -138,17 +138,21 @@ def _stage_teachers(stage, teachers, caches, previous, scratch_student):
     return [source.eval()], ()  # a model trained in this run: its outputs are computed online
 
 
-def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks, scratch=None) -> dict:
+def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks, scratch=None,
+           notify=lambda name, info: None) -> dict:
     """Train one student (role 'scratch' or 'distilled'); results are saved in phase_dir.
     ``scratch`` is this seed's trained scratch student (born-again starts from it)."""
     done = phase_dir / "result.json"
-    if resume and done.exists():
-        log.info("seed %d %s: already done, skipping", seed, role)
-        return json.loads(done.read_text())
     strategy_name = "none" if role == "scratch" else spec.strategy.name
     strategy_cls = STRATEGIES[strategy_name]
     params = strategy_cls.Params.model_validate({} if role == "scratch" else spec.strategy.params)
     stages = strategy_cls.stages(params)
+    phase = "scratch" if role == "scratch" else "distilling"
+    if resume and done.exists():
+        log.info("seed %d %s: already done, skipping", seed, role)
+        notify(phase, {"seed": seed, "stages": max(1, len(stages or ())), "done": True})
+        return json.loads(done.read_text())
+    notify(phase, {"seed": seed, "stages": max(1, len(stages or ())), "done": False})
     use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
     if strategy_cls.uses_teacher and not use_cache:
         reason = "cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"
@@ -189,9 +193,18 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     callbacks=None,
+    on_phase=None,
 ) -> Report:
-    """Run the job. ``callbacks(role, seed)`` may return engine callbacks (progress, cancel)."""
+    """Run the job. ``callbacks(role, seed)`` may return engine callbacks (progress, cancel);
+    role is "teacher" (seed = the teacher's index), "scratch" or "distilled".
+    ``on_phase(name, info)`` is told when a phase begins: "teacher", "teacher_outputs",
+    "scratch", "distilling" (info: seed, stages, done = skipped on resume), "evaluating".
+
+    A callback that raises ``engine.loop.Stop`` ends the run early: the epoch checkpoints
+    stay in ``OUT.partial`` (``resume`` continues from them) beside ``partial.json``, a
+    summary of what finished, and the ``Stop`` propagates."""
     spec = parse_spec(spec)
+    notify = on_phase or (lambda name, info: None)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
     if (out_dir / "report.json").exists() and not overwrite:
         raise SpecError(f"{out_dir}: already holds a finished run (report.json); choose another --out or --overwrite")
@@ -202,7 +215,8 @@ def run(
     # Everything that can fail on bad input happens before the run folder exists.
     seeds = spec.training.seeds
     first = data_module.build(spec.data, seeds[0])
-    teachers = get_teachers(spec, first, resume=resume)
+    notify("teacher", {})
+    teachers = get_teachers(spec, first, resume=resume, callbacks=callbacks)
     check_strategy(spec, first, teachers)
     started = time.time()
     deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
@@ -224,19 +238,24 @@ def run(
             bundle = first if seed == seeds[0] else data_module.build(spec.data, seed)
             caches = []
             if needs_cache:
+                notify("teacher_outputs", {"seed": seed})
                 caches = teacher_caches(spec, bundle, teachers)
             scratch = _phase(spec, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
-                             resume, deadline, callbacks)
+                             resume, deadline, callbacks, notify=notify)
             distilled = _phase(spec, bundle, seed, "distilled", teachers, caches,
-                               partial / f"seed_{seed}" / "distilled", resume, deadline, callbacks,
+                               partial / f"seed_{seed}" / "distilled", resume, deadline, callbacks, notify=notify,
                                scratch=_trained_student(spec, bundle, seed, scratch, partial / f"seed_{seed}" / "scratch"))
             phases["scratch"].append(scratch)
             phases["distilled"].append(distilled)
+        notify("evaluating", {})
         report = _assemble(spec, first, teachers, teacher_accuracy, phases, time.time() - started)
         atomic_write_json(partial / "report.json", report)
         from distillab.experiment.render import render
 
         render(partial)
+    except Stop as stop:
+        atomic_write_json(partial / "partial.json", partial_summary(partial, stop.reason))
+        raise
     except BaseException as error:
         if isinstance(error, DistillabError):
             shutil.rmtree(partial, ignore_errors=True)  # a user mistake leaves nothing behind
@@ -246,6 +265,33 @@ def run(
     os.replace(partial, out_dir)
     log.info("report: %s", out_dir / "report.md")
     return Report(report, out_dir)
+
+
+def partial_summary(folder: Path, reason: str) -> dict:
+    """What a stopped run finished: per seed and role, the test accuracy of complete phases,
+    and for the interrupted one the epochs done, the best validation accuracy so far and its
+    saved student (paths relative to ``folder``)."""
+    phases = []
+    for seed_dir in sorted(folder.glob("seed_*"), key=lambda p: int(p.name.removeprefix("seed_"))):
+        for role in ("scratch", "distilled"):
+            phase_dir = seed_dir / role
+            if not phase_dir.is_dir():
+                continue
+            entry: dict = {"seed": int(seed_dir.name.removeprefix("seed_")), "role": role}
+            done = phase_dir / "result.json"
+            if done.exists():
+                result = json.loads(done.read_text())
+                entry.update(complete=True, test_accuracy=result["test_accuracy"],
+                             val_accuracy=result["val_accuracy"], epochs=len(result["history"]))
+            else:
+                history = [json.loads(line) for path in sorted(phase_dir.rglob("metrics.jsonl"))
+                           for line in path.read_text().splitlines() if line.strip()]
+                students = sorted(phase_dir.rglob("student.safetensors"))
+                entry.update(complete=False, epochs_done=len(history),
+                             best_val_accuracy=max((h["val_accuracy"] for h in history), default=None),
+                             student=str(students[-1].relative_to(folder)) if students else None)
+            phases.append(entry)
+    return {"stopped": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "phases": phases}
 
 
 def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict:

@@ -65,9 +65,10 @@ def _trained_teacher_key(spec, index: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def get_teachers(spec, bundle, *, resume: bool = False) -> list[tuple[object, str, dict]]:
+def get_teachers(spec, bundle, *, resume: bool = False, callbacks=None) -> list[tuple[object, str, dict]]:
     """[(model, checksum, facts)] for every teacher in the spec, training those without a
-    checkpoint once (then reusing the cached weights)."""
+    checkpoint once (then reusing the cached weights). ``callbacks("teacher", index)`` may
+    return engine callbacks for that training."""
     out = []
     for index, teacher_spec in enumerate(spec.teachers):
         where = "teacher" if len(spec.teachers) == 1 else f"teacher.{index}"
@@ -78,7 +79,8 @@ def get_teachers(spec, bundle, *, resume: bool = False) -> list[tuple[object, st
         folder = (spec.cache.dir or default_cache_dir()) / "teachers" / _trained_teacher_key(spec, index)
         weights = folder / "teacher.safetensors"
         if not weights.exists():
-            train_teacher(spec, index, weights, folder / "work", resume=resume)
+            train_teacher(spec, index, weights, folder / "work", resume=resume,
+                          callbacks=callbacks("teacher", index) if callbacks else ())
         model = build_model(teacher_spec.model, bundle.in_shape, bundle.num_classes, teacher_spec.model_args)
         load_state_into(model, weights, f"{where} (cached)")
         model.eval()

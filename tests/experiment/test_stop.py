@@ -1,0 +1,49 @@
+"""A callback that raises Stop ends a run early with its checkpoints and a partial summary;
+resume then finishes it."""
+
+import json
+
+import pytest
+from conftest import tiny_spec
+
+from distillab.engine.callbacks import Callback
+from distillab.engine.loop import Stop
+from distillab.experiment.run import run
+
+
+class StopAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_step(self, epoch, step, metrics):
+        if epoch == self.epoch:
+            raise Stop("asked to stop")
+
+
+def test_stop_keeps_checkpoints_and_writes_partial_summary_then_resume_finishes(tmp_path, blobs, tiny_teacher):
+    spec = tiny_spec(blobs, tiny_teacher, training={"seeds": [0], "epochs": 3})
+    phases = []
+    out = tmp_path / "run"
+
+    def callbacks(role, seed):
+        return [StopAt(1)] if role == "distilled" else []
+
+    with pytest.raises(Stop, match="asked to stop"):
+        run(spec, out, callbacks=callbacks, on_phase=lambda name, info: phases.append((name, info.get("done"))))
+    assert phases[:3] == [("teacher", None), ("teacher_outputs", None), ("scratch", False)]
+    assert phases[-1] == ("distilling", False)
+    partial = out.with_name("run.partial")
+    summary = json.loads((partial / "partial.json").read_text())
+    assert summary["stopped"] == "asked to stop"
+    scratch, distilled = summary["phases"]
+    assert scratch["complete"] and 0 <= scratch["test_accuracy"] <= 1 and scratch["epochs"] == 3
+    assert not distilled["complete"] and distilled["epochs_done"] == 1
+    assert (partial / distilled["student"]).is_file()
+    assert (partial / "seed_0" / "distilled" / "checkpoint.pt").is_file()
+    assert not out.exists()
+
+    phases.clear()
+    report = run(spec, out, resume=True, on_phase=lambda name, info: phases.append((name, info.get("done"))))
+    assert ("scratch", True) in phases and ("distilling", False) in phases and phases[-1] == ("evaluating", None)
+    distilled_model = report.model("distilled")
+    assert len(distilled_model["curves"]["0"]) == 3  # epochs 1 (kept) + 2, 3 (resumed)
