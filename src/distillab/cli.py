@@ -121,17 +121,9 @@ def validate(spec: SpecArg, set_: SetOpt = None) -> None:
 
 
 def _strategy_rows() -> list[dict]:
-    from distillab.strategies import STRATEGIES
+    from distillab.strategies import catalog
 
-    rows = []
-    for name, cls in STRATEGIES.items():
-        params = {}
-        for key, field in cls.Params.model_fields.items():
-            bounds = {key: getattr(m, key) for m in field.metadata
-                      for key in ("gt", "ge", "lt", "le", "min_length", "max_length") if getattr(m, key, None) is not None}
-            params[key] = {"default": field.default, "description": field.description, **bounds}
-        rows.append({"name": name, "summary": cls.summary, "paper": cls.paper, "params": params})
-    return rows
+    return catalog()
 
 
 @app.command()
@@ -306,6 +298,57 @@ def users_add(
         _fail(error)
     console.print(f"created {'admin' if admin else 'user'} {name!r}; the API key is shown once:", markup=False)
     print(key)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the REST API (settings from DISTILLAB_* variables or .env); OpenAPI docs at /docs."""
+    import uvicorn
+
+    from distillab.service.app import create_app
+    from distillab.service.settings import Settings
+
+    _logging(False)
+    try:
+        application = create_app(Settings())
+    except Exception as error:  # a bad DATABASE_URL or data dir is a configuration mistake
+        _fail(f"cannot start the service: {error}")
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def worker(
+    max_jobs: Annotated[Optional[int], typer.Option(min=1, help="exit after this many jobs")] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(min=0, help="exit after this many idle seconds")] = None,
+    poll: Annotated[float, typer.Option(min=0.05, help="seconds between polls of an empty queue")] = 1.0,
+    heartbeat: Annotated[float, typer.Option(min=0.05, help="seconds between heartbeats")] = 1.0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Claim queued jobs and run them (any number of workers, on any machines sharing the
+    database and the data directory). SIGTERM hands the running job back to the queue."""
+    import signal
+
+    import torch
+
+    from distillab.service.settings import Settings
+    from distillab.service.worker import Worker
+
+    _logging(verbose)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        runner = Worker(Settings(), poll_s=poll, heartbeat_s=heartbeat)
+    except Exception as error:
+        _fail(f"cannot start the worker: {error}")
+    signal.signal(signal.SIGTERM, runner.request_shutdown)
+    signal.signal(signal.SIGINT, runner.request_shutdown)
+    done = runner.serve(max_jobs=max_jobs, idle_exit_s=idle_exit)
+    console.print(f"worker {runner.id}: {done} job(s) done", markup=False)
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-JOB_STATUSES = ("queued", "running", "cancelling", "cancelled", "completed", "failed")
+# "stopped": a budget (max_duration_hours, max_cost_usd) ran out; partial results remain.
+JOB_STATUSES = ("queued", "running", "cancelling", "cancelled", "stopped", "completed", "failed")
 
 
 class Job(Base):
@@ -49,6 +50,10 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     estimated_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     estimated_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # budgets, quality/efficiency thresholds, request volume, teacher model ids, estimate basis
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    device_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # summed over attempts
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -62,9 +67,24 @@ class RegisteredModel(Base):
     architecture: Mapped[str] = mapped_column(String(64))  # a zoo name
     model_args: Mapped[dict] = mapped_column(JSON, default=dict)
     file_format: Mapped[str] = mapped_column(String(16))  # safetensors | onnx
+    dataset: Mapped[str] = mapped_column(String(64), default="")  # the data set it classifies (input shape, classes)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Worker(Base):
+    """A worker process; live while its heartbeat is recent (analytics: live workers, load)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AuditEvent(Base):
@@ -77,23 +97,27 @@ class AuditEvent(Base):
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine; for SQLite: WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE."""
+def make_engine(url: str, immediate: bool = True) -> Engine:
+    """An engine; for SQLite: WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE
+    (``immediate=False``: plain deferred reads, for the API's read-only sessions, so
+    readers never wait for the write lock)."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # let the "begin" hook below open transactions
+        if immediate:
+            dbapi_connection.isolation_level = None  # let the "begin" hook below open transactions
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if immediate:
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -16,9 +16,10 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from distillab.service.db import Job, utcnow
+from distillab.service.db import Job, Worker, utcnow
 
-TERMINAL = ("cancelled", "completed", "failed")
+TERMINAL = ("cancelled", "stopped", "completed", "failed")
+ACTIVE = ("queued", "running", "cancelling")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Claim:
     job_id: str
     spec: dict
     attempts: int  # 1 on the first run; more after re-queueing (the worker then resumes)
+    device_seconds: float = 0.0  # spent by earlier attempts
+    options: dict | None = None
 
 
 class JobStore:
@@ -35,12 +38,18 @@ class JobStore:
         self.skip_locked = engine.dialect.name == "postgresql"
 
     def create(self, owner_id: int, name: str, strategy: str, spec: dict, description: str = "",
-               estimated_seconds: float | None = None, estimated_cost_usd: float | None = None) -> str:
+               estimated_seconds: float | None = None, estimated_cost_usd: float | None = None,
+               options: dict | None = None, session=None) -> str:
+        """A queued job; inside ``session`` when given (so an audit row commits with it)."""
         job_id = uuid.uuid4().hex
-        with self.sessions.begin() as session:
-            session.add(Job(id=job_id, owner_id=owner_id, name=name, description=description, strategy=strategy,
-                            spec=spec, status="queued", progress=0.0, metrics={}, attempts=0,
-                            estimated_seconds=estimated_seconds, estimated_cost_usd=estimated_cost_usd))
+        job = Job(id=job_id, owner_id=owner_id, name=name, description=description, strategy=strategy,
+                  spec=spec, status="queued", progress=0.0, metrics={}, attempts=0, options=options or {},
+                  device_seconds=0.0, estimated_seconds=estimated_seconds, estimated_cost_usd=estimated_cost_usd)
+        if session is not None:
+            session.add(job)
+            return job_id
+        with self.sessions.begin() as own:
+            own.add(job)
         return job_id
 
     def get(self, job_id: str) -> Job | None:
@@ -60,10 +69,10 @@ class JobStore:
             job.status, job.worker_id, job.heartbeat_at = "running", worker_id, now
             job.started_at = job.started_at or now
             job.attempts += 1
-            return Claim(job.id, job.spec, job.attempts)
+            return Claim(job.id, job.spec, job.attempts, job.device_seconds or 0.0, job.options or {})
 
     def heartbeat(self, job_id: str, worker_id: str, *, progress: float | None = None, phase: str | None = None,
-                  metrics: dict | None = None) -> str:
+                  metrics: dict | None = None, device_seconds: float | None = None) -> str:
         """Record liveness and progress; returns the job's status, so a worker sees
         "cancelling" (stop at the next step) or loses a job that was re-queued from it."""
         values: dict = {"heartbeat_at": utcnow()}
@@ -73,6 +82,8 @@ class JobStore:
             values["current_phase"] = phase
         if metrics is not None:
             values["metrics"] = metrics
+        if device_seconds is not None:
+            values["device_seconds"] = device_seconds
         with self.sessions.begin() as session:
             session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id,
                                               Job.status.in_(("running", "cancelling"))).values(**values))
@@ -107,11 +118,48 @@ class JobStore:
                 job.status = "cancelling"
             return job.status
 
-    def finish(self, job_id: str, worker_id: str, status: str, error: str | None = None) -> bool:
+    def finish(self, job_id: str, worker_id: str, status: str, error: str | None = None,
+               stop_reason: str | None = None, device_seconds: float | None = None) -> bool:
         """Record the end of a run; False when the job is no longer this worker's."""
         if status not in TERMINAL:
             raise ValueError(f"finish status must be one of {TERMINAL}, got {status!r}")
+        values = {"status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
+                  "progress": 100.0 if status == "completed" else Job.progress}
+        if device_seconds is not None:
+            values["device_seconds"] = device_seconds
         with self.sessions.begin() as session:
-            result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(
-                status=status, error=error, finished_at=utcnow(), progress=100.0 if status == "completed" else Job.progress))
+            result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(**values))
             return result.rowcount == 1
+
+    def release(self, job_id: str, worker_id: str, device_seconds: float | None = None) -> bool:
+        """A worker shutting down hands its running job back to the queue (it resumes from
+        its checkpoint elsewhere); a job being cancelled becomes cancelled instead."""
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.worker_id != worker_id:
+                return False
+            if device_seconds is not None:
+                job.device_seconds = device_seconds
+            job.worker_id = None
+            if job.status == "cancelling":
+                job.status, job.finished_at = "cancelled", utcnow()
+            else:
+                job.status = "queued"
+            return True
+
+    # Workers: a row per process, for analytics (live workers, load).
+    def register_worker(self, worker_id: str, hostname: str, pid: int) -> None:
+        with self.sessions.begin() as session:
+            session.merge(Worker(id=worker_id, hostname=hostname, pid=pid, started_at=utcnow(),
+                                 heartbeat_at=utcnow(), job_id=None, jobs_done=0, stopped_at=None))
+
+    def worker_heartbeat(self, worker_id: str, job_id: str | None, finished_one: bool = False) -> None:
+        with self.sessions.begin() as session:
+            values = {"heartbeat_at": utcnow(), "job_id": job_id}
+            if finished_one:
+                values["jobs_done"] = Worker.jobs_done + 1
+            session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+
+    def worker_stopped(self, worker_id: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow(), job_id=None))

@@ -30,3 +30,16 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 __all__ = ["STRATEGIES", "Strategy"]
+
+
+def catalog() -> list[dict]:
+    """Every registered strategy with its summary, paper and parameters (default, bounds)."""
+    rows = []
+    for name, cls in STRATEGIES.items():
+        params = {}
+        for key, field in cls.Params.model_fields.items():
+            bounds = {key: getattr(m, key) for m in field.metadata
+                      for key in ("gt", "ge", "lt", "le", "min_length", "max_length") if getattr(m, key, None) is not None}
+            params[key] = {"default": field.default, "description": field.description, **bounds}
+        rows.append({"name": name, "summary": cls.summary, "paper": cls.paper, "params": params})
+    return rows

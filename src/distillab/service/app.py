@@ -1,0 +1,489 @@
+"""``create_app(settings)``: the REST API under ``/api/v1/distillation`` (OpenAPI at /docs).
+
+Every route but ``/healthz`` needs an ``X-API-Key``. Users see and touch only their own jobs
+and models (another user's ids answer 404); ``/analytics`` and ``/audit`` are for admins.
+Job creation, cancellation, artifact downloads, model uploads and admin reads are written
+to the audit table in the same transaction as the change they record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from distillab import __version__
+from distillab.errors import DistillabError
+from distillab.service import registry
+from distillab.service.auth import authenticate
+from distillab.service.db import AuditEvent, Job, RegisteredModel, User, Worker, make_engine, utcnow
+from distillab.service.jobs import BodyError, JobCreate, build_spec, error, options_of, validate_spec
+from distillab.service.results import artifacts, job_results
+from distillab.service.settings import Settings
+from distillab.service.store import ACTIVE, TERMINAL, JobStore
+
+log = logging.getLogger("distillab.service")
+PREFIX = "/api/v1/distillation"
+
+
+# ---------------------------------------------------------------- dependencies
+def _read_session(request: Request):
+    with request.app.state.read_sessions() as session:
+        yield session
+
+
+def _write_session(request: Request):
+    with request.app.state.write_sessions.begin() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(_read_session)]
+WriteSession = Annotated[Session, Depends(_write_session)]
+api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="created by `distillab users add`")
+
+
+def _current_user(request: Request, key: Annotated[str | None, Security(api_key)]) -> User:
+    with request.app.state.read_sessions() as session:
+        user = authenticate(session, key)
+    if user is None:
+        raise HTTPException(401, "missing or unknown API key: send it in the X-API-Key header")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+def _admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise HTTPException(403, "this route is for admins")
+    return user
+
+
+AdminUser = Annotated[User, Depends(_admin)]
+
+
+def _owned_job(job_id: str, user: CurrentUser, session: ReadSession) -> Job:
+    job = session.get(Job, job_id) if len(job_id) <= 32 else None
+    if job is None or job.owner_id != user.id:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(_owned_job)]
+
+
+def _audit(session: Session, user: User | None, action: str, target: str | None = None, **detail) -> None:
+    session.add(AuditEvent(user_id=user.id if user else None, action=action, target=target, detail=detail))
+
+
+# ---------------------------------------------------------------- response schemas
+class JobCreated(BaseModel):
+    success: bool = True
+    job_id: str
+    name: str
+    strategy: str
+    status: str
+    estimated_duration: str
+    estimated_duration_seconds: float
+    estimated_cost: float
+    estimate_basis: str
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    name: str
+    description: str
+    strategy: str
+    status: str
+    progress: float
+    current_phase: str | None
+    current_metrics: dict
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    estimated_completion: str | None
+    estimated_cost: float | None
+    device_seconds: float
+    attempts: int
+    results_available: bool
+    partial_results_available: bool
+    error: str | None
+    stop_reason: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+def _iso(moment) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        from datetime import timezone
+
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.isoformat(timespec="seconds")
+
+
+def _public(job: Job, settings: Settings) -> JobPublic:
+    folder = _job_folder(settings, job.id)
+    completion = None
+    if job.status in ("running", "cancelling") and job.started_at is not None:
+        if job.progress and job.progress > 0:
+            elapsed = job.device_seconds or 0.0
+            completion = _iso(utcnow() + timedelta(seconds=elapsed * (100 - job.progress) / job.progress))
+        elif job.estimated_seconds:
+            completion = _iso(utcnow() + timedelta(seconds=job.estimated_seconds))
+    elif job.status == "queued" and job.estimated_seconds:
+        completion = _iso(utcnow() + timedelta(seconds=job.estimated_seconds))
+    return JobPublic(
+        job_id=job.id, name=job.name, description=job.description, strategy=job.strategy, status=job.status,
+        progress=job.progress, current_phase=job.current_phase, current_metrics=job.metrics or {},
+        created_at=_iso(job.created_at), started_at=_iso(job.started_at), finished_at=_iso(job.finished_at),
+        estimated_completion=completion, estimated_cost=job.estimated_cost_usd,
+        device_seconds=job.device_seconds or 0.0, attempts=job.attempts,
+        results_available=job.status == "completed" and (folder / "run" / "report.json").is_file(),
+        partial_results_available=(folder / "run.partial" / "partial.json").is_file(),
+        error=job.error, stop_reason=job.stop_reason,
+    )
+
+
+def _job_folder(settings: Settings, job_id: str) -> Path:
+    from distillab.service.worker import job_dir
+
+    return job_dir(settings, job_id)
+
+
+# ---------------------------------------------------------------- the app
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    write_engine = make_engine(url)
+    read_engine = make_engine(url, immediate=False)
+    from distillab.service.migrate import upgrade
+
+    upgrade(write_engine)
+    app = FastAPI(title="distillab", version=__version__,
+                  description="Self-hosted knowledge-distillation jobs: submit, watch, cancel, fetch results.")
+    app.state.settings = settings
+    app.state.store = JobStore(write_engine)
+    app.state.write_sessions = sessionmaker(write_engine, expire_on_commit=False)
+    app.state.read_sessions = sessionmaker(read_engine, expire_on_commit=False)
+
+    @app.exception_handler(BodyError)
+    async def _body_error(_request, problem: BodyError):
+        return JSONResponse(status_code=422, content={"detail": problem.errors})
+
+    @app.exception_handler(registry.UploadError)
+    async def _upload_error(_request, problem: registry.UploadError):
+        return JSONResponse(status_code=problem.status, content={"detail": problem.message})
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict:
+        """Liveness and database reachability; the only route without an API key."""
+        with app.state.read_sessions() as session:
+            session.execute(select(1))
+        return {"status": "ok", "version": __version__, "database": write_engine.dialect.name}
+
+    app.include_router(_router(settings), prefix=PREFIX)
+    return app
+
+
+def _router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+    models_dir = settings.data_dir.resolve() / "models"
+
+    @router.get("/strategies", tags=["registries"])
+    def strategies(_user: CurrentUser) -> list[dict]:
+        """The distillation strategies, with their parameters and defaults."""
+        from distillab.strategies import catalog
+
+        return catalog()
+
+    @router.get("/model-types", tags=["registries"])
+    def model_types(_user: CurrentUser) -> dict:
+        """Model types, zoo architectures, teacher file formats and the installed data sets."""
+        from distillab.data import DATASETS
+        from distillab.models.zoo import MODELS
+
+        return {
+            "model_types": [{"type": "image_classifier", "input": "(C, H, W) images", "output": "class logits"}],
+            "architectures": sorted(MODELS),
+            "teacher_formats": [registry.SAFETENSORS, registry.ONNX],
+            "datasets": sorted(name for name, info in DATASETS.items() if info.default_path or name == "digits"),
+        }
+
+    # ------------------------------------------------------------ jobs
+    @router.post("/jobs", status_code=201, tags=["jobs"])
+    def create_job(body: JobCreate, user: CurrentUser, request: Request) -> JobCreated:
+        """Create a job from the seed-shaped body or from ``{"spec": JobSpec}``."""
+        seed_shaped = body.spec is None
+        teachers = None
+        if body.teacher_model_ids is not None:
+            teachers = []
+            with request.app.state.read_sessions() as session:
+                for index, model_id in enumerate(body.teacher_model_ids):
+                    model = session.get(RegisteredModel, model_id) if len(model_id) <= 32 else None
+                    if model is None or model.owner_id != user.id:
+                        raise BodyError([error(["teacher_model_ids", index], f"no registered model {model_id!r}")])
+                    teachers.append({"model": model.architecture, "model_args": model.model_args,
+                                     "format": model.file_format,
+                                     "checkpoint": str(registry.model_path(models_dir, model.id, model.file_format)),
+                                     "_dataset": model.dataset})
+        dataset_of = {i: t.pop("_dataset") for i, t in enumerate(teachers or [])}
+        spec = validate_spec(build_spec(body, teachers), seed_shaped)
+        for index, dataset in dataset_of.items():
+            if dataset and dataset != spec.data.dataset:
+                raise BodyError([error(["teacher_model_ids", index],
+                                       f"model was registered for data set {dataset!r}, the job uses "
+                                       f"{spec.data.dataset!r}")])
+        with request.app.state.read_sessions() as session:
+            rows = session.execute(select(Job.spec, Job.device_seconds, Job.metrics).where(
+                Job.status == "completed", Job.strategy == spec.strategy.name)
+                .order_by(Job.finished_at.desc()).limit(50)).all()
+        history = [(old, seconds, metrics["summary"]["train_samples"]) for old, seconds, metrics in rows
+                   if (metrics or {}).get("summary", {}).get("train_samples")]
+        estimate = _estimate(spec, settings, history)
+        options = {**options_of(body, body.teacher_model_ids), "estimate": {
+            "basis": estimate.basis, "samples_per_s": estimate.samples_per_s}}
+        with request.app.state.write_sessions.begin() as session:
+            job_id = request.app.state.store.create(
+                user.id, spec.name, spec.strategy.name, spec.model_dump(mode="json"), description=body.description,
+                estimated_seconds=estimate.seconds, estimated_cost_usd=estimate.cost_usd, options=options,
+                session=session)
+            _audit(session, user, "job.create", job_id, strategy=spec.strategy.name, name=spec.name)
+        return JobCreated(job_id=job_id, name=spec.name, strategy=spec.strategy.name, status="queued",
+                          estimated_duration=estimate.human, estimated_duration_seconds=round(estimate.seconds, 1),
+                          estimated_cost=round(estimate.cost_usd, 6), estimate_basis=estimate.basis)
+
+    @router.get("/jobs", tags=["jobs"])
+    def list_jobs(user: CurrentUser, session: ReadSession,
+                  status: Annotated[Literal["queued", "running", "cancelling", "cancelled", "stopped", "completed",
+                                            "failed"] | None, Query()] = None,
+                  strategy: Annotated[str | None, Query(max_length=64)] = None,
+                  limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                  offset: Annotated[int, Query(ge=0)] = 0) -> JobPage:
+        """The caller's jobs, newest first; filter by status and strategy."""
+        query = select(Job).where(Job.owner_id == user.id)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if strategy is not None:
+            query = query.where(Job.strategy == strategy)
+        total = session.scalar(select(func.count()).select_from(query.subquery()))
+        jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+        return JobPage(items=[_public(job, settings) for job in jobs], total=total, limit=limit, offset=offset)
+
+    @router.get("/jobs/{job_id}", tags=["jobs"])
+    def get_job(job: OwnedJob) -> JobPublic:
+        return _public(job, settings)
+
+    @router.delete("/jobs/{job_id}", tags=["jobs"])
+    def cancel_job(job: OwnedJob, user: CurrentUser, request: Request) -> JobPublic:
+        """Cancel: a queued job at once; a running one stops at its next training step, keeping
+        its checkpoints and partial results. Cancelling a finished job is a 409."""
+        if job.status in TERMINAL:
+            raise HTTPException(409, f"job {job.id} already ended ({job.status})")
+        with request.app.state.write_sessions.begin() as session:
+            status = request.app.state.store.cancel(job.id)
+            _audit(session, user, "job.cancel", job.id, status=status)
+        with request.app.state.read_sessions() as session:
+            return _public(session.get(Job, job.id), settings)
+
+    @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"])
+    async def job_events(job: OwnedJob, request: Request):
+        """Server-Sent Events: a ``progress`` event whenever status, phase, progress or metrics
+        change; an ``end`` event when the job ends."""
+        last = None
+        while not await request.is_disconnected():
+            current = await asyncio.to_thread(_reload, request, job.id)
+            state = current.model_dump(mode="json")
+            if state != last:
+                yield ServerSentEvent(data=state, event="progress", id=f"{current.progress:.2f}")
+                last = state
+            if current.status in TERMINAL:
+                yield ServerSentEvent(data=state, event="end")
+                return
+            await asyncio.sleep(0.5)
+
+    def _reload(request: Request, job_id: str) -> JobPublic:
+        with request.app.state.read_sessions() as session:
+            return _public(session.get(Job, job_id), settings)
+
+    @router.get("/jobs/{job_id}/results", tags=["jobs"])
+    def job_results_route(job: OwnedJob) -> dict:
+        """Measured results of a completed job; a cancelled or stopped job returns its partial
+        results (``partial: true``)."""
+        folder = _job_folder(settings, job.id)
+        urls = {name: f"{PREFIX}/jobs/{job.id}/artifacts/{name}" for name in artifacts(folder)}
+        report_path = folder / "run" / "report.json"
+        if job.status == "completed" and report_path.is_file():
+            report = json.loads(report_path.read_text())
+            return {"job_id": job.id, "status": job.status, "partial": False, **job_results(
+                report, job.options or {}, job.device_seconds or 0.0, settings.price_per_device_hour,
+                job.estimated_cost_usd, urls)}
+        partial = folder / "run.partial" / "partial.json"
+        if job.status in TERMINAL and partial.is_file():
+            return {"job_id": job.id, "status": job.status, "partial": True, "stop_reason": job.stop_reason,
+                    **json.loads(partial.read_text()), "artifacts": urls,
+                    "cost_analysis": {"device_hours": (job.device_seconds or 0) / 3600,
+                                      "total_training_cost": (job.device_seconds or 0) / 3600
+                                      * settings.price_per_device_hour}}
+        raise HTTPException(409, f"job {job.id} has no results yet (status {job.status})")
+
+    @router.get("/jobs/{job_id}/artifacts/{name}", tags=["jobs"])
+    def download(job: OwnedJob, name: str, user: CurrentUser, session: WriteSession) -> FileResponse:
+        """Download one artifact by its name in the results' ``artifacts`` map."""
+        files = artifacts(_job_folder(settings, job.id))
+        if name not in files:  # names come from the listing; a request never builds a path
+            raise HTTPException(404, f"job {job.id} has no artifact {name!r}; it has: {', '.join(files) or 'none'}")
+        _audit(session, user, "artifact.download", job.id, name=name)
+        media = "application/json" if name.endswith(".json") else "text/markdown" if name.endswith(".md") else None
+        return FileResponse(files[name], filename=name, media_type=media)
+
+    # ------------------------------------------------------------ models
+    @router.post("/models", status_code=201, tags=["models"])
+    async def upload_model(request: Request, user: CurrentUser,
+                           name: Annotated[str, Query(min_length=1, max_length=200)],
+                           architecture: Annotated[str, Query(description="zoo name (GET /model-types)")],
+                           dataset: Annotated[str, Query(description="the data set it classifies")],
+                           model_args: Annotated[str, Query(description="JSON object of zoo arguments")] = "{}",
+                           ) -> dict:
+        """Upload a teacher: the request body is the safetensors or ONNX file."""
+        from distillab.data import DATASETS
+        from distillab.models.zoo import MODELS
+
+        problems = []
+        if architecture not in MODELS:
+            problems.append({"loc": ["query", "architecture"], "msg": f"unknown architecture {architecture!r}",
+                             "type": "value_error"})
+        if dataset not in DATASETS or not (DATASETS[dataset].default_path or dataset == "digits"):
+            problems.append({"loc": ["query", "dataset"], "msg": f"unknown or unavailable data set {dataset!r}",
+                             "type": "value_error"})
+        try:
+            args = json.loads(model_args)
+            if not isinstance(args, dict):
+                raise ValueError
+        except ValueError:
+            problems.append({"loc": ["query", "model_args"], "msg": "must be a JSON object", "type": "value_error"})
+        if problems:
+            raise RequestValidationError(problems)
+        tmp, sha256, size, fmt = await registry.receive(request, models_dir, int(settings.max_upload_mb * 2**20))
+        try:
+            model_id, _ = await asyncio.to_thread(registry.validate_and_store, tmp, fmt, architecture, args,
+                                                  dataset, models_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        model = RegisteredModel(id=model_id, owner_id=user.id, name=name, architecture=architecture, model_args=args,
+                                file_format=fmt, sha256=sha256, size_bytes=size, dataset=dataset, created_at=utcnow())
+        with request.app.state.write_sessions.begin() as session:
+            session.add(model)
+            _audit(session, user, "model.upload", model_id, name=name, sha256=sha256, size_bytes=size)
+        return _model_public(model)
+
+    @router.get("/models", tags=["models"])
+    def list_models(user: CurrentUser, session: ReadSession) -> list[dict]:
+        models = session.scalars(select(RegisteredModel).where(RegisteredModel.owner_id == user.id)
+                                 .order_by(RegisteredModel.created_at.desc())).all()
+        return [_model_public(m) for m in models]
+
+    # ------------------------------------------------------------ admin
+    @router.get("/analytics", tags=["admin"])
+    def analytics(user: AdminUser, session: WriteSession) -> dict:
+        """Jobs, success rate, distilled-vs-scratch improvement, popular strategies and
+        models, and utilisation (queue length, live workers, load)."""
+        _audit(session, user, "admin.analytics")
+        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        total = sum(counts.values())
+        ended = sum(counts.get(s, 0) for s in ("completed", "failed", "stopped"))
+        improvements, models = [], Counter()
+        for spec, metrics in session.execute(select(Job.spec, Job.metrics)):
+            models[spec["student"]["model"]] += 1
+            summary = (metrics or {}).get("summary")
+            if summary:
+                improvements.append(summary["distilled_accuracy"] - summary["scratch_accuracy"])
+        strategies = dict(session.execute(select(Job.strategy, func.count()).group_by(Job.strategy)).all())
+        cutoff = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+        live = session.scalars(select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None))).all()
+        busy = sum(1 for w in live if w.job_id)
+        device_seconds = session.scalar(select(func.coalesce(func.sum(Job.device_seconds), 0.0)))
+        return {
+            "total_jobs": total,
+            "active_jobs": sum(counts.get(s, 0) for s in ACTIVE),
+            "completed_jobs": counts.get("completed", 0),
+            "jobs_by_status": counts,
+            "success_rate": counts.get("completed", 0) / ended if ended else None,
+            "average_improvement": sum(improvements) / len(improvements) if improvements else None,
+            "improvement_basis": f"distilled minus scratch test accuracy, mean over {len(improvements)} completed job(s)",
+            "popular_strategies": dict(sorted(strategies.items(), key=lambda kv: -kv[1])),
+            "model_type_distribution": dict(models.most_common()),
+            "device_hours": device_seconds / 3600,
+            "training_cost_usd": device_seconds / 3600 * settings.price_per_device_hour,
+            "system_utilization": {
+                "queue_length": counts.get("queued", 0),
+                "live_workers": len(live),
+                "busy_workers": busy,
+                "current_load": busy / len(live) if live else None,
+            },
+        }
+
+    @router.get("/audit", tags=["admin"])
+    def audit(user: AdminUser, session: WriteSession,
+              action: Annotated[str | None, Query(max_length=64)] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+        query = select(AuditEvent, User.name).outerjoin(User, AuditEvent.user_id == User.id)
+        if action is not None:
+            query = query.where(AuditEvent.action == action)
+        rows = session.execute(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)).all()
+        _audit(session, user, "admin.audit", action=action)
+        return {"items": [{"id": e.id, "at": _iso(e.at), "user": name, "action": e.action, "target": e.target,
+                           "detail": e.detail} for e, name in rows], "limit": limit, "offset": offset}
+
+    return router
+
+
+def _model_public(model: RegisteredModel) -> dict:
+    return {"model_id": model.id, "name": model.name, "architecture": model.architecture,
+            "model_args": model.model_args, "format": model.file_format, "dataset": model.dataset,
+            "sha256": model.sha256, "size_bytes": model.size_bytes, "created_at": _iso(model.created_at)}
+
+
+def _estimate(spec, settings: Settings, history):
+    """Estimate from measured throughput; bad data or teacher files become 422s."""
+    from distillab import data as data_module
+    from distillab.experiment.teacher import _trained_teacher_key
+    from distillab.data.cache import default_cache_dir
+    from distillab.models.loading import load_teacher
+    from distillab.service.estimate import estimate
+
+    try:
+        bundle = data_module.build(spec.data, spec.training.seeds[0])
+        teachers, untrained = [], []
+        for index, teacher in enumerate(spec.teachers):
+            if teacher.checkpoint is None:
+                cached = (spec.cache.dir or default_cache_dir()) / "teachers" / _trained_teacher_key(spec, index)
+                if not (cached / "teacher.safetensors").exists():
+                    untrained.append(index)
+                continue
+            model, checksum = load_teacher(teacher, bundle.in_shape, bundle.num_classes, where="teacher")
+            teachers.append((model, checksum))
+    except DistillabError as problem:
+        raise BodyError([error(["spec"], str(problem))]) from None
+    return estimate(spec, bundle, teachers, untrained, settings.price_per_device_hour, history)

@@ -1,0 +1,315 @@
+"""``distillab worker``: claim queued jobs and run each with ``experiment.run``, the same
+entry point as ``distillab run``.
+
+While a job runs, a heartbeat thread records progress, the current phase and metrics, and
+device time, and reads the job's status back: "cancelling" (the user cancelled) or a spent
+budget makes the next training step raise ``Stop``; the engine keeps its epoch checkpoints
+and ``run`` writes ``partial.json``. A job whose worker died (no heartbeat for
+``heartbeat_timeout_s``) is re-queued by any live worker and resumes from its checkpoints.
+
+Job folders: ``DATA_DIR/jobs/<id>/run`` (the finished run), ``run.partial`` (in progress,
+stopped or cancelled), ``worker.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from distillab.engine.callbacks import Callback
+from distillab.engine.checkpoint import atomic_write_json
+from distillab.engine.loop import Stop
+from distillab.errors import DistillabError
+from distillab.service.db import make_engine
+from distillab.service.settings import Settings
+from distillab.service.store import Claim, JobStore
+from distillab.spec import parse_spec
+from distillab.strategies import STRATEGIES
+
+log = logging.getLogger("distillab.worker")
+
+CANCELLED = "cancelled by the user"
+SHUTDOWN = "the worker is shutting down"
+LOST = "the job was re-queued away from this worker"
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return settings.data_dir.resolve() / "jobs" / job_id
+
+
+class Budget:
+    """Device time and cost limits of one job (``constraints.budget_constraints``)."""
+
+    def __init__(self, options: dict, price_per_device_hour: float):
+        budget = (options or {}).get("budget") or {}
+        self.max_seconds = budget["max_duration_hours"] * 3600 if budget.get("max_duration_hours") else None
+        self.max_cost = budget.get("max_cost_usd")
+        self.price = price_per_device_hour
+
+    def exceeded(self, device_seconds: float) -> str | None:
+        if self.max_seconds is not None and device_seconds > self.max_seconds:
+            return (f"budget: max_duration_hours {self.max_seconds / 3600:g} exceeded "
+                    f"after {device_seconds / 3600:.4f} device-hours")
+        cost = device_seconds / 3600 * self.price
+        if self.max_cost is not None and cost > self.max_cost:
+            return f"budget: max_cost_usd {self.max_cost:g} exceeded (${cost:.4f} at ${self.price:g}/device-hour)"
+        return None
+
+
+class JobProgress(Callback):
+    """Turns run phases and engine callbacks into a job's progress (%), phase and metrics,
+    and raises ``Stop`` at the next step once a stop reason is set."""
+
+    def __init__(self, spec, started: float, device_seconds_before: float, budget: Budget):
+        strategy_cls = STRATEGIES[spec.strategy.name]
+        stages = strategy_cls.stages(strategy_cls.Params.model_validate(spec.strategy.params)) or ()
+        self.epochs = spec.training.epochs
+        self.weights = {"scratch": self.epochs, "distilling": self.epochs * max(1, len(stages))}
+        self.total = len(spec.training.seeds) * sum(self.weights.values())
+        self.done = 0.0  # epochs of finished phases
+        self.phase: str | None = None
+        self.phase_info: dict = {}
+        self.fraction = 0.0  # of the current training phase
+        self.stage, self.last_epoch, self.steps = 0, -1, 1
+        self.metrics: dict = {}
+        self.started, self.before, self.budget = started, device_seconds_before, budget
+        self.stop_reason: str | None = None
+        self.lock = threading.Lock()
+
+    # run(on_phase=...)
+    def on_phase(self, name: str, info: dict) -> None:
+        with self.lock:
+            if self.phase in self.weights and not self.phase_info.get("done"):
+                self.done += self.weights[self.phase]  # the previous training phase finished
+            self.phase, self.phase_info, self.fraction, self.stage, self.last_epoch = name, info, 0.0, 0, -1
+            if name in self.weights and info.get("done"):
+                self.done += self.weights[name]
+        self._check()
+
+    # run(callbacks=...): one instance serves every phase
+    def __call__(self, role: str, seed: int) -> list[Callback]:
+        if role == "teacher":
+            with self.lock:
+                self.phase = "teacher"
+        return [self]
+
+    def on_epoch_start(self, epoch, steps):
+        with self.lock:
+            if epoch < self.last_epoch:
+                self.stage += 1  # the next stage of a multi-stage strategy
+            self.last_epoch, self.steps = epoch, max(1, steps)
+
+    def on_step(self, epoch, step, metrics):
+        with self.lock:
+            self.fraction = (self.stage * self.epochs + epoch + min(1.0, (step + 1) / self.steps)) / (
+                self.weights.get(self.phase, self.epochs) or 1)
+            self.metrics.update(seed=self.phase_info.get("seed"), epoch=epoch + 1, train_loss=metrics["loss"],
+                                train_accuracy=metrics["accuracy"], samples_per_s=metrics["samples_per_s"])
+        self._check()
+
+    def on_epoch_end(self, epoch, metrics):
+        with self.lock:
+            self.metrics.update(val_accuracy=metrics["val_accuracy"], val_loss=metrics["val_loss"],
+                                epoch_seconds=metrics["epoch_seconds"])
+
+    def _check(self) -> None:
+        reason = self.stop_reason or self.budget.exceeded(self.device_seconds())
+        if reason:
+            self.stop_reason = reason
+            raise Stop(reason)
+
+    def device_seconds(self) -> float:
+        return self.before + (time.monotonic() - self.started)
+
+    def progress(self) -> float:
+        with self.lock:
+            current = self.weights.get(self.phase, 0) * min(1.0, self.fraction) if not self.phase_info.get("done") else 0
+            return round(100.0 * min(1.0, (self.done + current) / max(1, self.total)), 2)
+
+    def snapshot(self) -> tuple[float, str | None, dict]:
+        progress = self.progress()
+        with self.lock:
+            return progress, self.phase, {**self.metrics, "phase": self.phase}
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, poll_s: float = 1.0, heartbeat_s: float = 1.0):
+        self.settings = settings
+        self.engine = make_engine(settings.resolved_database_url)
+        self.store = JobStore(self.engine)
+        self.poll_s, self.heartbeat_s = poll_s, heartbeat_s
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.shutdown = threading.Event()
+        self.current: JobProgress | None = None
+
+    def request_shutdown(self, *_args) -> None:
+        self.shutdown.set()
+        if self.current is not None:
+            self.current.stop_reason = SHUTDOWN
+
+    def serve(self, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
+        """Claim and run jobs until shut down, ``max_jobs`` ran, or idle for ``idle_exit_s``."""
+        os.environ.setdefault("DISTILLAB_CACHE", str(self.settings.data_dir.resolve() / "cache"))
+        self.store.register_worker(self.id, socket.gethostname(), os.getpid())
+        log.info("worker %s: polling %s", self.id, self.engine.url.render_as_string(hide_password=True))
+        done, idle_since = 0, time.monotonic()
+        try:
+            while not self.shutdown.is_set() and (max_jobs is None or done < max_jobs):
+                requeued = self.store.requeue_stale(self.settings.heartbeat_timeout_s)
+                if requeued:
+                    log.info("re-queued jobs without a heartbeat: %s", ", ".join(requeued))
+                claim = self.store.claim(self.id)
+                if claim is None:
+                    self.store.worker_heartbeat(self.id, None)
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    self.shutdown.wait(self.poll_s)
+                    continue
+                self.run_job(claim)
+                done += 1
+                idle_since = time.monotonic()
+                self.store.worker_heartbeat(self.id, None, finished_one=True)
+        finally:
+            self.store.worker_stopped(self.id)
+            self.engine.dispose()
+        return done
+
+    def run_job(self, claim: Claim) -> str:
+        """Run one claimed job to its end; returns the status it finished with."""
+        from distillab.experiment.run import partial_summary, run
+
+        folder = job_dir(self.settings, claim.job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        out, partial = folder / "run", folder / "run.partial"
+        handler = logging.FileHandler(folder / "worker.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("distillab").addHandler(handler)
+        spec = parse_spec(claim.spec)
+        progress = JobProgress(spec, time.monotonic(), claim.device_seconds,
+                               Budget(claim.options, self.settings.price_per_device_hour))
+        if claim.attempts > 1 and partial.exists():
+            before = partial_summary(partial, "resumed")
+            progress.metrics["resumed"] = {
+                "attempt": claim.attempts,
+                "phases_complete": sum(p["complete"] for p in before["phases"]),
+                "epochs_done": sum(p.get("epochs", p.get("epochs_done", 0)) for p in before["phases"]),
+            }
+            log.info("job %s attempt %d: resuming %s", claim.job_id, claim.attempts, progress.metrics["resumed"])
+        log.info("job %s attempt %d: started by worker %s", claim.job_id, claim.attempts, self.id)
+        self.current = progress
+        beat = threading.Thread(target=self._heartbeats, args=(claim.job_id, progress), daemon=True)
+        stop_beating = threading.Event()
+        self._stop_beating = stop_beating
+        beat.start()
+        status, error, reason = "failed", None, None
+        try:
+            if not (out / "report.json").exists():  # else it finished before a crash prevented finish()
+                (partial / "partial.json").unlink(missing_ok=True)
+                run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)
+            package(out, self.settings)
+            progress.metrics["summary"] = summary(out)
+            status = "completed"
+        except Stop as stop:
+            reason = stop.reason
+            status = {CANCELLED: "cancelled", SHUTDOWN: "queued", LOST: "lost"}.get(reason, "stopped")
+            log.info("job %s stopped: %s", claim.job_id, reason)
+        except DistillabError as problem:
+            error = str(problem)
+            log.error("job %s failed: %s", claim.job_id, error)
+        except Exception as problem:  # a bug: keep the traceback in the job log and the job row
+            error = f"internal error: {type(problem).__name__}: {problem}"
+            log.error("job %s crashed:\n%s", claim.job_id, traceback.format_exc())
+        finally:
+            stop_beating.set()
+            beat.join()
+            self.current = None
+            logging.getLogger("distillab").removeHandler(handler)
+            handler.close()
+        seconds = progress.device_seconds()
+        if status == "queued":
+            self.store.release(claim.job_id, self.id, device_seconds=seconds)
+        elif status != "lost":
+            self.store.heartbeat(claim.job_id, self.id, progress=progress.progress(), phase=progress.phase,
+                                 metrics=progress.snapshot()[2], device_seconds=seconds)
+            self.store.finish(claim.job_id, self.id, status, error=error, stop_reason=reason, device_seconds=seconds)
+        log.info("job %s: %s", claim.job_id, status)
+        return status
+
+    def _heartbeats(self, job_id: str, progress: JobProgress) -> None:
+        while not self._stop_beating.wait(self.heartbeat_s):
+            value, phase, metrics = progress.snapshot()
+            try:
+                status = self.store.heartbeat(job_id, self.id, progress=value, phase=phase, metrics=metrics,
+                                              device_seconds=progress.device_seconds())
+                self.store.worker_heartbeat(self.id, job_id)
+            except Exception as problem:  # a database hiccup: try again at the next beat
+                log.warning("heartbeat for %s failed: %s", job_id, problem)
+                continue
+            if status == "cancelling":
+                progress.stop_reason = progress.stop_reason or CANCELLED
+            elif status == "lost":
+                progress.stop_reason = LOST
+
+
+def summary(out: Path) -> dict:
+    """The headline numbers of a finished run, kept in the job row for analytics."""
+    report = json.loads((out / "report.json").read_text())
+    accuracy = {m["role"]: m["accuracy"]["mean"] for m in report["models"] if m["role"] != "teacher"}
+    teachers = [m["accuracy"]["mean"] for m in report["models"] if m["role"] == "teacher"]
+    return {"distilled_accuracy": accuracy["distilled"], "scratch_accuracy": accuracy["scratch"],
+            "teacher_accuracy": max(teachers), "p_value": report["comparisons"][0]["p_value"],
+            "train_samples": report["dataset"]["train"]}
+
+
+def package(out: Path, settings: Settings) -> None:
+    """Put the deployable student at the top of a finished run: the distilled student of
+    the seed with the best validation accuracy as ``student.safetensors`` (+ its facts in
+    ``student.json``) and, when it exports, ``student.onnx``."""
+    from distillab.models.loading import load_state_into
+    from distillab.models.zoo import build_model
+
+    if (out / "student.json").exists():
+        return
+    report = json.loads((out / "report.json").read_text())
+    spec = parse_spec(report["spec"])
+    seeds = []
+    for seed in report["seeds"]:
+        result = json.loads((out / f"seed_{seed}" / "distilled" / "result.json").read_text())
+        seeds.append((result["val_accuracy"], -seed, seed))
+    seed = max(seeds)[2]
+    source = out / f"seed_{seed}" / "distilled" / "student.safetensors"
+    if not source.exists():
+        return  # multi-stage strategies keep their students per stage; the report is still complete
+    tmp = out / ".student.safetensors.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, out / "student.safetensors")
+    facts = {"model": spec.student.model, "model_args": spec.student.model_args, "seed": seed,
+             "in_shape": report["dataset"]["in_shape"], "num_classes": report["dataset"]["num_classes"],
+             "normalize": report["dataset"]["normalize"], "onnx": None}
+    if spec.strategy.name != "adaptive":
+        try:
+            import torch
+
+            model = build_model(spec.student.model, tuple(facts["in_shape"]), facts["num_classes"],
+                                spec.student.model_args)
+            load_state_into(model, out / "student.safetensors", "student").eval()
+            tmp_onnx = out / ".student.onnx.tmp"
+            torch.onnx.export(model, (torch.zeros(1, *facts["in_shape"]),), str(tmp_onnx), dynamo=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            os.replace(tmp_onnx, out / "student.onnx")
+            facts["onnx"] = "student.onnx"
+        except Exception as problem:  # ONNX export is a convenience; the safetensors student stands
+            log.warning("ONNX export failed: %s", problem)
+            facts["onnx_error"] = str(problem)
+    atomic_write_json(out / "student.json", facts)
