@@ -452,7 +452,7 @@ def _router(settings: Settings) -> APIRouter:
         if action is not None:
             query = query.where(AuditEvent.action == action)
         rows = session.execute(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)).all()
-        _audit(session, user, "admin.audit", action=action)
+        _audit(session, user, "admin.audit", filter_action=action)
         return {"items": [{"id": e.id, "at": _iso(e.at), "user": name, "action": e.action, "target": e.target,
                            "detail": e.detail} for e, name in rows], "limit": limit, "offset": offset}
 
