@@ -55,9 +55,8 @@ WriteSession = Annotated[Session, Depends(_write_session)]
 api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="created by `distillab users add`")
 
 
-def _current_user(request: Request, key: Annotated[str | None, Security(api_key)]) -> User:
-    with request.app.state.read_sessions() as session:
-        user = authenticate(session, key)
+def _current_user(session: ReadSession, key: Annotated[str | None, Security(api_key)]) -> User:
+    user = authenticate(session, key)  # the request's one read session (dependencies are cached per request)
     if user is None:
         raise HTTPException(401, "missing or unknown API key: send it in the X-API-Key header")
     return user
@@ -142,7 +141,7 @@ def _iso(moment) -> str | None:
 
 
 def _public(job: Job, settings: Settings) -> JobPublic:
-    folder = _job_folder(settings, job.id)
+    folder = _job_folder(settings, job.id)  # files are looked at only for jobs that ended
     completion = None
     if job.status in ("running", "cancelling") and job.started_at is not None:
         if job.progress and job.progress > 0:
@@ -159,7 +158,8 @@ def _public(job: Job, settings: Settings) -> JobPublic:
         estimated_completion=completion, estimated_cost=job.estimated_cost_usd,
         device_seconds=job.device_seconds or 0.0, attempts=job.attempts,
         results_available=job.status == "completed" and (folder / "run" / "report.json").is_file(),
-        partial_results_available=(folder / "run.partial" / "partial.json").is_file(),
+        partial_results_available=job.status in ("cancelled", "stopped", "failed")
+        and (folder / "run.partial" / "partial.json").is_file(),
         error=job.error, stop_reason=job.stop_reason,
     )
 

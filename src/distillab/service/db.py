@@ -101,9 +101,11 @@ def make_engine(url: str, immediate: bool = True) -> Engine:
     """An engine; for SQLite: WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE
     (``immediate=False``: plain deferred reads, for the API's read-only sessions, so
     readers never wait for the write lock)."""
+    # The API serves sync routes from a thread pool of 40: room for a connection each.
+    pool = {"pool_size": 10, "max_overflow": 40}
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        return create_engine(url, pool_pre_ping=True, **pool)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):

@@ -42,9 +42,10 @@ LOST = "the job was re-queued away from this worker"
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
+    """DATA_DIR/jobs/<id>; ids are 32 hex digits made by the store, checked again here."""
     if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
         raise ValueError(f"not a job id: {job_id!r}")
-    return settings.data_dir.resolve() / "jobs" / job_id
+    return settings.data_dir.absolute() / "jobs" / job_id
 
 
 class Budget:
