@@ -1,7 +1,9 @@
-"""The self-hosted job service (issue 5): settings, the durable job store and its schema.
+"""The self-hosted job service (seed 004).
 
-Built so far: ``settings`` (pydantic-settings, ``DISTILLAB_`` prefix), ``db`` (SQLAlchemy 2.x
-models, engines with SQLite WAL / immediate transactions), ``migrations`` (Alembic) and
-``store`` (job creation, atomic claims, heartbeats, re-queueing of stale jobs, cancellation).
-The REST API and the worker processes build on these.
+``settings`` (pydantic-settings, ``DISTILLAB_`` prefix), ``db`` (SQLAlchemy 2.x schema and
+engines), ``migrations`` (Alembic), ``store`` (atomic claims, heartbeats, re-queueing,
+cancellation), ``auth`` (API keys), ``jobs`` (request bodies -> JobSpec), ``estimate``
+(duration and cost from measured throughput), ``results`` (results and artifacts from a
+run's report), ``registry`` (teacher uploads), ``app`` (``create_app``: the FastAPI routes)
+and ``worker`` (``distillab worker``: runs jobs with ``experiment.run``).
 """
