@@ -56,7 +56,7 @@ def test_lifecycle_create_watch_results_download_load(service):
         progress = [state["progress"] for kind, state in events if kind == "progress"]
         assert progress == sorted(progress) and progress[-1] == 100.0
         running = [state for _, state in events if state["status"] == "running"]
-        assert running and {s["current_phase"] for s in running} <= {"teacher", "teacher_outputs", "scratch",
+        assert running and {s["current_phase"] for s in running} <= {None, "teacher", "teacher_outputs", "scratch",
                                                                     "distilling", "evaluating"}
 
         status = client.get(f"/jobs/{job['job_id']}").json()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -174,6 +175,8 @@ def _job_folder(settings: Settings, job_id: str) -> Path:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # the workers' cache (trained teachers, teacher outputs), so estimates see cached teachers
+    os.environ.setdefault("DISTILLAB_CACHE", str(settings.data_dir.absolute() / "cache"))
     url = settings.resolved_database_url
     write_engine = make_engine(url)
     read_engine = make_engine(url, immediate=False)

@@ -160,7 +160,7 @@ class Worker:
 
     def serve(self, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
         """Claim and run jobs until shut down, ``max_jobs`` ran, or idle for ``idle_exit_s``."""
-        os.environ.setdefault("DISTILLAB_CACHE", str(self.settings.data_dir.resolve() / "cache"))
+        os.environ.setdefault("DISTILLAB_CACHE", str(self.settings.data_dir.absolute() / "cache"))
         self.store.register_worker(self.id, socket.gethostname(), os.getpid())
         log.info("worker %s: polling %s", self.id, self.engine.url.render_as_string(hide_password=True))
         done, idle_since = 0, time.monotonic()
