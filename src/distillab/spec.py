@@ -199,20 +199,26 @@ class JobSpec(Strict):
 _PATH_PREFIX = re.compile(r"^([A-Za-z_][\w.]*(?:\[\d+\])?(?:\.[\w]+)*): (.*)$", re.S)
 
 
-def _messages(error: ValidationError) -> list[str]:
-    """'key.path: problem' for each error; a validator's own 'sub.key: problem' is joined on."""
+def error_items(error: ValidationError) -> list[tuple[list, str, str]]:
+    """(key path, problem, pydantic error type) for each error; a validator's own
+    'sub.key: problem' message is split onto the path."""
     out = []
     for item in error.errors(include_url=False):
-        loc = [str(part) for part in item["loc"] if not str(part).startswith(("function-", "list[", "TeacherSpec"))]
+        loc = [part for part in item["loc"] if not str(part).startswith(("function-", "list[", "TeacherSpec"))]
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
         match = _PATH_PREFIX.match(msg)
         if item["type"] == "value_error" and match:
-            loc.append(match.group(1))
+            loc += match.group(1).split(".")
             msg = match.group(2)
-        out.append(f"{'.'.join(loc) or '(spec)'}: {msg}")
+        out.append((loc, msg, item["type"]))
     return out
+
+
+def _messages(error: ValidationError) -> list[str]:
+    """'key.path: problem' for each error."""
+    return [f"{'.'.join(str(part) for part in loc) or '(spec)'}: {msg}" for loc, msg, _ in error_items(error)]
 
 
 def parse_spec(data: dict | JobSpec) -> JobSpec:

@@ -16,14 +16,11 @@ data sets from the server's registry of installed data sets.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distillab.spec import JobSpec
-
-_PATH_PREFIX = re.compile(r"^([A-Za-z_][\w.]*(?:\[\d+\])?(?:\.[\w]+)*): (.*)$", re.S)
+from distillab.spec import JobSpec, error_items
 
 
 class Forbid(BaseModel):
@@ -123,18 +120,8 @@ def _seed_location(loc: list) -> list:
 
 
 def spec_errors(problem: ValidationError, seed_shaped: bool) -> list[dict]:
-    out = []
-    for item in problem.errors(include_url=False):
-        loc = [part for part in item["loc"] if not str(part).startswith(("function-", "list[", "TeacherSpec"))]
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key"
-        match = _PATH_PREFIX.match(msg)
-        if item["type"] == "value_error" and match:
-            loc += match.group(1).split(".")
-            msg = match.group(2)
-        out.append(error(_seed_location(loc) if seed_shaped else ["spec", *loc], msg, item["type"]))
-    return out
+    return [error(_seed_location(loc) if seed_shaped else ["spec", *loc], msg, kind)
+            for loc, msg, kind in error_items(problem)]
 
 
 PATH_KEYS = (("data", "path"), ("cache", "dir"))
