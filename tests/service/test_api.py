@@ -91,13 +91,13 @@ def test_lifecycle_create_watch_results_download_load(service):
         assert "student.onnx" in results["artifacts"]
 
         # a second, identical job is estimated from the first one's measured device time
+        service.stop_workers()  # (so that it stays queued, and its cancellation is immediate)
         again = client.post("/jobs", json=seed_body(teacher, epochs=3, seeds=[0, 1])).json()
         assert again["estimate_basis"].startswith("history")
         assert client.delete(f"/jobs/{again['job_id']}").json()["status"] == "cancelled"
 
         listing = client.get("/jobs", params={"status": "completed", "strategy": "response", "limit": 1}).json()
         assert listing["total"] >= 1 and len(listing["items"]) == 1 and listing["items"][0]["status"] == "completed"
-    service.stop_workers()
     with service.client("admin") as admin:
         actions = [e["action"] for e in admin.get("/audit", params={"limit": 1000}).json()["items"]]
         for action in ("model.upload", "job.create", "artifact.download", "job.cancel"):
