@@ -14,7 +14,6 @@ import logging
 import os
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
@@ -35,6 +34,7 @@ from distillab.service.jobs import BodyError, JobCreate, build_spec, error, opti
 from distillab.service.results import artifacts, job_results
 from distillab.service.settings import Settings
 from distillab.service.store import ACTIVE, TERMINAL, JobStore
+from distillab.service.worker import job_dir
 
 log = logging.getLogger("distillab.service")
 PREFIX = "/api/v1/distillation"
@@ -142,7 +142,7 @@ def _iso(moment) -> str | None:
 
 
 def _public(job: Job, settings: Settings) -> JobPublic:
-    folder = _job_folder(settings, job.id)  # files are looked at only for jobs that ended
+    folder = job_dir(settings, job.id)  # files are looked at only for jobs that ended
     completion = None
     if job.status in ("running", "cancelling") and job.started_at is not None:
         if job.progress and job.progress > 0:
@@ -163,12 +163,6 @@ def _public(job: Job, settings: Settings) -> JobPublic:
         and (folder / "run.partial" / "partial.json").is_file(),
         error=job.error, stop_reason=job.stop_reason,
     )
-
-
-def _job_folder(settings: Settings, job_id: str) -> Path:
-    from distillab.service.worker import job_dir
-
-    return job_dir(settings, job_id)
 
 
 # ---------------------------------------------------------------- the app
@@ -333,7 +327,7 @@ def _router(settings: Settings) -> APIRouter:
     def job_results_route(job: OwnedJob) -> dict:
         """Measured results of a completed job; a cancelled or stopped job returns its partial
         results (``partial: true``)."""
-        folder = _job_folder(settings, job.id)
+        folder = job_dir(settings, job.id)
         urls = {name: f"{PREFIX}/jobs/{job.id}/artifacts/{name}" for name in artifacts(folder)}
         report_path = folder / "run" / "report.json"
         if job.status == "completed" and report_path.is_file():
@@ -353,7 +347,7 @@ def _router(settings: Settings) -> APIRouter:
     @router.get("/jobs/{job_id}/artifacts/{name}", tags=["jobs"])
     def download(job: OwnedJob, name: str, user: CurrentUser, session: WriteSession) -> FileResponse:
         """Download one artifact by its name in the results' ``artifacts`` map."""
-        files = artifacts(_job_folder(settings, job.id))
+        files = artifacts(job_dir(settings, job.id))
         if name not in files:  # names come from the listing; a request never builds a path
             raise HTTPException(404, f"job {job.id} has no artifact {name!r}; it has: {', '.join(files) or 'none'}")
         _audit(session, user, "artifact.download", job.id, name=name)

@@ -82,7 +82,7 @@ def validate_and_store(tmp: Path, fmt: str, architecture: str, model_args: dict,
         raise UploadError(400, f"the upload does not load as {architecture}: "
                                f"{str(problem).replace(str(tmp), 'the upload')}") from None
     model_id = uuid.uuid4().hex
-    final = models_dir / model_id / f"model.{'onnx' if fmt == ONNX else 'safetensors'}"
+    final = model_path(models_dir, model_id, fmt)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
     return model_id, final

@@ -208,9 +208,8 @@ class Worker:
             log.info("job %s attempt %d: resuming %s", claim.job_id, claim.attempts, progress.metrics["resumed"])
         log.info("job %s attempt %d: started by worker %s", claim.job_id, claim.attempts, self.id)
         self.current = progress
-        beat = threading.Thread(target=self._heartbeats, args=(claim.job_id, progress), daemon=True)
         stop_beating = threading.Event()
-        self._stop_beating = stop_beating
+        beat = threading.Thread(target=self._heartbeats, args=(claim.job_id, progress, stop_beating), daemon=True)
         beat.start()
         status, error, reason = "failed", None, None
         try:
@@ -246,8 +245,8 @@ class Worker:
         log.info("job %s: %s", claim.job_id, status)
         return status
 
-    def _heartbeats(self, job_id: str, progress: JobProgress) -> None:
-        while not self._stop_beating.wait(self.heartbeat_s):
+    def _heartbeats(self, job_id: str, progress: JobProgress, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
             value, phase, metrics = progress.snapshot()
             try:
                 status = self.store.heartbeat(job_id, self.id, progress=value, phase=phase, metrics=metrics,
