@@ -4,7 +4,10 @@ the service answers them with a 4xx. Anything else is our bug and keeps its trac
 from __future__ import annotations
 
 import difflib
+import errno
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class DistillabError(Exception):
@@ -21,6 +24,27 @@ class DataError(DistillabError):
 
 class CheckpointError(DistillabError):
     """A model file is missing, corrupt, or does not fit its architecture."""
+
+
+class DiskFull(DistillabError):
+    """A write failed because the disk (or the user's quota) is full."""
+
+
+def is_disk_full(error: BaseException, folder: Path | None = None, margin_bytes: int = 1 << 20) -> bool:
+    """Whether ``error`` comes from a full disk: an ENOSPC/EDQUOT anywhere in its chain, or
+    (for writers such as torch.save that hide the errno, "unexpected pos ...") a write error
+    while ``folder``'s file system has less than ``margin_bytes`` free."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if folder is not None and isinstance(error, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < margin_bytes
+        except OSError:
+            return False
+    return False
 
 
 class TrainingDiverged(DistillabError):

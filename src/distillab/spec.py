@@ -6,31 +6,46 @@ The CLI reads it from YAML (safe_load) or JSON, the Python API takes a dict or a
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from distillab.errors import SpecError, close_matches
+from distillab.inputs import check_values, parse_document, text_problem
+
+MAX_SEEDS = 100  # one job; the service caps it lower (DISTILLAB_MAX_SEEDS)
+MAX_MODEL_PARAMETERS = 1_000_000_000  # a model a spec may build; the service caps it lower
+SEED_MAX = 2**32 - 1
+MAX_SPEC_BYTES = 1_000_000  # numpy's seeds are 32-bit
+
+
+def _not_bool(value):
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]  # booleans are not numbers (true is not 1.0)
+Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AugmentSpec(Strict):
-    crop_padding: int = Field(0, ge=0, le=16, description="zero padding before a random crop")
-    hflip: bool = Field(False, description="random horizontal flip")
+    crop_padding: StrictInt = Field(0, ge=0, le=16, description="zero padding before a random crop")
+    hflip: StrictBool = Field(False, description="random horizontal flip")
 
 
 class DataSpec(Strict):
     dataset: str = "fashion_mnist"
     path: Path | None = Field(None, description="folder or file; null = the dataset's default location")
-    limit_train: int | None = Field(None, ge=1, description="use only the first N training samples")
-    val_size: float = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
+    limit_train: StrictInt | None = Field(None, ge=1, description="use only the first N training samples")
+    val_size: Number = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
     augment: AugmentSpec = AugmentSpec()
 
     @field_validator("dataset")
@@ -47,25 +62,27 @@ class DataSpec(Strict):
     def _path_exists(cls, path: Path | None) -> Path | None:
         if path is not None and not path.exists():
             raise ValueError(f"no such file or folder: {path}")
+        if path is not None and not (path.is_file() or path.is_dir()):
+            raise ValueError(f"{path} is not a regular file or folder")
         return path
 
 
 class TrainingSpec(Strict):
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    epochs: StrictInt = Field(10, ge=1, le=10_000)
+    batch_size: StrictInt = Field(128, ge=1, le=65_536)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(2e-3, gt=0, le=10)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    lr: Number = Field(2e-3, gt=0, le=10)
+    weight_decay: Number = Field(5e-4, ge=0, le=1)
+    momentum: Number = Field(0.9, ge=0, lt=1, description="SGD only")
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, in epochs")
-    step_size: int = Field(10, ge=1, description="epochs between decays (step schedule)")
-    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step schedule)")
-    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
-    amp: bool = Field(True, description="mixed precision when CUDA is present")
-    channels_last: bool = Field(True, description="channels-last memory format (faster convolutions on CPU)")
-    eval_batch_size: int = Field(1024, ge=1)
+    warmup_epochs: Number = Field(0.0, ge=0, description="linear warm-up, in epochs")
+    step_size: StrictInt = Field(10, ge=1, description="epochs between decays (step schedule)")
+    gamma: Number = Field(0.1, gt=0, le=1, description="decay factor (step schedule)")
+    grad_clip: Number | None = Field(None, gt=0, description="clip the global gradient norm")
+    amp: StrictBool = Field(True, description="mixed precision when CUDA is present")
+    channels_last: StrictBool = Field(True, description="channels-last memory format (faster convolutions on CPU)")
+    eval_batch_size: StrictInt = Field(1024, ge=1, le=65_536)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("seeds")
@@ -155,22 +172,22 @@ class StrategySpec(Strict):
 
 
 class CacheSpec(Strict):
-    enabled: bool = Field(True, description="cache teacher outputs on disk and reuse them")
-    views: int = Field(4, ge=1, le=64, description="augmented views cached per training sample")
-    fp16: bool = Field(False, description="store cached logits as float16")
+    enabled: StrictBool = Field(True, description="cache teacher outputs on disk and reuse them")
+    views: StrictInt = Field(4, ge=1, le=64, description="augmented views cached per training sample")
+    fp16: StrictBool = Field(False, description="store cached logits as float16")
     dir: Path | None = Field(None, description="cache folder; null = $DISTILLAB_CACHE or ~/.cache/distillab")
 
 
 class ConstraintsSpec(Strict):
-    max_duration_s: float | None = Field(None, gt=0, description="stop the job after this many seconds")
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="distilled accuracy must reach this")
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="teacher minus distilled accuracy")
+    max_duration_s: Number | None = Field(None, gt=0, description="stop the job after this many seconds")
+    min_accuracy: Number | None = Field(None, ge=0, le=1, description="distilled accuracy must reach this")
+    max_accuracy_drop: Number | None = Field(None, ge=0, le=1, description="teacher minus distilled accuracy")
 
 
 class OutputSpec(Strict):
-    plots: bool = True
-    tensorboard: bool = True
-    latency_repeats: int = Field(20, ge=1, le=1000)
+    plots: StrictBool = True
+    tensorboard: StrictBool = True
+    latency_repeats: StrictInt = Field(20, ge=1, le=1000)
 
 
 class JobSpec(Strict):
@@ -190,6 +207,38 @@ class JobSpec(Strict):
         if isinstance(teacher, list) and not teacher:
             raise ValueError("give at least one teacher")
         return teacher
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        problem = text_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    @model_validator(mode="after")
+    def _models_build(self) -> JobSpec:
+        """Build every model of the spec on the meta device (nothing is allocated), so bad
+        model_args and giant models fail here, not in the middle of a run."""
+        from distillab.data import DATASETS
+        from distillab.models.zoo import parameter_count_on_meta
+
+        info = DATASETS[self.data.dataset]
+        in_shape, classes = info.in_shape or (3, 32, 32), info.num_classes or 10
+        models = [("student", self.student.model, self.student.model_args)]
+        for index, teacher in enumerate(self.teachers):
+            if teacher.model is not None and teacher.resolved_format in (None, "safetensors"):
+                where = "teacher" if not isinstance(self.teacher, list) else f"teacher.{index}"
+                models.append((where, teacher.model, teacher.model_args))
+        for where, name, args in models:
+            try:
+                count = parameter_count_on_meta(name, in_shape, classes, args, where)
+            except SpecError as problem:
+                raise ValueError(str(problem)) from None
+            if count > MAX_MODEL_PARAMETERS:
+                raise ValueError(f"{where}.model_args: {name} would have {count:,} parameters, over the "
+                                 f"limit of {MAX_MODEL_PARAMETERS:,}")
+        return self
 
     @property
     def teachers(self) -> list[TeacherSpec]:
@@ -227,6 +276,10 @@ def parse_spec(data: dict | JobSpec) -> JobSpec:
         return data
     if not isinstance(data, dict):
         raise SpecError(f"(spec): expected a mapping of keys, got {type(data).__name__}")
+    problems = check_values(data)
+    if problems:
+        raise SpecError("invalid spec:\n  " + "\n  ".join(
+            f"{'.'.join(map(str, loc)) or '(spec)'}: {message}" for loc, message in problems))
     try:
         return JobSpec.model_validate(data)
     except ValidationError as error:
@@ -238,10 +291,7 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise SpecError(f"--set {assignment!r}: expected key.path=value")
     key, raw = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise SpecError(f"--set {key}: value is not valid YAML ({error})") from None
+    value = parse_document(raw, "yaml", f"--set {key}")
     parts = key.strip().split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
@@ -257,11 +307,15 @@ def apply_override(data: dict, assignment: str) -> None:
 def read_spec_file(path: Path) -> dict:
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
-    text = path.read_text()
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read ({error.strerror})") from None
+    data = parse_document(text, "json" if path.suffix == ".json" else "yaml", str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

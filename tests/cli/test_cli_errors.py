@@ -94,6 +94,7 @@ def test_finished_run_is_not_overwritten(tmp_path, blobs, tiny_teacher):
     out = tmp_path / "run"
     out.mkdir()
     (out / "report.json").write_text("{}")
+    (out / "spec.json").write_text("{}")
     code, output = run_cli("run", write_spec(tmp_path, tiny_spec(blobs, tiny_teacher)), "--out", out)
     assert code == 2 and "already holds a finished run" in output
     assert (out / "report.json").read_text() == "{}"

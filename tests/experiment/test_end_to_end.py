@@ -62,6 +62,7 @@ def test_python_api_resumes_an_interrupted_run(tmp_path, blobs, tiny_teacher):
     partial = tmp_path / "again.partial"
     (partial / "seed_0").mkdir(parents=True)
     os.rename(out / "seed_0" / "scratch", partial / "seed_0" / "scratch")
+    os.rename(out / "spec.json", partial / "spec.json")  # a run writes its spec first
     resumed = distillab.run(spec, tmp_path / "again", resume=True)
     assert resumed.model("scratch")["accuracy"] == first.model("scratch")["accuracy"]
     assert resumed.model("distilled")["accuracy"] == first.model("distilled")["accuracy"]

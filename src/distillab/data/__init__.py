@@ -20,19 +20,24 @@ from distillab.data.transforms import Augment, Normalize, fit_normalize
 from distillab.errors import DataError
 
 
+MAX_CLASSES = 100_000
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     reader: object
     default_path: str | None
     summary: str
+    in_shape: tuple[int, int, int] | None = None  # known before reading the files (None: it depends on them)
+    num_classes: int | None = None
 
 
 # name -> reader. A literal allow-list (design rule 2).
 DATASETS = {
-    "fashion_mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files"),
-    "mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/mnist", "MNIST IDX files"),
-    "digits": DatasetInfo(read_digits, None, "scikit-learn 8x8 digits (bundled with scikit-learn)"),
-    "cifar10": DatasetInfo(read_cifar10, None, "CIFAR-10 python batches in a local folder"),
+    "fashion_mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files", (1, 28, 28), 10),
+    "mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/mnist", "MNIST IDX files", (1, 28, 28), 10),
+    "digits": DatasetInfo(read_digits, None, "scikit-learn 8x8 digits (bundled with scikit-learn)", (1, 8, 8), 10),
+    "cifar10": DatasetInfo(read_cifar10, None, "CIFAR-10 python batches in a local folder", (3, 32, 32), 10),
     "npz": DatasetInfo(read_npz, None, "an .npz with x_train, y_train, x_test, y_test"),
     "image_folder": DatasetInfo(read_image_folder, None, "folder/{train,test}/<class>/<image> via Pillow"),
 }
@@ -91,7 +96,13 @@ def build(data_spec, seed: int) -> DataBundle:
     full_train, test = _read(data_spec.dataset, path)
     _check(full_train, f"{data_spec.dataset} train split")
     _check(test, f"{data_spec.dataset} test split")
+    if full_train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"{data_spec.dataset}: train inputs have shape {tuple(full_train.images.shape[1:])} but "
+                        f"test inputs {tuple(test.images.shape[1:])}; they must match")
     num_classes = int(max(full_train.labels.max(), test.labels.max())) + 1
+    if num_classes > MAX_CLASSES:
+        raise DataError(f"{data_spec.dataset}: labels go up to {num_classes - 1}; at most {MAX_CLASSES:,} classes "
+                        "are supported (labels must be 0 .. classes-1)")
     n_total = len(full_train) if data_spec.limit_train is None else min(data_spec.limit_train, len(full_train))
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(10_007 + seed))
     n_val = max(1, round(n_total * data_spec.val_size))

@@ -55,6 +55,8 @@ def read_idx(path: Path) -> np.ndarray:
 def _find(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.exists():
+            if not candidate.is_file():  # a FIFO or device would block or never end
+                raise DataError(f"{candidate}: not a regular file")
             return candidate
     raise DataError(f"{folder}: missing {stem}.gz")
 
@@ -133,12 +135,23 @@ def read_npz(path: Path) -> tuple[ArraySet, ArraySet]:
     sets = []
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if len(x) != len(y):
-            raise DataError(f"{path}: x_{split} has {len(x)} rows but y_{split} has {len(y)}")
+        if y.ndim != 1:
+            raise DataError(f"{path}: y_{split} must be one label per row (shape (N,)), got shape {y.shape}")
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+            raise DataError(f"{path}: y_{split} must hold integer class labels, got dtype {y.dtype}")
+        if np.issubdtype(y.dtype, np.floating):  # whole-valued floats (1.0) are labels; 1.5 or NaN is not
+            bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+            if len(bad):
+                raise DataError(f"{path}: y_{split} must hold whole-number class labels; row {bad[0]} is {y[bad[0]]}")
+        if x.ndim == 0 or len(x) != len(y):
+            raise DataError(f"{path}: x_{split} has {len(x) if x.ndim else 0} rows but y_{split} has {len(y)}")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise DataError(f"{path}: x_{split} must be numeric, got dtype {x.dtype}")
         sets.append(ArraySet(_as_images(x, path, f"x_{split}"), torch.from_numpy(y.astype(np.int64))))
     return sets[0], sets[1]
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -156,10 +169,15 @@ def read_image_folder(folder: Path) -> tuple[ArraySet, ArraySet]:
             for file in sorted((folder / split / name).glob("*")):
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
+                if not file.is_file():
+                    raise DataError(f"{file}: not a regular file")
                 try:
                     with Image.open(file) as image:
+                        if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:  # checked before decoding
+                            raise DataError(f"{file}: {image.size[0]}x{image.size[1]} pixels, over the limit of "
+                                            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb, or far too large)")
                         array = np.asarray(image.convert("L" if image.mode in ("L", "1", "P") else "RGB"))
-                except (OSError, UnidentifiedImageError) as error:
+                except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
                     raise DataError(f"{file}: cannot read image ({error})") from None
                 images.append(array if array.ndim == 3 else array[:, :, None])
                 labels.append(label)

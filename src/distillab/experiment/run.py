@@ -25,7 +25,8 @@ from distillab.data.cache import teacher_outputs
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import evaluate, resolve_device
 from distillab.engine.loop import Stop, fit
-from distillab.errors import DistillabError, SpecError
+from distillab.errors import DiskFull, DistillabError, is_disk_full
+from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
 from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import model_facts
@@ -204,14 +205,19 @@ def run(
     stay in ``OUT.partial`` (``resume`` continues from them) beside ``partial.json``, a
     summary of what finished, and the ``Stop`` propagates."""
     spec = parse_spec(spec)
-    notify = on_phase or (lambda name, info: None)
-    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
-    if (out_dir / "report.json").exists() and not overwrite:
-        raise SpecError(f"{out_dir}: already holds a finished run (report.json); choose another --out or --overwrite")
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    if partial.exists() and not resume:
-        shutil.rmtree(partial)
+    out_dir, partial = check_out_dir(out_dir if out_dir is not None else default_out_dir(spec.name),
+                                     overwrite=overwrite)
+    try:
+        return _run(spec, out_dir, partial, resume, callbacks, on_phase or (lambda name, info: None))
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error, partial.parent):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space; a resume would not fit either
+        raise DiskFull(f"the disk is full: a write under {partial.parent} failed ({error}); "
+                       "the unfinished run was removed. Free some space and run again.") from None
 
+
+def _run(spec: JobSpec, out_dir: Path, partial: Path, resume: bool, callbacks, notify) -> Report:
     # Everything that can fail on bad input happens before the run folder exists.
     seeds = spec.training.seeds
     first = data_module.build(spec.data, seeds[0])
@@ -221,7 +227,7 @@ def run(
     started = time.time()
     deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
 
-    partial.mkdir(parents=True, exist_ok=True)
+    start_partial(partial, resume=resume)
     try:
         atomic_write_json(partial / "spec.json", spec.model_dump(mode="json"))
         device = resolve_device(spec.training.device)
@@ -260,9 +266,7 @@ def run(
         if isinstance(error, DistillabError):
             shutil.rmtree(partial, ignore_errors=True)  # a user mistake leaves nothing behind
         raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
+    publish(partial, out_dir)
     log.info("report: %s", out_dir / "report.md")
     return Report(report, out_dir)
 

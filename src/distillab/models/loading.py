@@ -103,8 +103,16 @@ def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tu
     else:
         model = OnnxTeacher(path, f"{where}.checkpoint")
     model.eval()
+    _check_finite(model, f"{where}.checkpoint: {path}")
     _check_output(model, in_shape, num_classes, f"{where}.checkpoint: {path}")
     return model, file_checksum(path)
+
+
+def _check_finite(model: nn.Module, where: str) -> None:
+    """Weights with NaN or infinity make every output NaN: refuse them by name."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values")
 
 
 def _check_output(model: nn.Module, in_shape, num_classes: int, where: str) -> None:
@@ -124,6 +132,8 @@ def _check_output(model: nn.Module, in_shape, num_classes: int, where: str) -> N
             f"{where}: the model outputs shape {tuple(out.shape)} for a batch of shape {batch}; "
             f"expected ({batch[0]}, {num_classes}) logits"
         )
+    if not torch.isfinite(out).all():
+        raise CheckpointError(f"{where}: the model outputs NaN or infinite values for a batch of zeros")
     if out.shape[1] != num_classes:
         raise CheckpointError(
             f"{where}: the model outputs {out.shape[1]} classes per sample but the dataset has {num_classes} classes"

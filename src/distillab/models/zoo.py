@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -204,13 +205,25 @@ MODEL_SUMMARIES = {
 }
 
 
-def build_model(name: str, in_shape, num_classes: int, model_args: dict | None = None) -> nn.Module:
+def build_model(name: str, in_shape, num_classes: int, model_args: dict | None = None,
+                where: str | None = None) -> nn.Module:
+    """Build a zoo model; bad ``model_args`` are a SpecError that names ``where`` (a spec key)."""
     if name not in MODELS:
         raise SpecError(f"unknown model {name!r}{close_matches(name, MODELS)}")
     try:
         return MODELS[name](tuple(in_shape), num_classes, **(model_args or {}))
-    except (TypeError, ValueError) as error:
-        raise SpecError(f"model {name!r}: {error}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # e.g. a negative size in nn.Linear
+        prefix = f"{where}.model_args: " if where else ""
+        raise SpecError(f"{prefix}model {name!r}: {str(error)[:300]}") from None
+
+
+def parameter_count_on_meta(name: str, in_shape, num_classes: int, model_args: dict | None = None,
+                            where: str | None = None) -> int:
+    """Parameters of a zoo model built on the meta device: checks ``model_args`` without
+    allocating a byte, however large the model they describe."""
+    with torch.device("meta"):
+        model = build_model(name, in_shape, num_classes, model_args, where)
+    return sum(p.numel() for p in model.parameters())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ from torch import nn
 class Params(BaseModel):
     """Base of every strategy's parameter model: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Strategy(nn.Module):
         self.teachers = nn.ModuleList(teachers)
         for teacher in self.teachers:
             teacher.eval()
-            teacher.requires_grad_(False)
+            for parameter in teacher.parameters():  # not requires_grad_(): ScriptModules lack it
+                parameter.requires_grad_(False)
         self.student = student
         self.params = params
 

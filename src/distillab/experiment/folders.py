@@ -1,0 +1,88 @@
+"""Where a run writes, and the rule that keeps a user's files safe: a run only ever removes
+or replaces a folder that distillab created.
+
+A finished run folder holds ``report.json`` and ``spec.json``; a run in progress is built
+in ``OUT.partial``, whose first file is ``spec.json``. Any other non-empty folder, or a
+file, at either place is refused with a SpecError that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from distillab.errors import SpecError
+from distillab.inputs import slug
+
+
+def default_out_dir(name: str) -> Path:
+    """runs/<slug of the job name>: a job name never reaches outside runs/."""
+    return Path("runs") / slug(name)
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / "report.json").is_file() and (path / "spec.json").is_file()
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _is_partial_run(path: Path) -> bool:
+    return _is_empty_dir(path) or (path / "spec.json").is_file()
+
+
+def check_out_dir(out_dir: Path | str, *, overwrite: bool) -> tuple[Path, Path]:
+    """(run folder, its .partial) as absolute paths, after refusing every place a run must
+    not write. Creates and removes nothing."""
+    text = str(out_dir)
+    if not text.strip():
+        raise SpecError("--out: empty path")
+    out = Path(os.path.abspath(text))  # normalises '.', '..' and trailing slashes
+    if not out.name:
+        raise SpecError(f"--out {text}: the file-system root cannot be a run folder")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        if out.exists() and not out.is_dir():
+            raise SpecError(f"--out {text}: {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()):
+            if not is_run_folder(out):
+                raise SpecError(f"--out {text}: {out} is not empty and holds no distillab run; "
+                                "refusing to touch it (choose a new or empty folder)")
+            if not overwrite:
+                raise SpecError(f"--out {text}: {out} already holds a finished run (report.json); "
+                                "choose another --out or --overwrite")
+        if partial.exists() or partial.is_symlink():
+            if partial.is_symlink() or not partial.is_dir() or not _is_partial_run(partial):
+                raise SpecError(f"--out {text}: {partial} exists and is not an unfinished distillab run; "
+                                "refusing to touch it")
+    except OSError as error:  # a folder we may not read, a path component that is a file ...
+        raise SpecError(f"--out {text}: {error.strerror or error}") from None
+    return out, partial
+
+
+def start_partial(partial: Path, *, resume: bool) -> None:
+    """Create (or, without resume, re-create) the .partial folder checked by check_out_dir."""
+    try:
+        if partial.exists() and not resume:
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SpecError(f"cannot create the run folder {partial}: {error.strerror or error}") from None
+
+
+def publish(partial: Path, out: Path) -> None:
+    """Move a complete run from .partial to its place. An existing run there (allowed by
+    --overwrite) is renamed aside first and removed only once the new one is in place."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    aside = None
+    if out.exists():
+        if not is_run_folder(out):  # the folder changed since the checks: never replace it
+            raise SpecError(f"{out} is no longer an empty folder or a distillab run; the new run stays in {partial}")
+        aside = out.with_name(f"{out.name}.replaced-{os.getpid()}")
+        os.replace(out, aside)
+    os.replace(partial, out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
