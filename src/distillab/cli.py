@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -313,6 +313,7 @@ def serve(
     from distillab.service.settings import Settings
 
     _logging(False)
+    os.umask(0o077)  # the database, uploads and job files: readable by the service's user only
     try:
         application = create_app(Settings())
     except Exception as error:  # a bad DATABASE_URL or data dir is a configuration mistake
@@ -339,6 +340,7 @@ def worker(
     from distillab.service.worker import Worker
 
     _logging(verbose)
+    os.umask(0o077)  # job folders and results: readable by the service's user only
     if threads:
         torch.set_num_threads(threads)
     try:

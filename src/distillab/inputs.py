@@ -69,7 +69,7 @@ def parse_document(text: str, kind: str, where: str):
     except RecursionError:
         raise SpecError(f"{where}: nested more than {MAX_DEPTH} levels deep") from None
     except (ValueError, yaml.YAMLError) as error:
-        raise SpecError(f"{where}: not valid {name}: {_short(str(error), 300)}") from None
+        raise SpecError(f"{where}: not valid {name}: {_one_line(error)}") from None
     problems = check_values(data)
     if problems:
         loc, message = problems[0]
@@ -120,6 +120,15 @@ def text_problem(text: str) -> str | None:
 
 def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+
+
+def _one_line(error: Exception) -> str:
+    """A parser error on one line: 'problem (line L, column C)'."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return _short(f"{error.problem}{where}", 300)
+    return _short(" ".join(str(error).split()), 300)
 
 
 def _short(text: str, limit: int) -> str:

@@ -187,7 +187,7 @@ class ConstraintsSpec(Strict):
 class OutputSpec(Strict):
     plots: StrictBool = True
     tensorboard: StrictBool = True
-    latency_repeats: StrictInt = Field(20, ge=1, le=1000)
+    latency_repeats: StrictInt = Field(50, ge=1, le=1000, description="interleaved timing rounds at batch 1")
 
 
 class JobSpec(Strict):
@@ -278,12 +278,18 @@ def parse_spec(data: dict | JobSpec) -> JobSpec:
         raise SpecError(f"(spec): expected a mapping of keys, got {type(data).__name__}")
     problems = check_values(data)
     if problems:
-        raise SpecError("invalid spec:\n  " + "\n  ".join(
-            f"{'.'.join(map(str, loc)) or '(spec)'}: {message}" for loc, message in problems))
+        raise SpecError(_listing([f"{'.'.join(map(str, loc)) or '(spec)'}: {message}" for loc, message in problems]))
     try:
         return JobSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError("invalid spec:\n  " + "\n  ".join(_messages(error))) from None
+        raise SpecError(_listing(_messages(error))) from None
+
+
+def _listing(messages: list[str]) -> str:
+    """One problem on one line; several, one per line under a heading."""
+    if len(messages) == 1:
+        return f"invalid spec: {messages[0]}"
+    return "invalid spec:\n  " + "\n  ".join(messages)
 
 
 def apply_override(data: dict, assignment: str) -> None:

@@ -48,7 +48,7 @@ def test_lifecycle_create_watch_results_download_load(service):
         job = created.json()
         assert job["status"] == "queued" and job["strategy"] == "response" and job["name"] == "digits test"
         assert job["estimated_duration_seconds"] > 0 and job["estimated_cost"] > 0
-        assert job["estimate_basis"].startswith("micro-benchmark")
+        assert job["estimate_basis"].startswith("MACs per sample")
         service.start_worker()
         events = read_events(client, job["job_id"])
         kinds = [kind for kind, _ in events]

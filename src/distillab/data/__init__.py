@@ -90,6 +90,17 @@ def _check(split: ArraySet, where: str) -> None:
         raise DataError(f"{where}: labels must be >= 0")
 
 
+def split_sizes(data_spec) -> tuple[int, int, tuple[int, ...], int]:
+    """(train rows, validation rows, input shape, classes) of a data spec, without building
+    its splits (the files are read once and cached, as ``build`` reads them)."""
+    full_train, test = _read(data_spec.dataset, str(data_spec.path) if data_spec.path else None)
+    _check(full_train, f"{data_spec.dataset} train split")
+    n_total = len(full_train) if data_spec.limit_train is None else min(data_spec.limit_train, len(full_train))
+    n_val = max(1, round(n_total * data_spec.val_size))
+    classes = int(max(full_train.labels.max(), test.labels.max())) + 1
+    return n_total - n_val, n_val, tuple(full_train.images.shape[1:]), classes
+
+
 def build(data_spec, seed: int) -> DataBundle:
     """Read the dataset (cached in memory) and split train/val deterministically by ``seed``."""
     path = str(data_spec.path) if data_spec.path else None

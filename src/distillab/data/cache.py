@@ -91,6 +91,20 @@ def _compute(teacher, bundle, views: int, fp16: bool, batch_size: int, device) -
     return logits, augment
 
 
+def _publish(staging: Path, folder: Path) -> None:
+    """Rename the staged entry into place, atomically: a reader sees all of an entry or none.
+    When another process published the same key first, its entry wins and ours is dropped
+    (the same teacher and data give the same outputs); an unreadable old entry is replaced."""
+    try:
+        os.rename(staging, folder)  # fails when folder exists and is not empty
+    except OSError:
+        if (folder / "meta.json").exists():
+            shutil.rmtree(staging)
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+
+
 def teacher_outputs(
     teacher, checksum: str, bundle, *, views: int, fp16: bool, cache_dir: Path | None, batch_size: int = 1024, device="cpu"
 ) -> TeacherOutputCache:
@@ -111,15 +125,17 @@ def teacher_outputs(
     log.info("teacher outputs: computing %d view(s) of %d samples -> %s", views, bundle.n_rows, folder)
     logits, augment = _compute(teacher, bundle, views, fp16, batch_size, device)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent))
-    np.save(staging / "logits.npy", logits)
-    np.save(staging / "augment.npy", augment)
-    meta = {"teacher_checksum": checksum, "source": bundle.source, "views": views, "fp16": fp16,
-            "augment": bundle.augment.describe(), "normalize": bundle.normalize.describe()}
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(staging, folder)  # atomic: a reader sees all of the entry or none of it
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+    try:
+        np.save(staging / "logits.npy", logits)
+        np.save(staging / "augment.npy", augment)
+        meta = {"teacher_checksum": checksum, "source": bundle.source, "views": views, "fp16": fp16,
+                "augment": bundle.augment.describe(), "normalize": bundle.normalize.describe()}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        _publish(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed fill (a full disk) leaves nothing behind
+        raise
     return TeacherOutputCache(
         folder, np.load(folder / "logits.npy", mmap_mode="r"), np.load(folder / "augment.npy", mmap_mode="r"), hit=False
     )

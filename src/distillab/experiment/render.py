@@ -9,6 +9,9 @@ from pathlib import Path
 
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from distillab.errors import DistillabError
+from distillab.models.facts import relative_spread
+
+ROLE_COLOURS = {"teacher": "#555555", "scratch": "#1f77b4", "distilled": "#2a7a3a"}
 
 
 def load_report(run_dir: Path) -> dict:
@@ -21,14 +24,20 @@ def load_report(run_dir: Path) -> dict:
         raise DistillabError(f"{path}: not valid JSON ({error})") from None
 
 
+NOISY_SPREAD = 0.5  # latency IQR over median above which a speed-up ratio means little
+
+
 def derived_rows(report: dict) -> list[dict]:
-    """Per model: speed-up and compression vs the (first) teacher, retention, efficiency."""
+    """Per model: speed-up and compression vs the (first) teacher, retention, efficiency.
+    ``speedup_noisy`` is True when either latency's spread makes the ratio meaningless."""
     teacher = next(m for m in report["models"] if m["role"] == "teacher")
     rows = []
     for m in report["models"]:
         acc = m["accuracy"]["mean"]
+        spreads = [relative_spread(teacher), relative_spread(m)]
         rows.append({
             **m,
+            "speedup_noisy": any(s is not None and s > NOISY_SPREAD for s in spreads),
             "speedup": teacher["latency_ms"] / m["latency_ms"] if m["latency_ms"] else None,
             "compression": teacher["size_mb"] / m["size_mb"] if m["size_mb"] else None,
             "retention": acc / teacher["accuracy"]["mean"] if teacher["accuracy"]["mean"] else None,
@@ -42,20 +51,33 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _latency(r: dict, key: str) -> str:
+    """'median [p25–p75]', or the median alone for reports written before quartiles."""
+    iqr = r.get(key.replace("latency_ms", "latency_iqr_ms"))
+    value = _fmt(r.get(key), ".3g")
+    return f"{value} [{iqr[0]:.3g}–{iqr[1]:.3g}]" if iqr else value
+
+
 def markdown_table(report: dict) -> str:
     lines = [
-        "| model | role | accuracy (%) | params | size MB | latency ms (b=1) | latency ms (b=256) "
-        "| speed-up | compression | retention | efficiency |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | role | accuracy (%) | params | size MB | runtime | latency ms (b=1) [IQR] "
+        "| latency ms (b=256) [IQR] | speed-up | compression | retention | efficiency |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in derived_rows(report):
+    rows = derived_rows(report)
+    for r in rows:
         acc = r["accuracy"]
+        speedup = f"{_fmt(r['speedup'], '.3g')}×" + (" (noisy)" if r["speedup_noisy"] else "")
         lines.append(
             f"| {r['name']} ({r['model']}) | {r['role']} | {acc['mean'] * 100:.2f} ± {acc['std'] * 100:.2f} "
-            f"| {r['params']:,} | {r['size_mb']:.3f} | {r['latency_ms']:.3f} | {_fmt(r.get('latency_ms_batch256'), '.2f')} "
-            f"| {_fmt(r['speedup'], '.2f')}× | {_fmt(r['compression'], '.1f')}× | {_fmt(r['retention'], '.3f')} "
-            f"| {_fmt(r['efficiency'], '.3f')} |"
+            f"| {r['params']:,} | {r['size_mb']:.3f} | {r.get('runtime', '-')} | {_latency(r, 'latency_ms')} "
+            f"| {_latency(r, 'latency_ms_batch256')} "
+            f"| {speedup} | {_fmt(r['compression'], '.1f')}× | {_fmt(r['retention'], '.3f')} "
+            f"| {_fmt(r['efficiency'], '.3g')} |"
         )
+    if any(r["speedup_noisy"] for r in rows):
+        lines += ["", f"(noisy): a latency's interquartile range exceeds {NOISY_SPREAD:.0%} of its median (a busy "
+                      "machine), so that speed-up ratio is not meaningful; measure again on an idle machine."]
     return "\n".join(lines)
 
 
@@ -73,7 +95,9 @@ def render_markdown(report: dict) -> str:
         "",
         markdown_table(report),
         "",
-        "Speed-up and compression are relative to the teacher (latency at batch 1, serialized size). Retention is "
+        "Speed-up and compression are relative to the teacher (latency at batch 1, serialized size). Latencies are "
+        "medians with their interquartile range, all models timed round-robin in one measurement so that load "
+        "changes hit them alike; the scratch and distilled students are one network, timed once. Retention is "
         "student accuracy / teacher accuracy. Efficiency is accuracy / (size MB × latency ms).",
         "",
         "| comparison | mean difference (points) | p-value | test |",
@@ -112,6 +136,7 @@ def render_plots(report: dict, run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
     written = []
     models = report["models"]
@@ -119,8 +144,9 @@ def render_plots(report: dict, run_dir: Path) -> list[Path]:
     means = [m["accuracy"]["mean"] * 100 for m in models]
     stds = [m["accuracy"]["std"] * 100 for m in models]
 
+    colours = [ROLE_COLOURS.get(m["role"], "#2a7") for m in models]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(names, means, yerr=stds, capsize=6, color=["#555", "#999", "#2a7"][: len(names)] + ["#2a7"] * (len(names) - 3))
+    ax.bar(names, means, yerr=stds, capsize=6, color=colours)
     low = min(m - s for m, s in zip(means, stds))
     ax.set_ylim(max(0, low - 3), min(100, max(means) + 2))
     ax.set_ylabel("test accuracy (%)")
@@ -131,18 +157,26 @@ def render_plots(report: dict, run_dir: Path) -> list[Path]:
     for m in models:
         for seed, curve in (m.get("curves") or {}).items():
             style = "-" if m["role"] == "distilled" else "--"
-            ax.plot(range(1, len(curve) + 1), [v * 100 for v in curve], style, label=f"{m['role']} seed {seed}")
+            ax.plot(range(1, len(curve) + 1), [v * 100 for v in curve], style, marker=".",
+                    color=ROLE_COLOURS.get(m["role"]), alpha=0.8, label=f"{m['role']} seed {seed}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=7)
-    ax.set_title("training curves (validation split)")
+    ax.set_title("training curves (validation split; scratch dashed, distilled solid)")
     written.append(_save(fig, run_dir / "curves.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in models:
-        ax.errorbar(m["latency_ms"], m["accuracy"]["mean"] * 100, yerr=m["accuracy"]["std"] * 100, fmt="o", capsize=4)
+        ax.errorbar(m["latency_ms"], m["accuracy"]["mean"] * 100, yerr=m["accuracy"]["std"] * 100, fmt="o", capsize=4,
+                    color=ROLE_COLOURS.get(m["role"], "#2a7"))
         ax.annotate(m["name"], (m["latency_ms"], m["accuracy"]["mean"] * 100), textcoords="offset points", xytext=(5, 5))
     ax.set_xscale("log")
+    ticks = sorted({m["latency_ms"] for m in models})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))  # a readable tick at every model, not bare powers of ten
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:.3g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
     ax.set_xlabel("latency at batch 1 (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs latency")

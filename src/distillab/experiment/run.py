@@ -29,7 +29,7 @@ from distillab.errors import DiskFull, DistillabError, is_disk_full
 from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
 from distillab.experiment.teacher import get_teachers
-from distillab.models.facts import model_facts
+from distillab.models.facts import facts_of
 from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
 from distillab.spec import JobSpec, parse_spec
@@ -299,10 +299,19 @@ def partial_summary(folder: Path, reason: str) -> dict:
 
 
 def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict:
-    repeats = spec.output.latency_repeats
     seeds = spec.training.seeds
+    student = _build_student(spec, bundle, seeds[0])
+    deployed = _deployed_model(spec, bundle, teachers)
+    # Every model is timed in one interleaved measurement; the scratch and distilled students
+    # are one network unless the strategy deploys something else (adaptive adds a generator).
+    timed = {f"teacher_{index}": model.cpu() for index, (model, _, _) in enumerate(teachers)}
+    timed["scratch"] = student
+    if not _same_network(student, deployed):
+        timed["distilled"] = deployed
+    measured = facts_of(timed, bundle.in_shape, spec.output.latency_repeats)
+    facts = {"scratch": measured["scratch"], "distilled": measured.get("distilled", measured["scratch"])}
     models = []
-    for index, ((model, checksum, facts), accuracy) in enumerate(zip(teachers, teacher_accuracy)):
+    for index, ((model, checksum, source), accuracy) in enumerate(zip(teachers, teacher_accuracy)):
         teacher_spec = spec.teachers[index]
         models.append({
             "name": "teacher" if len(teachers) == 1 else f"teacher_{index}",
@@ -310,13 +319,10 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
             "strategy": None,
             "model": teacher_spec.model or teacher_spec.resolved_format,
             "accuracy": summarize([accuracy] * len(seeds)),
-            **model_facts(model.cpu(), bundle.in_shape, repeats),
+            **measured[f"teacher_{index}"],
             "checksum": checksum,
-            "source": facts["source"],
+            "source": source["source"],
         })
-    student = _build_student(spec, bundle, seeds[0])
-    facts = {"scratch": model_facts(student, bundle.in_shape, repeats)}
-    facts["distilled"] = model_facts(_deployed_model(spec, bundle, teachers), bundle.in_shape, repeats)
     for role in ("scratch", "distilled"):
         runs = phases[role]
         models.append({
@@ -364,6 +370,14 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
         "environment": environment(),
         "spec": spec.model_dump(mode="json"),
     }
+
+
+def _same_network(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Same class and the same tensor names and shapes: one network, one latency."""
+    if type(a) is not type(b):
+        return False
+    shapes_a = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    return shapes_a == {k: tuple(v.shape) for k, v in b.state_dict().items()}
 
 
 def _deployed_model(spec, bundle, teachers):

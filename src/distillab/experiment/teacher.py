@@ -3,17 +3,21 @@ and keep it in the cache (keyed by the spec parts that decide its weights)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from distillab import data as data_module
 from distillab.data.cache import default_cache_dir
+from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import evaluate, resolve_device
 from distillab.engine.loop import fit
+from distillab.errors import SpecError
 from distillab.models.loading import file_checksum, load_state_into, load_teacher, save_model
 from distillab.models.zoo import build_model
 from distillab.strategies import STRATEGIES
@@ -49,7 +53,7 @@ def train_teacher(spec, index: int, out_path: Path, work_dir: Path, *, resume: b
         "command": shlex.join(["distillab", *sys.argv[1:]]) if sys.argv[0].endswith("distillab") else None,
     }
     save_model(model.cpu(), out_path, facts)
-    (out_path.with_suffix(".json")).write_text(json.dumps({**facts, "sha256": file_checksum(out_path)}, indent=2) + "\n")
+    atomic_write_json(out_path.with_suffix(".json"), {**facts, "sha256": file_checksum(out_path)})
     log.info("teacher[%d]: test accuracy %.4f -> %s", index, test.accuracy, out_path)
     return facts
 
@@ -65,6 +69,22 @@ def _trained_teacher_key(spec, index: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+@contextmanager
+def _exclusive(folder: Path):
+    """An exclusive lock on ``folder`` between processes of this machine (flock on a lock file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".lock", "a")
+    except OSError as error:
+        raise SpecError(f"cache.dir: cannot write the teacher cache {folder} ({error.strerror or error})") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def get_teachers(spec, bundle, *, resume: bool = False, callbacks=None) -> list[tuple[object, str, dict]]:
     """[(model, checksum, facts)] for every teacher in the spec, training those without a
     checkpoint once (then reusing the cached weights). ``callbacks("teacher", index)`` may
@@ -78,9 +98,10 @@ def get_teachers(spec, bundle, *, resume: bool = False, callbacks=None) -> list[
             continue
         folder = (spec.cache.dir or default_cache_dir()) / "teachers" / _trained_teacher_key(spec, index)
         weights = folder / "teacher.safetensors"
-        if not weights.exists():
-            train_teacher(spec, index, weights, folder / "work", resume=resume,
-                          callbacks=callbacks("teacher", index) if callbacks else ())
+        with _exclusive(folder):  # two jobs needing the same teacher: one trains, the other waits and reuses it
+            if not weights.exists():
+                train_teacher(spec, index, weights, folder / "work", resume=resume,
+                              callbacks=callbacks("teacher", index) if callbacks else ())
         model = build_model(teacher_spec.model, bundle.in_shape, bundle.num_classes, teacher_spec.model_args)
         load_state_into(model, weights, f"{where} (cached)")
         model.eval()

@@ -8,7 +8,9 @@ global random state is consumed.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import statistics
 import time
 from contextlib import contextmanager
@@ -76,18 +78,81 @@ def latency_ms(model: nn.Module, in_shape, batch_size: int, repeats: int = 20, w
     return statistics.median(times)
 
 
+def runtime_of(model: nn.Module) -> str:
+    """What executes the model: "onnxruntime", "torchscript" or "torch" (eager)."""
+    if isinstance(model, OnnxTeacher):
+        return "onnxruntime"
+    return "torchscript" if isinstance(model, torch.jit.ScriptModule) else "torch"
+
+
+def interleaved_latency(models: dict[str, nn.Module], in_shape, batch_size: int, repeats: int = 50,
+                        warmup: int = 3) -> dict[str, dict]:
+    """Latency of several models measured round-robin: each round times one forward pass of
+    every model, in a shuffled order, so drift in the machine's load (another process, CPU
+    frequency) hits all of them alike. Per model: median and quartiles in milliseconds."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    inputs = {name: _example_input(model, in_shape, batch_size) for name, model in models.items()}
+    cuda = any(x.device.type == "cuda" for x in inputs.values())
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    order = list(models)
+    shuffle = random.Random(0)  # private: measuring never moves the global random state
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for model in models.values():
+            stack.enter_context(_eval_mode(model))
+        for name in order:
+            for _ in range(warmup):
+                models[name](inputs[name])
+        sync()
+        for _ in range(repeats):
+            shuffle.shuffle(order)
+            for name in order:
+                start = time.perf_counter()
+                models[name](inputs[name])
+                sync()  # CUDA launches are asynchronous: wait for the work, not the launch
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    out = {}
+    for name, values in times.items():
+        q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+        out[name] = {"median": statistics.median(values), "p25": q1, "p75": q3}
+    return out
+
+
+def facts_of(models: dict[str, nn.Module], in_shape, repeats: int = 50) -> dict[str, dict]:
+    """model_facts for several models, their latencies measured interleaved (batch 1 with
+    ``repeats`` rounds, batch 256 with a fifth of them, at least 3)."""
+    single = interleaved_latency(models, in_shape, 1, repeats)
+    batch = interleaved_latency(models, in_shape, THROUGHPUT_BATCH, max(3, repeats // 5))
+    out = {}
+    for name, model in models.items():
+        batch_ms = batch[name]["median"]
+        out[name] = {
+            "params": parameter_count(model),
+            "size_mb": serialized_size_mb(model),
+            "macs": macs_per_sample(model, in_shape),
+            "runtime": runtime_of(model),
+            "latency_ms": single[name]["median"],
+            "latency_iqr_ms": [single[name]["p25"], single[name]["p75"]],
+            "latency_ms_batch256": batch_ms,
+            "latency_iqr_ms_batch256": [batch[name]["p25"], batch[name]["p75"]],
+            "throughput_per_s": THROUGHPUT_BATCH / (batch_ms / 1000.0) if batch_ms > 0 else math.inf,
+        }
+    return out
+
+
 def model_facts(model: nn.Module, in_shape, repeats: int = 20) -> dict:
-    """params, size_mb, macs (per sample, None if unknown), latency_ms (batch of 1),
-    latency_ms_batch256 (per batch of 256) and throughput_per_s (samples/s at batch 256)."""
-    batch_latency = latency_ms(model, in_shape, THROUGHPUT_BATCH, repeats=repeats)
-    return {
-        "params": parameter_count(model),
-        "size_mb": serialized_size_mb(model),
-        "macs": macs_per_sample(model, in_shape),
-        "latency_ms": latency_ms(model, in_shape, 1, repeats=repeats),
-        "latency_ms_batch256": batch_latency,
-        "throughput_per_s": THROUGHPUT_BATCH / (batch_latency / 1000.0) if batch_latency > 0 else math.inf,
-    }
+    """params, size_mb, macs (per sample, None if unknown), runtime, latency_ms (batch of 1)
+    with its quartiles, latency_ms_batch256 (per batch of 256) and throughput_per_s."""
+    return facts_of({"model": model}, in_shape, repeats)["model"]
+
+
+def relative_spread(facts: dict) -> float | None:
+    """Interquartile range of the batch-1 latency over its median (None when not measured)."""
+    low, high = facts.get("latency_iqr_ms") or (None, None)
+    if low is None or not facts.get("latency_ms"):
+        return None
+    return (high - low) / facts["latency_ms"]
 
 
 @contextmanager

@@ -73,10 +73,27 @@ def load_state_into(model: nn.Module, path: Path, where: str, state: dict | None
     state = read_state(path, where) if state is None else state
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
-        detail = str(error).split("\n", 1)[-1].strip()
-        raise CheckpointError(f"{where}: {path} does not fit the architecture: {detail[:500]}") from None
+    except RuntimeError:
+        raise CheckpointError(f"{where}: {path} does not fit the architecture: {_mismatch(model, state)}") from None
     return model
+
+
+def _mismatch(model: nn.Module, state: dict) -> str:
+    """One line: how a state dict differs from a model's (counts and the first example of each)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    parts = []
+    if resized:
+        key = resized[0]
+        parts.append(f"{len(resized)} tensor(s) of another shape (first: {key} is {tuple(state[key].shape)} in the "
+                     f"file, {expected[key]} in the model)")
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    return "; ".join(parts) or "the tensors do not load"
 
 
 def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tuple[nn.Module, str]:

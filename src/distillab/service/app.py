@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections import Counter
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -26,18 +27,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillab import __version__
-from distillab.errors import DistillabError
+from distillab.errors import DistillabError, SpecError
+from distillab.inputs import parse_document, text_problem
 from distillab.service import registry
 from distillab.service.auth import authenticate
+from distillab.service.estimate import cost_table
+from distillab.service.guards import AuthLimiter, BodyLimit, clean_errors, storage_error, validation_error
 from distillab.service.db import AuditEvent, Job, RegisteredModel, User, Worker, make_engine, utcnow
-from distillab.service.jobs import BodyError, JobCreate, build_spec, error, options_of, validate_spec
+from distillab.service.jobs import (BodyError, JobCreate, build_spec, check_body, check_limits, error, options_of,
+                                    validate_spec)
 from distillab.service.results import artifacts, job_results
-from distillab.service.settings import Settings
+from distillab.service.settings import Settings, private_data_dir
 from distillab.service.store import ACTIVE, TERMINAL, JobStore
 from distillab.service.worker import job_dir
 
 log = logging.getLogger("distillab.service")
 PREFIX = "/api/v1/distillation"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # strategy and audit-action filters: registry names only
+MAX_OFFSET = 1_000_000_000  # beyond any table here, and inside every database's integer range
 
 
 # ---------------------------------------------------------------- dependencies
@@ -56,9 +63,17 @@ WriteSession = Annotated[Session, Depends(_write_session)]
 api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="created by `distillab users add`")
 
 
-def _current_user(session: ReadSession, key: Annotated[str | None, Security(api_key)]) -> User:
+def _current_user(request: Request, session: ReadSession, key: Annotated[str | None, Security(api_key)]) -> User:
+    limiter = request.app.state.auth_limiter
+    client = request.client.host if request.client else "unknown"
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        raise HTTPException(429, "too many wrong API keys from this address; try again later",
+                            headers={"Retry-After": str(wait)})
     user = authenticate(session, key)  # the request's one read session (dependencies are cached per request)
     if user is None:
+        if key:
+            limiter.failed(client)
         raise HTTPException(401, "missing or unknown API key: send it in the X-API-Key header")
     return user
 
@@ -168,7 +183,7 @@ def _public(job: Job, settings: Settings) -> JobPublic:
 # ---------------------------------------------------------------- the app
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings)
     # the workers' cache (trained teachers, teacher outputs), so estimates see cached teachers
     os.environ.setdefault("DISTILLAB_CACHE", str(settings.data_dir.absolute() / "cache"))
     url = settings.resolved_database_url
@@ -184,9 +199,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.write_sessions = sessionmaker(write_engine, expire_on_commit=False)
     app.state.read_sessions = sessionmaker(read_engine, expire_on_commit=False)
 
+    app.state.auth_limiter = AuthLimiter(settings.auth_failures_per_minute)
+    app.add_middleware(BodyLimit, limit_bytes=int(settings.max_body_kb * 1024), exempt=(f"{PREFIX}/models",))
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, storage_error(settings))
+    threading.Thread(target=cost_table, name="estimate-table", daemon=True).start()  # measured once, off the requests
+
     @app.exception_handler(BodyError)
     async def _body_error(_request, problem: BodyError):
-        return JSONResponse(status_code=422, content={"detail": problem.errors})
+        return JSONResponse(status_code=problem.status, content={"detail": clean_errors(problem.errors)},
+                            headers=problem.headers)
 
     @app.exception_handler(registry.UploadError)
     async def _upload_error(_request, problem: registry.UploadError):
@@ -231,6 +253,7 @@ def _router(settings: Settings) -> APIRouter:
     @router.post("/jobs", status_code=201, tags=["jobs"])
     def create_job(body: JobCreate, user: CurrentUser, request: Request) -> JobCreated:
         """Create a job from the seed-shaped body or from ``{"spec": JobSpec}``."""
+        check_body(body)
         seed_shaped = body.spec is None
         teachers = None
         if body.teacher_model_ids is not None:
@@ -251,13 +274,24 @@ def _router(settings: Settings) -> APIRouter:
                 raise BodyError([error(["teacher_model_ids", index],
                                        f"model was registered for data set {dataset!r}, the job uses "
                                        f"{spec.data.dataset!r}")])
+        check_limits(spec, seed_shaped, settings)
         with request.app.state.read_sessions() as session:
+            queued = session.scalar(select(func.count()).select_from(Job).where(
+                Job.owner_id == user.id, Job.status == "queued"))
+            if queued >= settings.max_queued_jobs_per_user:
+                raise BodyError([error([], f"you have {queued} queued jobs, the limit "
+                                           f"(DISTILLAB_MAX_QUEUED_JOBS_PER_USER); wait for some to start")],
+                                status=429, headers={"Retry-After": "30"})
             rows = session.execute(select(Job.spec, Job.device_seconds, Job.metrics).where(
                 Job.status == "completed", Job.strategy == spec.strategy.name)
                 .order_by(Job.finished_at.desc()).limit(50)).all()
         history = [(old, seconds, metrics["summary"]["train_samples"]) for old, seconds, metrics in rows
                    if (metrics or {}).get("summary", {}).get("train_samples")]
         estimate = _estimate(spec, settings, history)
+        if estimate.seconds > settings.max_job_device_hours * 3600:
+            raise BodyError([error(["training"], f"estimated {estimate.seconds / 3600:.1f} device-hours "
+                                                 f"({estimate.basis.split(':')[0]}); one job may take at most "
+                                                 f"{settings.max_job_device_hours:g} (DISTILLAB_MAX_JOB_DEVICE_HOURS)")])
         options = {**options_of(body, body.teacher_model_ids), "estimate": {
             "basis": estimate.basis, "samples_per_s": estimate.samples_per_s}}
         with request.app.state.write_sessions.begin() as session:
@@ -274,9 +308,9 @@ def _router(settings: Settings) -> APIRouter:
     def list_jobs(user: CurrentUser, session: ReadSession,
                   status: Annotated[Literal["queued", "running", "cancelling", "cancelled", "stopped", "completed",
                                             "failed"] | None, Query()] = None,
-                  strategy: Annotated[str | None, Query(max_length=64)] = None,
+                  strategy: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> JobPage:
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> JobPage:
         """The caller's jobs, newest first; filter by status and strategy."""
         query = select(Job).where(Job.owner_id == user.id)
         if status is not None:
@@ -364,7 +398,7 @@ def _router(settings: Settings) -> APIRouter:
                            ) -> dict:
         """Upload a teacher: the request body is the safetensors or ONNX file."""
         from distillab.data import DATASETS
-        from distillab.models.zoo import MODELS
+        from distillab.models.zoo import MODELS, parameter_count_on_meta
 
         problems = []
         if architecture not in MODELS:
@@ -373,12 +407,28 @@ def _router(settings: Settings) -> APIRouter:
         if dataset not in DATASETS or not (DATASETS[dataset].default_path or dataset == "digits"):
             problems.append({"loc": ["query", "dataset"], "msg": f"unknown or unavailable data set {dataset!r}",
                              "type": "value_error"})
+        if text_problem(name):
+            problems.append({"loc": ["query", "name"], "msg": text_problem(name), "type": "value_error"})
+        args = None
         try:
-            args = json.loads(model_args)
+            args = parse_document(model_args, "json", "model_args")
             if not isinstance(args, dict):
-                raise ValueError
-        except ValueError:
-            problems.append({"loc": ["query", "model_args"], "msg": "must be a JSON object", "type": "value_error"})
+                raise SpecError("model_args: must be a JSON object")
+        except SpecError as problem:
+            args = None
+            problems.append({"loc": ["query", "model_args"], "msg": str(problem), "type": "value_error"})
+        if args is not None and not problems:
+            info = DATASETS[dataset]
+            try:
+                count = parameter_count_on_meta(architecture, info.in_shape or (3, 32, 32), info.num_classes or 10,
+                                                args, "model_args")
+            except SpecError as problem:
+                problems.append({"loc": ["query", "model_args"], "msg": str(problem), "type": "value_error"})
+            else:
+                if count > settings.max_model_parameters:
+                    problems.append({"loc": ["query", "model_args"], "type": "value_error",
+                                     "msg": f"{architecture} has {count:,} parameters; this service builds at most "
+                                            f"{settings.max_model_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)"})
         if problems:
             raise RequestValidationError(problems)
         tmp, sha256, size, fmt = await registry.receive(request, models_dir, int(settings.max_upload_mb * 2**20))
@@ -442,9 +492,9 @@ def _router(settings: Settings) -> APIRouter:
 
     @router.get("/audit", tags=["admin"])
     def audit(user: AdminUser, session: WriteSession,
-              action: Annotated[str | None, Query(max_length=64)] = None,
+              action: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict:
         query = select(AuditEvent, User.name).outerjoin(User, AuditEvent.user_id == User.id)
         if action is not None:
             query = query.where(AuditEvent.action == action)
@@ -463,24 +513,24 @@ def _model_public(model: RegisteredModel) -> dict:
 
 
 def _estimate(spec, settings: Settings, history):
-    """Estimate from measured throughput; bad data or teacher files become 422s."""
+    """Estimate without running any submitted model (MACs on the meta device, or history);
+    bad data becomes a 422."""
     from distillab import data as data_module
-    from distillab.experiment.teacher import _trained_teacher_key
     from distillab.data.cache import default_cache_dir
-    from distillab.models.loading import load_teacher
-    from distillab.service.estimate import estimate
+    from distillab.experiment.teacher import _trained_teacher_key
+    from distillab.service.estimate import estimate, model_macs
 
     try:
-        bundle = data_module.build(spec.data, spec.training.seeds[0])
-        teachers, untrained = [], []
+        n_train, n_val, in_shape, classes = data_module.split_sizes(spec.data)
+        teacher_macs, untrained = [], []
         for index, teacher in enumerate(spec.teachers):
             if teacher.checkpoint is None:
                 cached = (spec.cache.dir or default_cache_dir()) / "teachers" / _trained_teacher_key(spec, index)
                 if not (cached / "teacher.safetensors").exists():
                     untrained.append(index)
-                continue
-            model, checksum = load_teacher(teacher, bundle.in_shape, bundle.num_classes, where="teacher")
-            teachers.append((model, checksum))
+            teacher_macs.append(model_macs(teacher.model, teacher.model_args, in_shape, classes)
+                                if teacher.model else None)
     except DistillabError as problem:
         raise BodyError([error(["spec"], str(problem))]) from None
-    return estimate(spec, bundle, teachers, untrained, settings.price_per_device_hour, history)
+    return estimate(spec, n_train, n_val, in_shape, classes, teacher_macs, untrained,
+                    settings.price_per_device_hour, history)

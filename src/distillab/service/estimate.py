@@ -1,12 +1,15 @@
 """Duration and cost estimates for a job, from measured throughput and the configured price.
 
-The throughput comes from, in order of preference:
+No submitted model is ever run to estimate it: a user's model may be huge or slow, and the
+estimate runs in the request path. The throughput comes from, in order of preference:
 
 1. *history*: the device time of completed jobs on this service with the same student,
    strategy, data set and batch size, per sample processed;
-2. *micro-benchmark*: a few timed training steps of the student (forward, backward, AdamW)
-   and timed teacher forward passes, on random inputs of the data set's shape, on this
-   server (cached per model and shape for the life of the process).
+2. *MACs x a measured cost table*: every model's multiply-accumulates per sample are counted
+   on the meta device (nothing is allocated or computed), and this server's cost per
+   sample is measured once per process on two reference models of our own (a tiny MLP and
+   ``cnn_small``): seconds per sample = overhead + MACs x seconds per MAC, for training
+   steps (forward, backward, AdamW) and for inference.
 
 The estimate sums, per seed, the scratch and distilled epochs (training + validation
 passes), the teacher-output cache pass, and teacher training when the teacher must be
@@ -15,18 +18,18 @@ trained. Cost = estimated device-hours x ``price_per_device_hour``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
+from distillab.models.facts import macs_per_sample
 from distillab.models.zoo import build_model
 from distillab.strategies import STRATEGIES
 
-_CACHE: dict[tuple, float] = {}
 _LOCK = threading.Lock()
+_TABLE: dict[str, tuple[float, float]] = {}  # "train" / "infer" -> (seconds per sample, seconds per MAC)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Estimate:
         return f"about {s / 3600:.1f} h"
 
 
-def _timed(fn, budget_s: float = 0.25, max_reps: int = 20) -> float:
+def _timed(fn, budget_s: float = 0.2, max_reps: int = 20) -> float:
     fn()  # warm-up
     reps, started = 0, time.perf_counter()
     while reps < max_reps and (reps < 2 or time.perf_counter() - started < budget_s):
@@ -55,36 +58,52 @@ def _timed(fn, budget_s: float = 0.25, max_reps: int = 20) -> float:
     return (time.perf_counter() - started) / reps
 
 
-def train_rate(model_name: str, model_args: dict, in_shape: tuple, num_classes: int, batch: int) -> float:
-    """Measured training samples/s of a fresh model (forward, backward, AdamW step)."""
-    key = ("train", model_name, json.dumps(model_args, sort_keys=True), tuple(in_shape), num_classes, batch)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        torch.manual_seed(0)
-        model = build_model(model_name, tuple(in_shape), num_classes, model_args).train()
+def _measure_reference(batch: int = 128) -> dict[str, tuple[float, float]]:
+    """Seconds per sample of a training step and of inference for two reference models,
+    fitted as overhead + seconds per MAC (two points, one line)."""
+    points = {"train": [], "infer": []}
+    torch.manual_seed(0)
+    for name, in_shape, args in (("mlp", (1, 8, 8), {"hidden": [16]}), ("cnn_small", (1, 28, 28), {})):
+        model = build_model(name, in_shape, 10, args)
+        macs = macs_per_sample(model, in_shape)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        inputs, targets = torch.randn(batch, *in_shape), torch.randint(0, num_classes, (batch,))
+        inputs, targets = torch.randn(batch, *in_shape), torch.randint(0, 10, (batch,))
 
         def step():
             optimizer.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(inputs), targets).backward()
             optimizer.step()
 
-        _CACHE[key] = batch / _timed(step)
-        return _CACHE[key]
-
-
-def forward_rate(model: torch.nn.Module, key: tuple, in_shape: tuple, batch: int) -> float:
-    """Measured inference samples/s of ``model`` at ``batch``."""
-    key = ("forward", *key, tuple(in_shape), batch)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        inputs = torch.randn(batch, *in_shape)
+        model.train()
+        points["train"].append((macs, _timed(step) / batch))
+        model.eval()
         with torch.inference_mode():
-            _CACHE[key] = batch / _timed(lambda: model(inputs))
-        return _CACHE[key]
+            points["infer"].append((macs, _timed(lambda: model(inputs)) / batch))
+    table = {}
+    for kind, ((macs_a, s_a), (macs_b, s_b)) in points.items():
+        per_mac = max((s_b - s_a) / max(macs_b - macs_a, 1), 1e-15)
+        table[kind] = (max(s_a - per_mac * macs_a, 0.0), per_mac)
+    return table
+
+
+def cost_table() -> dict[str, tuple[float, float]]:
+    """This server's (overhead s/sample, s/MAC) for "train" and "infer", measured once."""
+    with _LOCK:
+        if not _TABLE:
+            _TABLE.update(_measure_reference())
+        return dict(_TABLE)
+
+
+def model_macs(name: str, model_args: dict, in_shape, num_classes: int) -> int:
+    """MACs per sample of a zoo model, counted on the meta device."""
+    with torch.device("meta"):
+        model = build_model(name, tuple(in_shape), num_classes, model_args)
+    return macs_per_sample(model, in_shape)
+
+
+def seconds_per_sample(kind: str, macs: int) -> float:
+    overhead, per_mac = cost_table()[kind]
+    return overhead + per_mac * macs
 
 
 def work_units(spec: dict, n_train: int) -> float:
@@ -107,21 +126,11 @@ def _history_rate(spec, n_train: int, history: list[tuple[dict, float, int]]) ->
     return (sum(rates) / len(rates), len(rates)) if rates else None
 
 
-def estimate(spec, bundle, teachers: list[tuple[torch.nn.Module, str]], untrained_teachers: list[int],
-             price_per_device_hour: float, history=()) -> Estimate:
-    """``teachers``: (loaded model, identity) of every teacher with a checkpoint;
+def estimate(spec, n_train: int, n_val: int, in_shape, classes: int, teacher_macs: list[int | None],
+             untrained_teachers: list[int], price_per_device_hour: float, history=()) -> Estimate:
+    """``teacher_macs``: MACs per sample of every teacher (None when unknown: not counted);
     ``untrained_teachers``: indices of teachers the job must train first; ``history``:
     (spec, device seconds, training samples) of completed jobs."""
-    in_shape, classes = tuple(bundle.in_shape), bundle.num_classes
-    n_train, n_val = len(bundle.train), len(bundle.val)
-    training = spec.training
-    strategy_cls = STRATEGIES[spec.strategy.name]
-    stages = len(strategy_cls.stages(strategy_cls.Params.model_validate(spec.strategy.params)) or ()) or 1
-    eval_batch = min(training.eval_batch_size, 512)
-    student = build_model(spec.student.model, in_shape, classes, spec.student.model_args).eval()
-    student_key = (spec.student.model, json.dumps(spec.student.model_args, sort_keys=True), classes)
-    student_eval = forward_rate(student, student_key, in_shape, eval_batch)
-
     rate = _history_rate(spec, n_train, list(history))
     if rate is not None:
         seconds = rate[0] * work_units(spec.model_dump(mode="json"), n_train)
@@ -129,23 +138,29 @@ def estimate(spec, bundle, teachers: list[tuple[torch.nn.Module, str]], untraine
                         basis=f"history: device time of {rate[1]} completed job(s) with this student, strategy, "
                               "data set and batch size, scaled by seeds x epochs x samples",
                         samples_per_s={"all_phases": round(1 / rate[0], 1)})
-    teacher_seconds = 0.0
-    scratch_rate = train_rate(spec.student.model, spec.student.model_args, in_shape, classes,
-                              training.batch_size)
-    teacher_rates = [forward_rate(model, (identity,), in_shape, eval_batch) for model, identity in teachers]
-    per_sample_teacher = sum(1 / rate for rate in teacher_rates)
+    training = spec.training
+    strategy_cls = STRATEGIES[spec.strategy.name]
+    stages = len(strategy_cls.stages(strategy_cls.Params.model_validate(spec.strategy.params)) or ()) or 1
+    student_macs = model_macs(spec.student.model, spec.student.model_args, in_shape, classes)
+    student_train = seconds_per_sample("train", student_macs)
+    student_eval = seconds_per_sample("infer", student_macs)
+    teacher_forward = sum(seconds_per_sample("infer", macs) for macs in teacher_macs if macs is not None)
     online = strategy_cls.uses_teacher and not (strategy_cls.logits_only and spec.cache.enabled)
-    distilled_rate = 1 / (1 / scratch_rate + (per_sample_teacher if online else 0.0))
+    distilled_train = student_train + (teacher_forward if online else 0.0)
+    teacher_seconds = 0.0
     if strategy_cls.uses_teacher and not online:  # one cache pass of every view, shared by the seeds
-        teacher_seconds += spec.cache.views * n_train * per_sample_teacher
-    basis = "micro-benchmark on the API server: timed training steps and teacher forward passes"
+        teacher_seconds += spec.cache.views * n_train * teacher_forward
     for index in untrained_teachers:
         teacher_spec = spec.teachers[index]
         teacher_training = teacher_spec.training or training
-        rate = train_rate(teacher_spec.model, teacher_spec.model_args, in_shape, classes, teacher_training.batch_size)
-        teacher_seconds += teacher_training.epochs * (n_train / rate + n_val / student_eval)
-    per_seed = training.epochs * (n_train / scratch_rate + n_val / student_eval) + stages * training.epochs * (
-        n_train / distilled_rate + n_val / student_eval)
+        macs = model_macs(teacher_spec.model, teacher_spec.model_args, in_shape, classes)
+        teacher_seconds += teacher_training.epochs * (n_train * seconds_per_sample("train", macs)
+                                                      + n_val * seconds_per_sample("infer", macs))
+    per_seed = training.epochs * (n_train * student_train + n_val * student_eval) + stages * training.epochs * (
+        n_train * distilled_train + n_val * student_eval)
     seconds = teacher_seconds + len(training.seeds) * per_seed
+    unknown = sum(macs is None for macs in teacher_macs)
+    basis = ("MACs per sample (counted on the meta device) x this server's measured cost per MAC; "
+             "no submitted model is run" + (f"; {unknown} teacher(s) of unknown MACs not counted" if unknown else ""))
     return Estimate(seconds=seconds, cost_usd=seconds / 3600 * price_per_device_hour, basis=basis,
-                    samples_per_s={"scratch": round(scratch_rate, 1), "distilled": round(distilled_rate, 1)})
+                    samples_per_s={"scratch": round(1 / student_train, 1), "distilled": round(1 / distilled_train, 1)})

@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from distillab.inputs import check_values
 from distillab.spec import JobSpec, error_items
 
 
 class Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EfficiencyConstraints(Forbid):
@@ -80,11 +81,11 @@ class JobCreate(Forbid):
 
 
 class BodyError(Exception):
-    """422 with FastAPI-shaped ``detail``: [{loc, msg, type}]."""
+    """A 4xx (422 unless told) with FastAPI-shaped ``detail``: [{loc, msg, type}]."""
 
-    def __init__(self, errors: list[dict]):
+    def __init__(self, errors: list[dict], status: int = 422, headers: dict | None = None):
         super().__init__(errors)
-        self.errors = errors
+        self.errors, self.status, self.headers = errors, status, headers
 
 
 def error(loc: list, msg: str, kind: str = "value_error") -> dict:
@@ -185,6 +186,38 @@ def build_spec(body: JobCreate, teachers: list[dict] | None) -> dict:
     if problems:
         raise BodyError(problems)
     return spec
+
+
+def check_body(body: BaseModel) -> None:
+    """Refuse what no database or model may receive, anywhere in the body: NUL and other
+    control characters, lone surrogates, NaN or infinity, nesting past the spec limit."""
+    problems = check_values(body.model_dump(exclude_none=True))
+    if problems:
+        raise BodyError([error(list(loc), message) for loc, message in problems])
+
+
+def check_limits(spec: JobSpec, seed_shaped: bool, settings) -> None:
+    """The service's caps on one job: seeds, and the parameters of every model it builds
+    (counted on the meta device). A 422 names the limit and its setting."""
+    from distillab.data import DATASETS
+    from distillab.models.zoo import parameter_count_on_meta
+
+    problems = []
+    where = (lambda *loc: _seed_location(list(loc))) if seed_shaped else (lambda *loc: ["spec", *loc])
+    if len(spec.training.seeds) > settings.max_seeds:
+        problems.append(error(where("training", "seeds"), f"{len(spec.training.seeds)} seeds; this service runs at "
+                                                          f"most {settings.max_seeds} per job (DISTILLAB_MAX_SEEDS)"))
+    info = DATASETS[spec.data.dataset]
+    in_shape, classes = info.in_shape or (3, 32, 32), info.num_classes or 10
+    models = [(("student", "model_args"), spec.student.model, spec.student.model_args)]
+    models += [(("teacher",), t.model, t.model_args) for t in spec.teachers if t.model]
+    for loc, name, args in models:
+        count = parameter_count_on_meta(name, in_shape, classes, args)
+        if count > settings.max_model_parameters:
+            problems.append(error(where(*loc), f"{name} has {count:,} parameters; this service builds at most "
+                                              f"{settings.max_model_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)"))
+    if problems:
+        raise BodyError(problems)
 
 
 def validate_spec(spec: dict, seed_shaped: bool) -> JobSpec:

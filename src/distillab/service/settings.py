@@ -16,7 +16,23 @@ class Settings(BaseSettings):
     price_per_device_hour: float = Field(0.50, ge=0, description="USD per device-hour, for cost estimates")
     max_upload_mb: float = Field(200.0, gt=0, description="largest model upload accepted")
     heartbeat_timeout_s: float = Field(60.0, gt=0, description="a running job without a heartbeat this long is re-queued")
+    max_body_kb: float = Field(1024.0, gt=0, description="largest JSON request body (uploads use max_upload_mb)")
+    max_seeds: int = Field(10, ge=1, description="seeds one job may run")
+    max_job_device_hours: float = Field(24.0, gt=0, description="largest estimated device time of one job")
+    max_model_parameters: int = Field(50_000_000, ge=1, description="largest teacher or student a job may build")
+    max_queued_jobs_per_user: int = Field(20, ge=1, description="a user's queued jobs; one more is a 429")
+    auth_failures_per_minute: int = Field(20, ge=1, description="wrong API keys from one client before 429s")
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'distillab.db').resolve()}"
+
+
+def private_data_dir(settings: Settings) -> Path:
+    """Create the data directory readable by its owner only (0700): it holds the database,
+    uploaded teachers and every user's results. The ``serve`` and ``worker`` commands also set
+    the process umask to 077, so the files made inside are 0600."""
+    folder = settings.data_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder

@@ -27,9 +27,9 @@ from pathlib import Path
 from distillab.engine.callbacks import Callback
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.loop import Stop
-from distillab.errors import DistillabError
+from distillab.errors import DistillabError, is_disk_full
 from distillab.service.db import make_engine
-from distillab.service.settings import Settings
+from distillab.service.settings import Settings, private_data_dir
 from distillab.service.store import Claim, JobStore
 from distillab.spec import parse_spec
 from distillab.strategies import STRATEGIES
@@ -146,6 +146,7 @@ class JobProgress(Callback):
 class Worker:
     def __init__(self, settings: Settings, *, poll_s: float = 1.0, heartbeat_s: float = 1.0):
         self.settings = settings
+        private_data_dir(settings)
         self.engine = make_engine(settings.resolved_database_url)
         self.store = JobStore(self.engine)
         self.poll_s, self.heartbeat_s = poll_s, heartbeat_s
@@ -159,19 +160,25 @@ class Worker:
             self.current.stop_reason = SHUTDOWN
 
     def serve(self, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
-        """Claim and run jobs until shut down, ``max_jobs`` ran, or idle for ``idle_exit_s``."""
+        """Claim and run jobs until shut down, ``max_jobs`` ran, or idle for ``idle_exit_s``.
+        A database or disk error between jobs is logged and retried; it never ends the loop."""
         os.environ.setdefault("DISTILLAB_CACHE", str(self.settings.data_dir.absolute() / "cache"))
-        self.store.register_worker(self.id, socket.gethostname(), os.getpid())
+        self._retry(lambda: self.store.register_worker(self.id, socket.gethostname(), os.getpid()), "register")
         log.info("worker %s: polling %s", self.id, self.engine.url.render_as_string(hide_password=True))
         done, idle_since = 0, time.monotonic()
         try:
             while not self.shutdown.is_set() and (max_jobs is None or done < max_jobs):
-                requeued = self.store.requeue_stale(self.settings.heartbeat_timeout_s)
-                if requeued:
-                    log.info("re-queued jobs without a heartbeat: %s", ", ".join(requeued))
-                claim = self.store.claim(self.id)
+                try:
+                    requeued = self.store.requeue_stale(self.settings.heartbeat_timeout_s)
+                    if requeued:
+                        log.info("re-queued jobs without a heartbeat: %s", ", ".join(requeued))
+                    claim = self.store.claim(self.id)
+                except Exception as problem:  # the database is unreachable or its disk is full: wait, retry
+                    log.error("worker %s: cannot poll the queue (%s); retrying", self.id, problem)
+                    self.shutdown.wait(max(self.poll_s, 2.0))
+                    continue
                 if claim is None:
-                    self.store.worker_heartbeat(self.id, None)
+                    self._retry(lambda: self.store.worker_heartbeat(self.id, None), "worker heartbeat", attempts=1)
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     self.shutdown.wait(self.poll_s)
@@ -179,43 +186,59 @@ class Worker:
                 self.run_job(claim)
                 done += 1
                 idle_since = time.monotonic()
-                self.store.worker_heartbeat(self.id, None, finished_one=True)
+                self._retry(lambda: self.store.worker_heartbeat(self.id, None, finished_one=True), "worker heartbeat",
+                            attempts=1)
         finally:
-            self.store.worker_stopped(self.id)
+            self._retry(lambda: self.store.worker_stopped(self.id), "worker stop", attempts=2)
             self.engine.dispose()
         return done
 
+    def _retry(self, write, what: str, attempts: int = 6):
+        """Run a database write, retrying with back-off; a failure is logged, never raised (a
+        worker that dies leaves its job 'running' until another worker notices)."""
+        for attempt in range(attempts):
+            try:
+                return write()
+            except Exception as problem:
+                log.warning("%s failed (attempt %d of %d): %s", what, attempt + 1, attempts, problem)
+                if attempt + 1 < attempts:
+                    self.shutdown.wait(min(0.5 * 2**attempt, 8.0))
+        log.error("%s: giving up after %d attempts", what, attempts)
+        return None
+
     def run_job(self, claim: Claim) -> str:
-        """Run one claimed job to its end; returns the status it finished with."""
+        """Run one claimed job to its end; returns the status it finished with. Whatever goes
+        wrong (a full disk included) ends in a recorded status, never in a dead worker."""
         from distillab.experiment.run import partial_summary, run
 
         folder = job_dir(self.settings, claim.job_id)
-        folder.mkdir(parents=True, exist_ok=True)
         out, partial = folder / "run", folder / "run.partial"
-        handler = logging.FileHandler(folder / "worker.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("distillab").addHandler(handler)
         spec = parse_spec(claim.spec)
         progress = JobProgress(spec, time.monotonic(), claim.device_seconds,
                                Budget(claim.options, self.settings.price_per_device_hour))
-        if claim.attempts > 1 and partial.exists():
-            before = partial_summary(partial, "resumed")
-            progress.metrics["resumed"] = {
-                "attempt": claim.attempts,
-                "phases_complete": sum(p["complete"] for p in before["phases"]),
-                "epochs_done": sum(p.get("epochs", p.get("epochs_done", 0)) for p in before["phases"]),
-            }
-            log.info("job %s attempt %d: resuming %s", claim.job_id, claim.attempts, progress.metrics["resumed"])
-        log.info("job %s attempt %d: started by worker %s", claim.job_id, claim.attempts, self.id)
-        self.current = progress
+        status, error, reason, handler = "failed", None, None, None
         stop_beating = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(claim.job_id, progress, stop_beating), daemon=True)
-        beat.start()
-        status, error, reason = "failed", None, None
+        self.current = progress
         try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(folder / "worker.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logging.getLogger("distillab").addHandler(handler)
+            if claim.attempts > 1 and partial.exists():
+                before = partial_summary(partial, "resumed")
+                progress.metrics["resumed"] = {
+                    "attempt": claim.attempts,
+                    "phases_complete": sum(p["complete"] for p in before["phases"]),
+                    "epochs_done": sum(p.get("epochs", p.get("epochs_done", 0)) for p in before["phases"]),
+                }
+                log.info("job %s attempt %d: resuming %s", claim.job_id, claim.attempts, progress.metrics["resumed"])
+            log.info("job %s attempt %d: started by worker %s", claim.job_id, claim.attempts, self.id)
+            beat.start()
             if not (out / "report.json").exists():  # else it finished before a crash prevented finish()
                 (partial / "partial.json").unlink(missing_ok=True)
-                run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)
+                run(spec, out, resume=claim.attempts > 1, callbacks=progress,
+                    on_phase=progress.on_phase)
             package(out, self.settings)
             progress.metrics["summary"] = summary(out)
             status = "completed"
@@ -226,22 +249,31 @@ class Worker:
         except DistillabError as problem:
             error = str(problem)
             log.error("job %s failed: %s", claim.job_id, error)
-        except Exception as problem:  # a bug: keep the traceback in the job log and the job row
-            error = f"internal error: {type(problem).__name__}: {problem}"
-            log.error("job %s crashed:\n%s", claim.job_id, traceback.format_exc())
+        except Exception as problem:
+            if is_disk_full(problem, folder.parent):
+                shutil.rmtree(partial, ignore_errors=True)  # frees the space the failure needs to be recorded
+                error = f"the disk is full: {folder} could not be written; the unfinished run was removed"
+                log.error("job %s failed: %s", claim.job_id, error)
+            else:  # a bug: keep the traceback in the job log and the job row
+                error = f"internal error: {type(problem).__name__}: {problem}"
+                log.error("job %s crashed:\n%s", claim.job_id, traceback.format_exc())
         finally:
             stop_beating.set()
-            beat.join()
+            if beat.is_alive():
+                beat.join()
             self.current = None
-            logging.getLogger("distillab").removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger("distillab").removeHandler(handler)
+                handler.close()
         seconds = progress.device_seconds()
         if status == "queued":
-            self.store.release(claim.job_id, self.id, device_seconds=seconds)
+            self._retry(lambda: self.store.release(claim.job_id, self.id, device_seconds=seconds), "release")
         elif status != "lost":
-            self.store.heartbeat(claim.job_id, self.id, progress=progress.progress(), phase=progress.phase,
-                                 metrics=progress.snapshot()[2], device_seconds=seconds)
-            self.store.finish(claim.job_id, self.id, status, error=error, stop_reason=reason, device_seconds=seconds)
+            self._retry(lambda: self.store.heartbeat(claim.job_id, self.id, progress=progress.progress(),
+                                                     phase=progress.phase, metrics=progress.snapshot()[2],
+                                                     device_seconds=seconds), "last heartbeat", attempts=2)
+            self._retry(lambda: self.store.finish(claim.job_id, self.id, status, error=error, stop_reason=reason,
+                                                  device_seconds=seconds), "finish")
         log.info("job %s: %s", claim.job_id, status)
         return status
 
