@@ -285,10 +285,11 @@ def users_add(
     from distillab.service.auth import add_user
     from distillab.service.db import make_engine
     from distillab.service.migrate import upgrade
-    from distillab.service.settings import Settings
+    from distillab.service.settings import Settings, private_data_dir
 
     settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the database it may create holds the key hashes: owner-only, like serve and worker
+    private_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     try:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import distillab
 from conftest import tiny_spec
 
@@ -66,3 +68,38 @@ def test_python_api_resumes_an_interrupted_run(tmp_path, blobs, tiny_teacher):
     resumed = distillab.run(spec, tmp_path / "again", resume=True)
     assert resumed.model("scratch")["accuracy"] == first.model("scratch")["accuracy"]
     assert resumed.model("distilled")["accuracy"] == first.model("distilled")["accuracy"]
+
+
+def _export(tiny_teacher: Path, fmt: str, folder: Path) -> Path:
+    """The tiny safetensors teacher as a traced TorchScript, scripted TorchScript or ONNX file."""
+    import torch
+
+    from distillab.models.loading import load_state_into
+    from distillab.models.zoo import build_model
+
+    model = load_state_into(build_model("cnn_tiny", (1, 8, 8), 3), tiny_teacher, "test").eval()
+    example = torch.zeros(2, 1, 8, 8)
+    if fmt == "onnx":
+        path = folder / "teacher.onnx"
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    else:
+        path = folder / f"teacher_{fmt}.pt"
+        module = torch.jit.trace(model, example) if fmt == "traced" else torch.jit.script(model)
+        module.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("fmt, runtime", [("traced", "torchscript"), ("scripted", "torchscript"),
+                                          ("onnx", "onnxruntime")])
+def test_a_run_with_a_foreign_teacher_file(tmp_path, blobs, tiny_teacher, fmt, runtime):
+    """TorchScript and ONNX teachers run whole jobs (they used to fail in Strategy.__init__)."""
+    path = _export(tiny_teacher, fmt, tmp_path)
+    spec = tiny_spec(blobs, path, teacher={"model": None}, training={"epochs": 1, "seeds": [0]})
+    report = distillab.run(spec, tmp_path / "out")
+    teacher = report.model("teacher")
+    assert teacher["runtime"] == runtime and teacher["model"] in ("torchscript", "onnx")
+    reference = distillab.run(tiny_spec(blobs, tiny_teacher, training={"epochs": 1, "seeds": [0]}), tmp_path / "ref")
+    # the same weights in another container teach the same student
+    assert report.model("distilled")["accuracy"]["mean"] == pytest.approx(
+        reference.model("distilled")["accuracy"]["mean"], abs=0.02)

@@ -228,18 +228,18 @@ def test_render_model_rows(rendered):
     distilled = table_row(markdown, "| student_distilled (tiny_cnn)")
 
     assert teacher[1:4] == ["teacher", "92.00 ± 0.00", "1,234,567"]
-    assert teacher[7:10] == ["1.00×", "1.0×", "1.000"]  # the teacher against itself
+    assert teacher[8:11] == ["1×", "1.0×", "1.000"]  # the teacher against itself
 
     assert scratch[1] == "scratch"
     assert scratch[2] == "85.00 ± 1.00"  # mean 0.85, sample std 0.01
-    assert scratch[3:7] == ["12,345", "0.500", "0.750", "12.50"]
-    assert scratch[7] == "4.00×"  # 3.0 ms / 0.75 ms
-    assert scratch[8] == "8.0×"  # 4.0 MB / 0.5 MB
-    assert scratch[9] == "0.924"  # 0.85 / 0.92
-    assert scratch[10] == "2.267"  # 0.85 / (0.5 MB x 0.75 ms)
+    assert scratch[3:8] == ["12,345", "0.500", "-", "0.75", "12.5"]  # no runtime or quartiles in this old report
+    assert scratch[8] == "4×"  # 3.0 ms / 0.75 ms
+    assert scratch[9] == "8.0×"  # 4.0 MB / 0.5 MB
+    assert scratch[10] == "0.924"  # 0.85 / 0.92
+    assert scratch[11] == "2.27"  # 0.85 / (0.5 MB x 0.75 ms)
 
     assert distilled[2] == "88.00 ± 1.14"  # mean 0.88; std of (0.872, 0.893, 0.875) = 0.01136
-    assert distilled[9] == "0.957"  # 0.88 / 0.92
+    assert distilled[10] == "0.957"  # 0.88 / 0.92
 
 
 def test_render_comparison_and_constraint_rows(rendered):
@@ -306,3 +306,16 @@ def test_render_corrupt_report_json(tmp_path):
     with pytest.raises(DistillabError, match="not valid JSON"):
         render(tmp_path)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_noisy_latency_marks_the_speedup_as_not_meaningful(tmp_path):
+    from distillab.experiment.render import markdown_table
+
+    report = make_report()
+    quiet = markdown_table(report)
+    assert "(noisy)" not in quiet
+    report["models"][1]["latency_iqr_ms"] = [0.5, 172.0]  # a busy machine during the student's timing
+    noisy = markdown_table(report)
+    assert "(noisy)" in noisy and "not meaningful" in noisy
+    report["models"][1]["runtime"] = "torch"
+    assert "| torch |" in markdown_table(report)

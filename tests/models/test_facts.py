@@ -4,12 +4,15 @@ latency as a sane number (never a speed claim: design rule 12)."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
 from torch import nn
 
 from distillab.models.facts import (
+    interleaved_latency,
+    runtime_of,
     latency_ms,
     macs_per_sample,
     model_facts,
@@ -79,7 +82,11 @@ def test_latency_is_positive_and_finite(tiny_cnn):
 
 def test_model_facts_keys_and_throughput(tiny_cnn):
     facts = model_facts(tiny_cnn, IN_SHAPE, repeats=1)
-    assert set(facts) == {"params", "size_mb", "macs", "latency_ms", "latency_ms_batch256", "throughput_per_s"}
+    assert set(facts) == {"params", "size_mb", "macs", "runtime", "latency_ms", "latency_iqr_ms", "latency_ms_batch256",
+                          "latency_iqr_ms_batch256", "throughput_per_s"}
+    assert facts["runtime"] == "torch"
+    low, high = facts["latency_iqr_ms"]
+    assert low <= facts["latency_ms"] <= high
     assert facts["params"] == count_parameters(tiny_cnn)
     assert facts["macs"] == macs_per_sample(tiny_cnn, IN_SHAPE)
     assert facts["throughput_per_s"] == pytest.approx(256 / (facts["latency_ms_batch256"] / 1000))
@@ -117,3 +124,41 @@ def test_onnx_teacher_counts_initializers_and_has_unknown_macs(tiny_cnn, tmp_pat
     assert serialized_size_mb(teacher) == path.stat().st_size / 1e6
     assert macs_per_sample(teacher, IN_SHAPE) is None
     assert latency_ms(teacher, IN_SHAPE, batch_size=2, repeats=1, warmup=0) > 0
+
+
+class Slow(nn.Module):
+    """Sleeps a fixed time per call: a model whose true latency is known."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.seconds)
+        return x.flatten(1)[:, :2] + self.weight
+
+
+def test_interleaved_latency_times_every_model_in_each_round():
+    models = {"fast": Slow(0.001), "slow": Slow(0.004)}
+    result = interleaved_latency(models, IN_SHAPE, 1, repeats=6, warmup=0)
+    assert set(result) == {"fast", "slow"}
+    for name, low in (("fast", 1.0), ("slow", 4.0)):
+        assert result[name]["p25"] <= result[name]["median"] <= result[name]["p75"]
+        assert result[name]["median"] >= low
+    assert result["slow"]["median"] > result["fast"]["median"]
+
+
+def test_interleaved_latency_leaves_the_global_random_state_alone(tiny_cnn):
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    interleaved_latency({"a": tiny_cnn, "b": tiny_cnn}, IN_SHAPE, 1, repeats=3)
+    assert random.random() == expected
+
+
+def test_runtime_names_what_executes_the_model(tiny_cnn, tmp_path):
+    assert runtime_of(tiny_cnn) == "torch"
+    assert runtime_of(torch.jit.trace(tiny_cnn.eval(), torch.zeros(1, *IN_SHAPE))) == "torchscript"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,35 @@ class Service:
     keys: dict
     tmp: Path
     workers: list = field(default_factory=list)
+    server: subprocess.Popen | None = None
+
+    def start_server(self) -> None:
+        """Start ``distillab serve`` on this service's port and wait until /healthz answers."""
+        port = int(self.url.rsplit(":", 1)[1])
+        log = open(self.tmp / "serve.log", "a")
+        self.server = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port),
+                                        "--log-level", "warning"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start:\n{(self.tmp / 'serve.log').read_text()}")
+            time.sleep(0.2)
+
+    def stop_server(self, sig=signal.SIGTERM) -> None:
+        if self.server is None:
+            return
+        self.server.send_signal(sig)
+        try:
+            self.server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+        self.server = None
 
     def client(self, user: str | None = "alice") -> httpx.Client:
         headers = {"X-API-Key": self.keys[user]} if user else {}
@@ -88,9 +118,9 @@ def _postgres_database(server: str):
     return admin, name, server.rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def service(request, tmp_path_factory):
-    """One server per database kind for a test module; users alice, bob and admin."""
+@contextmanager
+def running_service(request, tmp_path_factory, extra_env: dict | None = None):
+    """A server on ``request.param`` ("sqlite" or "postgresql"); users alice, bob and admin."""
     tmp = tmp_path_factory.mktemp(f"service-{request.param}")
     admin_engine = None
     if request.param == "sqlite":
@@ -99,41 +129,30 @@ def service(request, tmp_path_factory):
         admin_engine, name, url = _postgres_database(request.getfixturevalue("postgres_server"))
     env = {**os.environ, "DISTILLAB_DATA_DIR": str(tmp / "data"), "DISTILLAB_DATABASE_URL": url,
            "DISTILLAB_HEARTBEAT_TIMEOUT_S": "3", "DISTILLAB_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB),
-           "DISTILLAB_CACHE": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+           "DISTILLAB_CACHE": str(tmp / "cache"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     keys = {}
     for user in ("alice", "bob", "admin"):
         out = subprocess.run([*CLI, "users", "add", user, *(["--admin"] if user == "admin" else [])], env=env,
                              capture_output=True, text=True, check=True)
         keys[user] = out.stdout.strip().splitlines()[-1]
-    port = free_port()
-    log = open(tmp / "serve.log", "w")
-    server = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"the server did not start:\n{(tmp / 'serve.log').read_text()}")
-        time.sleep(0.2)
-    service = Service(base, env, tmp / "data", keys, tmp)
+    service = Service(f"http://127.0.0.1:{free_port()}", env, tmp / "data", keys, tmp)
+    service.start_server()
     try:
         yield service
     finally:
         service.stop_workers()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        service.stop_server()
         if admin_engine is not None:
             with admin_engine.connect() as connection:
                 connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             admin_engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(request, tmp_path_factory):
+    """One server per database kind for a test module."""
+    with running_service(request, tmp_path_factory) as running:
+        yield running
 
 
 def digits_teacher(path: Path, hidden: int = 64, seed: int = 0) -> Path:

@@ -24,6 +24,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from distillab import __version__
@@ -105,6 +106,23 @@ def _audit(session: Session, user: User | None, action: str, target: str | None 
 
 
 # ---------------------------------------------------------------- response schemas
+class ErrorBody(BaseModel):
+    """Every error answer: a message, or FastAPI-shaped [{loc, msg, type}] items."""
+
+    detail: str | list[dict]
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses a route can answer."""
+    meaning = {
+        400: "the upload is not a usable model file", 401: "missing or unknown API key",
+        403: "the route is for admins", 404: "no such job (or not yours)", 409: "the job is in the wrong state",
+        413: "request body over the limit", 422: "invalid request", 429: "too many wrong keys or queued jobs",
+        503: "the database is unavailable", 507: "the server's disk is full",
+    }
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
 class JobCreated(BaseModel):
     success: bool = True
     job_id: str
@@ -202,7 +220,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_limiter = AuthLimiter(settings.auth_failures_per_minute)
     app.add_middleware(BodyLimit, limit_bytes=int(settings.max_body_kb * 1024), exempt=(f"{PREFIX}/models",))
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, storage_error(settings))
+    # OSError and database errors get their own handlers (answered in place, the connection
+    # kept); Exception is the last resort, where Starlette answers and then re-raises to the log.
+    for kind in (OSError, OperationalError, Exception):
+        app.add_exception_handler(kind, storage_error(settings))
     threading.Thread(target=cost_table, name="estimate-table", daemon=True).start()  # measured once, off the requests
 
     @app.exception_handler(BodyError)
@@ -226,7 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _router(settings: Settings) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=_errors(401, 413, 429, 503, 507))
     models_dir = settings.data_dir.resolve() / "models"
 
     @router.get("/strategies", tags=["registries"])
@@ -250,7 +271,7 @@ def _router(settings: Settings) -> APIRouter:
         }
 
     # ------------------------------------------------------------ jobs
-    @router.post("/jobs", status_code=201, tags=["jobs"])
+    @router.post("/jobs", status_code=201, tags=["jobs"], responses=_errors(422))
     def create_job(body: JobCreate, user: CurrentUser, request: Request) -> JobCreated:
         """Create a job from the seed-shaped body or from ``{"spec": JobSpec}``."""
         check_body(body)
@@ -321,11 +342,11 @@ def _router(settings: Settings) -> APIRouter:
         jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
         return JobPage(items=[_public(job, settings) for job in jobs], total=total, limit=limit, offset=offset)
 
-    @router.get("/jobs/{job_id}", tags=["jobs"])
+    @router.get("/jobs/{job_id}", tags=["jobs"], responses=_errors(404))
     def get_job(job: OwnedJob) -> JobPublic:
         return _public(job, settings)
 
-    @router.delete("/jobs/{job_id}", tags=["jobs"])
+    @router.delete("/jobs/{job_id}", tags=["jobs"], responses=_errors(404, 409))
     def cancel_job(job: OwnedJob, user: CurrentUser, request: Request) -> JobPublic:
         """Cancel: a queued job at once; a running one stops at its next training step, keeping
         its checkpoints and partial results. Cancelling a finished job is a 409."""
@@ -337,7 +358,7 @@ def _router(settings: Settings) -> APIRouter:
         with request.app.state.read_sessions() as session:
             return _public(session.get(Job, job.id), settings)
 
-    @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"])
+    @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"], responses=_errors(404))
     async def job_events(job: OwnedJob, request: Request):
         """Server-Sent Events: a ``progress`` event whenever status, phase, progress or metrics
         change; an ``end`` event when the job ends."""
@@ -357,7 +378,7 @@ def _router(settings: Settings) -> APIRouter:
         with request.app.state.read_sessions() as session:
             return _public(session.get(Job, job_id), settings)
 
-    @router.get("/jobs/{job_id}/results", tags=["jobs"])
+    @router.get("/jobs/{job_id}/results", tags=["jobs"], responses=_errors(404, 409))
     def job_results_route(job: OwnedJob) -> dict:
         """Measured results of a completed job; a cancelled or stopped job returns its partial
         results (``partial: true``)."""
@@ -378,7 +399,7 @@ def _router(settings: Settings) -> APIRouter:
                                       * settings.price_per_device_hour}}
         raise HTTPException(409, f"job {job.id} has no results yet (status {job.status})")
 
-    @router.get("/jobs/{job_id}/artifacts/{name}", tags=["jobs"])
+    @router.get("/jobs/{job_id}/artifacts/{name}", tags=["jobs"], responses=_errors(404))
     def download(job: OwnedJob, name: str, user: CurrentUser, session: WriteSession) -> FileResponse:
         """Download one artifact by its name in the results' ``artifacts`` map."""
         files = artifacts(job_dir(settings, job.id))
@@ -389,7 +410,7 @@ def _router(settings: Settings) -> APIRouter:
         return FileResponse(files[name], filename=name, media_type=media)
 
     # ------------------------------------------------------------ models
-    @router.post("/models", status_code=201, tags=["models"])
+    @router.post("/models", status_code=201, tags=["models"], responses=_errors(400, 422))
     async def upload_model(request: Request, user: CurrentUser,
                            name: Annotated[str, Query(min_length=1, max_length=200)],
                            architecture: Annotated[str, Query(description="zoo name (GET /model-types)")],
@@ -451,7 +472,7 @@ def _router(settings: Settings) -> APIRouter:
         return [_model_public(m) for m in models]
 
     # ------------------------------------------------------------ admin
-    @router.get("/analytics", tags=["admin"])
+    @router.get("/analytics", tags=["admin"], responses=_errors(403))
     def analytics(user: AdminUser, session: WriteSession) -> dict:
         """Jobs, success rate, distilled-vs-scratch improvement, popular strategies and
         models, and utilisation (queue length, live workers, load)."""
@@ -490,7 +511,7 @@ def _router(settings: Settings) -> APIRouter:
             },
         }
 
-    @router.get("/audit", tags=["admin"])
+    @router.get("/audit", tags=["admin"], responses=_errors(403))
     def audit(user: AdminUser, session: WriteSession,
               action: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -46,16 +46,25 @@ async def receive(request, folder: Path, limit_bytes: int) -> tuple[Path, str, i
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".tmp")
     path, digest, size, head = Path(name), hashlib.sha256(), 0, b""
+    write_error: OSError | None = None
     try:
         with os.fdopen(fd, "wb") as handle:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit_bytes:
                     raise UploadError(413, f"upload exceeds the limit of {limit_bytes} bytes (DISTILLAB_MAX_UPLOAD_MB)")
+                if write_error is not None:
+                    continue  # read the rest, so the client gets the error instead of a reset connection
                 if len(head) < 16:
                     head += chunk[: 16 - len(head)]
                 digest.update(chunk)
-                handle.write(chunk)
+                try:
+                    handle.write(chunk)
+                except OSError as error:  # a full disk: answered once the body is read (507 upstream)
+                    write_error = error
+        # (closing flushes; a full disk that fails only there raises here, after the whole body was read)
+        if write_error is not None:
+            raise write_error
         if size == 0:
             raise UploadError(400, "empty upload: send the model file as the request body")
         return path, digest.hexdigest(), size, sniff(head)
