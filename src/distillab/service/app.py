@@ -59,6 +59,28 @@ def _write_session(request: Request):
         yield session
 
 
+def _query_names(dependant) -> set[str]:
+    """The query parameters a route declares, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def _known_query_parameters(request: Request) -> None:
+    """A query parameter the route does not declare is a 422 (a typo such as ``?stauts=`` would
+    otherwise be ignored silently), as unknown keys in a spec are."""
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    allowed = _query_names(route.dependant)
+    unknown = sorted({key for key in request.query_params if key not in allowed})
+    if unknown:
+        raise RequestValidationError([{"loc": ["query", key], "msg": "unknown query parameter"
+                                       f"{'; this route takes: ' + ', '.join(sorted(allowed)) if allowed else ''}",
+                                       "type": "extra_forbidden"} for key in unknown[:10]])
+
+
 ReadSession = Annotated[Session, Depends(_read_session)]
 WriteSession = Annotated[Session, Depends(_write_session)]
 api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="created by `distillab users add`")
@@ -120,7 +142,9 @@ def _errors(*codes: int) -> dict:
         413: "request body over the limit", 422: "invalid request", 429: "too many wrong keys or queued jobs",
         503: "the database is unavailable", 507: "the server's disk is full",
     }
-    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+    # the explicit JSON content: on the SSE route the default media type would be text/event-stream
+    return {code: {"model": ErrorBody, "description": meaning[code], "content": {"application/json": {}}}
+            for code in codes}
 
 
 class JobCreated(BaseModel):
@@ -247,7 +271,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _router(settings: Settings) -> APIRouter:
-    router = APIRouter(responses=_errors(401, 413, 429, 503, 507))
+    router = APIRouter(responses=_errors(401, 413, 422, 429, 503, 507),
+                       dependencies=[Depends(_known_query_parameters)])
     models_dir = settings.data_dir.resolve() / "models"
 
     @router.get("/strategies", tags=["registries"])
