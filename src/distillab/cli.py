@@ -105,12 +105,13 @@ def run(
 def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec: keys, types, ranges, files, the dataset and the teacher's output size."""
     from distillab import data as data_module
-    from distillab.experiment.run import check_strategy
+    from distillab.experiment.run import check_precision, check_strategy
     from distillab.experiment.teacher import get_teachers
 
     _logging(False)
     try:
         job = _load(spec, set_)
+        check_precision(job)
         bundle = data_module.build(job.data, job.training.seeds[0])
         if all(t.checkpoint is not None for t in job.teachers):
             check_strategy(job, bundle, get_teachers(job, bundle))

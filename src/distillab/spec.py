@@ -80,7 +80,10 @@ class TrainingSpec(Strict):
     step_size: StrictInt = Field(10, ge=1, description="epochs between decays (step schedule)")
     gamma: Number = Field(0.1, gt=0, le=1, description="decay factor (step schedule)")
     grad_clip: Number | None = Field(None, gt=0, description="clip the global gradient norm")
-    amp: StrictBool = Field(True, description="mixed precision when CUDA is present")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast for training and teacher inference; auto = bf16 where the hardware runs it "
+                            "natively (CUDA, or a CPU with AVX512-BF16/AMX), else fp32")
+    amp: StrictBool = Field(True, description="older switch: false makes precision auto mean fp32")
     channels_last: StrictBool = Field(True, description="channels-last memory format (faster convolutions on CPU)")
     eval_batch_size: StrictInt = Field(1024, ge=1, le=65_536)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -173,8 +176,10 @@ class StrategySpec(Strict):
 
 class CacheSpec(Strict):
     enabled: StrictBool = Field(True, description="cache teacher outputs on disk and reuse them")
-    views: StrictInt = Field(4, ge=1, le=64, description="augmented views cached per training sample")
-    fp16: StrictBool = Field(False, description="store cached logits as float16")
+    views: Annotated[StrictInt, Field(ge=1, le=1024)] | Literal["all"] = Field(
+        4, description="augmented views cached per training sample; all = every distinct crop and flip")
+    fp16: StrictBool = Field(False, description="store cached logits as float16 (half the space)")
+    max_gb: Number = Field(16.0, gt=0, description="refuse a cache larger than this")
     dir: Path | None = Field(None, description="cache folder; null = $DISTILLAB_CACHE or ~/.cache/distillab")
 
 

@@ -1,6 +1,9 @@
 """The teacher-output cache: reuse, invalidation, and correctness under augmentation."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from distillab import data as data_module
@@ -87,3 +90,79 @@ def test_fp16_mode_stores_half_precision(blobs, tmp_path):
     half = teacher_outputs(teacher, "abc", bundle, views=1, fp16=True, cache_dir=tmp_path)
     assert half.logits.dtype == np.float16 and full.logits.dtype == np.float32
     assert np.allclose(np.asarray(half.logits, dtype=np.float32), np.asarray(full.logits), atol=1e-2)
+
+
+def test_a_disk_that_fills_during_the_fill_leaves_nothing(blobs, tmp_path, monkeypatch):
+    from distillab.data import cache as cache_module
+    from distillab.errors import DiskFull
+
+    bundle = bundle_for(blobs)
+    real_write = cache_module._Array.write_view
+
+    def full_disk(self, view, block):
+        if view == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(self, view, block)
+
+    monkeypatch.setattr(cache_module._Array, "write_view", full_disk)
+    with pytest.raises(DiskFull, match="cache.dir: the disk is full"):
+        teacher_outputs(CountingTeacher(), "abc", bundle, views=3, fp16=False, cache_dir=tmp_path)
+    assert [p.name for p in (tmp_path / "teacher_outputs").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_an_interrupted_fill_resumes_where_it_stopped(blobs, tmp_path):
+    bundle = bundle_for(blobs)
+    teacher = CountingTeacher()
+
+    def interrupt_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        teacher_outputs(teacher, "abc", bundle, views=5, fp16=True, cache_dir=tmp_path, progress=interrupt_after_two)
+    assert teacher.samples == 2 * bundle.n_rows
+    teacher.samples = 0
+    resumed = teacher_outputs(teacher, "abc", bundle, views=5, fp16=True, cache_dir=tmp_path)
+    assert teacher.samples == 3 * bundle.n_rows  # only the three missing views were computed
+    fresh = teacher_outputs(CountingTeacher(), "abc", bundle, views=5, fp16=True, cache_dir=tmp_path / "fresh")
+    assert np.array_equal(np.asarray(resumed.logits), np.asarray(fresh.logits))
+    assert np.array_equal(np.asarray(resumed.augment), np.asarray(fresh.augment))
+    assert resumed.meta["teacher_passes"] == 5 * bundle.n_rows and resumed.meta["fill_seconds"] > 0
+
+
+def test_every_distinct_view_is_cached_and_replayed_exactly(blobs, tmp_path):
+    """views: all -> (2p+1)^2 x 2 views; the loop shows each sample the crop its logits belong to."""
+    bundle = bundle_for(blobs, crop_padding=1, hflip=True)
+    teacher = CountingTeacher()
+    cache = teacher_outputs(teacher, "abc", bundle, views="all", fp16=False, cache_dir=tmp_path)
+    assert cache.views == 3 * 3 * 2
+    combos = {tuple(cache.augment[v, 0].tolist()) for v in range(cache.views)}
+    assert len(combos) == 18 and all(len({tuple(r) for r in cache.augment[v].tolist()}) == 1 for v in range(18))
+    for batch in train_batches(bundle, 64, torch.Generator().manual_seed(0), [cache]):
+        with torch.no_grad():
+            live = teacher.model(batch["inputs"])
+        assert torch.allclose(batch["teacher_logits"][0], live, atol=1e-5)
+
+
+def test_view_counts_and_sizes_over_the_limits_are_named(blobs, tmp_path):
+    from distillab.errors import SpecError
+
+    bundle = bundle_for(blobs)
+    with pytest.raises(SpecError, match="cache.views: 2000 views; at most 1024"):
+        teacher_outputs(CountingTeacher(), "abc", bundle, views=2000, fp16=False, cache_dir=tmp_path)
+    with pytest.raises(SpecError, match="cache.views: .* over cache.max_gb"):
+        teacher_outputs(CountingTeacher(), "abc", bundle, views=1000, fp16=False, cache_dir=tmp_path, max_gb=1e-4)
+    with pytest.raises(SpecError, match="cache.dir: cannot write"):
+        teacher_outputs(CountingTeacher(), "abc", bundle, views=2, fp16=False, cache_dir=Path("/proc/distillab"))
+
+
+def test_a_concurrent_first_writer_wins(blobs, tmp_path):
+    from distillab.data import cache as cache_module
+
+    first = teacher_outputs(CountingTeacher(), "abc", bundle_for(blobs), views=2, fp16=False, cache_dir=tmp_path)
+    # a second process finishing the same key later keeps the first entry (its readers may be mapping it)
+    staging = tmp_path / "teacher_outputs" / ".staging-late"
+    staging.mkdir()
+    (staging / "meta.json").write_text("{}")
+    cache_module._publish(staging, first.folder)
+    assert not staging.exists() and {"teacher_checksum", "views"} <= set(first.meta)

@@ -37,6 +37,10 @@ def test_distillab_run_on_digits(tmp_path):
     teacher, scratch, distilled = report["models"]
     assert teacher["accuracy"]["mean"] > 0.8  # a ResNet on digits learns fast
     assert scratch["params"] == distilled["params"] < teacher["params"]
+    # one network, one measurement: the two students share their latency, timed beside the teacher
+    assert scratch["latency_ms"] == distilled["latency_ms"] and scratch["runtime"] == teacher["runtime"] == "torch"
+    low, high = teacher["latency_iqr_ms"]
+    assert low <= teacher["latency_ms"] <= high
     assert distilled["strategy"] == "response" and scratch["strategy"] == "none"
     comparison = report["comparisons"][0]
     assert (comparison["a"], comparison["b"]) == ("student_distilled", "student_scratch")

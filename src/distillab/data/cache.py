@@ -1,40 +1,74 @@
 """The teacher-output cache: the teacher is frozen, so its logits are computed once and
 reused across epochs, seeds and students.
 
-With augmentation on, the cache holds ``views`` augmented views of every training
-sample. Each view's augmentation parameters come from a generator seeded by the view
-number, and are stored beside the logits; the training loop replays exactly those
-parameters to the student, so a cached output is never paired with another view.
+With augmentation on, the cache holds ``views`` augmented views of every training sample
+(FKD, Shen & Xing 2022: soft labels per augmented crop). Each view's augmentation parameters
+come from a generator seeded by the view number (or, with ``views: all``, view v is the v-th of
+every distinct crop offset and flip), and are stored beside the logits; the training loop
+replays exactly those parameters to the student, so a cached output is never paired with
+another view (Beyer et al. 2022's "consistent" teaching).
 
-On disk (one folder per key): ``logits.npy`` (views, N, K) float32/float16, memory-mapped;
-``augment.npy`` (views, N, 3) int16; ``meta.json``. The key hashes the teacher checksum,
-the dataset source, the transform and the view count; any change gives a new folder.
+On disk (one folder per key): ``logits.npy`` (V, N, K) float16 or float32 and ``augment.npy``
+(V, N, 3) int16, memory-mapped for reading; ``meta.json`` with the fill's cost and, under
+bf16, its agreement with fp32. The key hashes the teacher checksum, the data, the transform,
+the views, the storage dtype and the inference precision; any change gives a new folder.
+
+A fill is written view by view into ``.fill-<key>`` (its files preallocated, so a disk too
+small fails at once rather than half-way) with ``progress.json`` naming the views done: an
+interrupted fill resumes where it stopped; a full disk removes it; the folder is renamed into
+place when complete. One process fills a key at a time (a lock); the others wait and read.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distillab.data.transforms import apply_augment, draw_augment_params
+from distillab.data.transforms import Augment, apply_augment, draw_augment_params
+from distillab.engine.precision import agreement, autocast
+from distillab.errors import DiskFull, SpecError, is_disk_full
 
 log = logging.getLogger("distillab")
+
+MAX_VIEWS = 1024
+AGREEMENT_SAMPLES = 512
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DISTILLAB_CACHE", Path.home() / ".cache" / "distillab"))
 
 
-def cache_key(teacher_checksum: str, bundle, views: int, fp16: bool) -> str:
+def exhaustive_views(augment: Augment) -> torch.Tensor:
+    """(V, 3) int16: every distinct (dy, dx, flip) of the augmentation, V = (2p+1)^2 x (2 if flips)."""
+    offsets = range(2 * augment.crop_padding + 1)
+    flips = (0, 1) if augment.hflip else (0,)
+    return torch.tensor([(dy, dx, f) for dy in offsets for dx in offsets for f in flips], dtype=torch.int16)
+
+
+def resolve_views(augment: Augment, views: int | str) -> int:
+    """Views to cache: 1 without augmentation (every view is the same), all distinct ones for
+    ``"all"``, else ``views``."""
+    if not augment.enabled:
+        return 1
+    return len(exhaustive_views(augment)) if views == "all" else int(views)
+
+
+def cache_bytes(views: int, rows: int, classes: int, fp16: bool) -> int:
+    return views * rows * (classes * (2 if fp16 else 4) + 3 * 2)
+
+
+def cache_key(teacher_checksum: str, bundle, views: int | str, fp16: bool, precision: str = "fp32") -> str:
     parts = [
         f"teacher={teacher_checksum}",
         f"data={bundle.source}",
@@ -44,6 +78,8 @@ def cache_key(teacher_checksum: str, bundle, views: int, fp16: bool) -> str:
         f"views={views}",
         f"fp16={fp16}",
     ]
+    if precision != "fp32":  # fp32 keys are those of earlier versions: their entries stay valid
+        parts.append(f"precision={precision}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -56,6 +92,7 @@ class TeacherOutputCache:
     logits: np.ndarray
     augment: np.ndarray
     hit: bool  # True when the outputs were read, not computed
+    meta: dict
 
     @property
     def views(self) -> int:
@@ -69,26 +106,176 @@ class TeacherOutputCache:
         return torch.from_numpy(np.asarray(self.augment[views.numpy(), rows.numpy()]))
 
 
-def _compute(teacher, bundle, views: int, fp16: bool, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
-    n = bundle.n_rows  # the first n rows of the training file: those limit_train keeps
+def _view_params(augment: Augment, view: int, n: int, exhaustive: torch.Tensor | None) -> torch.Tensor:
+    """(n, 3) int16 augmentation of view ``view`` for the first n rows."""
+    if not augment.enabled:
+        return torch.zeros(n, 3, dtype=torch.int16) + augment.crop_padding
+    if exhaustive is not None:
+        return exhaustive[view].expand(n, 3).clone()
+    return draw_augment_params(augment, n, torch.Generator().manual_seed(1_000_003 * (view + 1)))
+
+
+def _view_logits(teacher, bundle, params: torch.Tensor, batch_size: int, device, precision: str) -> np.ndarray:
+    """(n, K) float32 teacher logits of one view."""
+    n = len(params)
     images = bundle.full_train.images[:n]
-    augment = np.zeros((views, n, 3), dtype=np.int16)
-    logits = None
-    for view in range(views):
-        if bundle.augment.enabled:
-            params = draw_augment_params(bundle.augment, n, torch.Generator().manual_seed(1_000_003 * (view + 1)))
-        else:
-            params = torch.zeros(n, 3, dtype=torch.int16) + bundle.augment.crop_padding
-        augment[view] = params.numpy()
-        for start in range(0, n, batch_size):
-            chunk = slice(start, start + batch_size)
-            inputs = bundle.normalize(apply_augment(images[chunk], params[chunk], bundle.augment.crop_padding))
-            with torch.no_grad():
-                out = teacher(inputs.to(device)).float().cpu().numpy()
-            if logits is None:
-                logits = np.zeros((views, n, out.shape[1]), dtype=np.float16 if fp16 else np.float32)
-            logits[view, chunk] = out
-    return logits, augment
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = slice(start, start + batch_size)
+        inputs = bundle.normalize(apply_augment(images[chunk], params[chunk], bundle.augment.crop_padding))
+        with torch.no_grad(), autocast(torch.device(device), precision):
+            out.append(teacher(inputs.to(device)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+class _Array:
+    """A .npy file written block by block with pwrite (never through a memory map, where a
+    full disk would kill the process with SIGBUS), its space reserved up front."""
+
+    def __init__(self, path: Path, shape: tuple, dtype):
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        fresh = not path.exists()
+        if not fresh:
+            try:
+                existing = np.load(path, mmap_mode="r")
+                fresh = existing.shape != shape or existing.dtype != self.dtype
+            except (OSError, ValueError):
+                fresh = True
+        with open(path, "w+b" if fresh else "r+b") as handle:
+            if fresh:
+                np.lib.format.write_array_header_2_0(handle, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                              "fortran_order": False, "shape": shape})
+            handle.seek(0, os.SEEK_SET)
+            np.lib.format.read_magic(handle)
+            np.lib.format.read_array_header_2_0(handle)
+            self.offset = handle.tell()
+            if fresh:
+                size = self.offset + int(np.prod(shape)) * self.dtype.itemsize
+                os.posix_fallocate(handle.fileno(), 0, size)  # ENOSPC now, not half-way through the fill
+
+    def write_view(self, view: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=self.dtype).tobytes()
+        with open(self.path, "r+b") as handle:
+            os.pwrite(handle.fileno(), data, self.offset + view * len(data))
+            os.fsync(handle.fileno())
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read(folder: Path, views: int, rows: int) -> TeacherOutputCache | None:
+    if not (folder / "meta.json").exists():
+        return None
+    try:
+        logits = np.load(folder / "logits.npy", mmap_mode="r")
+        augment = np.load(folder / "augment.npy", mmap_mode="r")
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        log.warning("teacher outputs: cache entry %s unreadable, recomputing", folder)
+        return None
+    if logits.shape[:2] != (views, rows):
+        return None
+    return TeacherOutputCache(folder, logits, augment, hit=True, meta=meta)
+
+
+def teacher_outputs(
+    teacher, checksum: str, bundle, *, views: int | str, fp16: bool, cache_dir: Path | None, batch_size: int = 1024,
+    device="cpu", precision: str = "fp32", max_gb: float | None = None, progress=None,
+) -> TeacherOutputCache:
+    """Load the cached outputs for this (teacher, data, transform, views), computing them once.
+    ``progress(done_views, total_views)`` is told after every view of a fill."""
+    count = resolve_views(bundle.augment, views)
+    if count > MAX_VIEWS:
+        raise SpecError(f"cache.views: {count} views; at most {MAX_VIEWS}")
+    root = cache_dir or default_cache_dir()
+    key = cache_key(checksum, bundle, views if bundle.augment.enabled else 1, fp16, precision)
+    folder = root / "teacher_outputs" / key
+    found = _read(folder, count, bundle.n_rows)
+    if found is not None:
+        log.info("teacher outputs: cache hit %s", folder)
+        return found
+    classes = bundle.num_classes  # every teacher was checked to give one logit per class when it was loaded
+    needed = cache_bytes(count, bundle.n_rows, classes, fp16)
+    if max_gb is not None and needed > max_gb * 1e9:
+        raise SpecError(f"cache.views: {count} views x {bundle.n_rows} samples x {classes} classes need "
+                        f"{needed / 1e9:.1f} GB, over cache.max_gb ({max_gb:g})")
+    staging = root / "teacher_outputs" / f".fill-{key}"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        lock = staging.parent / f".fill-{key}.lock"
+        lock.touch()
+    except OSError as error:
+        raise SpecError(f"cache.dir: cannot write the teacher-output cache under {root} "
+                        f"({error.strerror or error})") from None
+    with _locked(lock):
+        found = _read(folder, count, bundle.n_rows)  # another process finished it while we waited
+        if found is not None:
+            return found
+        try:
+            meta = _fill(teacher, bundle, staging, count, views, fp16, classes, batch_size, device, precision,
+                         progress)
+            meta.update(teacher_checksum=checksum, source=bundle.source, views=count, fp16=fp16,
+                        augment=bundle.augment.describe(), normalize=bundle.normalize.describe())
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+            (staging / "progress.json").unlink(missing_ok=True)
+            _publish(staging, folder)
+        except (OSError, RuntimeError) as error:
+            if not is_disk_full(error, staging):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+            raise DiskFull(f"cache.dir: the disk is full: the teacher-output cache needs {needed / 1e6:.0f} MB "
+                           f"under {root} ({error})") from None
+    lock.unlink(missing_ok=True)
+    computed = _read(folder, count, bundle.n_rows) or _fail(folder)
+    computed.hit = False
+    return computed
+
+
+def _fail(folder: Path):
+    raise SpecError(f"cache.dir: the teacher-output cache {folder} could not be read back after it was written")
+
+
+def _fill(teacher, bundle, staging: Path, count: int, views: int | str, fp16: bool, classes: int, batch_size: int,
+          device, precision: str, progress) -> dict:
+    """Compute every missing view into ``staging``; returns the fill's meta (cost, agreement)."""
+    n = bundle.n_rows  # the first n rows of the training file: those limit_train keeps
+    logits = _Array(staging / "logits.npy", (count, n, classes), np.float16 if fp16 else np.float32)
+    augment = _Array(staging / "augment.npy", (count, n, 3), np.int16)
+    state_path = staging / "progress.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": [], "seconds": 0.0}
+    done = set(state["done"])
+    if done:
+        log.info("teacher outputs: resuming a fill at %d of %d views", len(done), count)
+    exhaustive = exhaustive_views(bundle.augment) if views == "all" and bundle.augment.enabled else None
+    meta: dict = {"precision": precision}
+    if precision != "fp32":
+        sample = bundle.normalize(bundle.full_train.images[:AGREEMENT_SAMPLES])
+        meta["agreement_with_fp32"] = agreement(teacher, sample, torch.device(device), precision)
+    log.info("teacher outputs: computing %d view(s) of %d samples (%s) -> %s", count, n, precision, staging.parent)
+    for view in range(count):
+        if view in done:
+            continue
+        started = time.perf_counter()
+        params = _view_params(bundle.augment, view, n, exhaustive)
+        augment.write_view(view, params.numpy())
+        logits.write_view(view, _view_logits(teacher, bundle, params, batch_size, device, precision))
+        done.add(view)
+        state = {"done": sorted(done), "seconds": state["seconds"] + time.perf_counter() - started}
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, state_path)
+        if progress is not None:
+            progress(len(done), count)
+    meta.update(fill_seconds=round(state["seconds"], 2), teacher_passes=count * n,
+                bytes=cache_bytes(count, n, classes, fp16))
+    return meta
 
 
 def _publish(staging: Path, folder: Path) -> None:
@@ -103,40 +290,3 @@ def _publish(staging: Path, folder: Path) -> None:
             return
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
-
-
-def teacher_outputs(
-    teacher, checksum: str, bundle, *, views: int, fp16: bool, cache_dir: Path | None, batch_size: int = 1024, device="cpu"
-) -> TeacherOutputCache:
-    """Load the cached outputs for this (teacher, data, transform, views), computing them once."""
-    views = views if bundle.augment.enabled else 1  # without augmentation every view is the same
-    root = cache_dir or default_cache_dir()
-    folder = root / "teacher_outputs" / cache_key(checksum, bundle, views, fp16)
-    if (folder / "meta.json").exists():
-        try:
-            logits = np.load(folder / "logits.npy", mmap_mode="r")
-            augment = np.load(folder / "augment.npy", mmap_mode="r")
-            if logits.shape[:2] == (views, bundle.n_rows):
-                log.info("teacher outputs: cache hit %s", folder)
-                return TeacherOutputCache(folder, logits, augment, hit=True)
-        except (OSError, ValueError):
-            pass
-        log.warning("teacher outputs: cache entry %s unreadable, recomputing", folder)
-    log.info("teacher outputs: computing %d view(s) of %d samples -> %s", views, bundle.n_rows, folder)
-    logits, augment = _compute(teacher, bundle, views, fp16, batch_size, device)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
-    try:
-        np.save(staging / "logits.npy", logits)
-        np.save(staging / "augment.npy", augment)
-        meta = {"teacher_checksum": checksum, "source": bundle.source, "views": views, "fp16": fp16,
-                "augment": bundle.augment.describe(), "normalize": bundle.normalize.describe()}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        _publish(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # a failed fill (a full disk) leaves nothing behind
-        raise
-    return TeacherOutputCache(
-        folder, np.load(folder / "logits.npy", mmap_mode="r"), np.load(folder / "augment.npy", mmap_mode="r"), hit=False
-    )
-

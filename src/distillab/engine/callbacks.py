@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -84,3 +85,28 @@ class TensorBoardLogger(Callback):
 
     def close(self):
         self.writer.close()
+
+
+class FillBar:
+    """``progress(done, total)`` for a teacher-output cache fill: a live bar on a terminal, an
+    info line every tenth of the views otherwise (a log file, the service's worker)."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.progress = None
+        self.task = None
+        self.logged = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self.progress is None:
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("views"), TimeRemainingColumn(), transient=True)
+                self.progress.start()
+                self.task = self.progress.add_task(self.description, total=total)
+            self.progress.update(self.task, completed=done)
+            if done >= total:
+                self.progress.stop()
+        elif done == total or done * 10 // total > self.logged:
+            self.logged = done * 10 // total
+            log.info("%s: %d of %d views", self.description, done, total)

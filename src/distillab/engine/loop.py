@@ -18,6 +18,7 @@ from distillab.engine.callbacks import Callback, JsonlLogger, TensorBoardLogger
 from distillab.engine.checkpoint import atomic_torch_save, atomic_write_bytes, load_training_checkpoint
 from distillab.engine.evaluate import evaluate, resolve_device
 from distillab.engine.optim import build_optimizer, build_scheduler
+from distillab.engine.precision import autocast, requested_precision, resolve_precision
 from distillab.errors import DistillabError, TrainingDiverged
 
 log = logging.getLogger("distillab")
@@ -116,7 +117,7 @@ def fit(
     optimizer = build_optimizer(strategy.trainable_parameters(), training)
     steps_per_epoch = max(1, sum(1 for _ in range(0, len(bundle.train), training.batch_size)))
     scheduler = build_scheduler(optimizer, training, steps_per_epoch)
-    use_amp = training.amp and device.type == "cuda"
+    precision = resolve_precision(requested_precision(training), device)
 
     start_epoch, history = 0, []
     best = {"epoch": -1, "val_accuracy": -1.0, "state": None}
@@ -138,7 +139,7 @@ def fit(
     try:
         for epoch in range(start_epoch, training.epochs):
             metrics = _train_epoch(
-                strategy, bundle, training, seed, epoch, optimizer, scheduler, caches, device, use_amp,
+                strategy, bundle, training, seed, epoch, optimizer, scheduler, caches, device, precision,
                 callbacks, steps_per_epoch, deadline, description,
             )
             val = evaluate(strategy.student, bundle.val, bundle.normalize, training.eval_batch_size, device)
@@ -187,7 +188,7 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _train_epoch(
-    strategy, bundle, training, seed, epoch, optimizer, scheduler, caches, device, use_amp,
+    strategy, bundle, training, seed, epoch, optimizer, scheduler, caches, device, precision,
     callbacks, steps_per_epoch, deadline, description,
 ) -> dict:
     strategy.train()
@@ -201,7 +202,7 @@ def _train_epoch(
     for step, batch in enumerate(train_batches(bundle, training.batch_size, generator, caches, order)):
         batch = _to_device(batch, device, training.channels_last)
         batch["epoch"], batch["epochs"] = epoch, training.epochs  # for warm-ups and schedules inside losses
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(device, precision):
             out = strategy.loss(batch)
         if not torch.isfinite(out.loss):
             raise TrainingDiverged(

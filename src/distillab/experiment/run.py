@@ -22,8 +22,10 @@ import torch
 
 from distillab import data as data_module
 from distillab.data.cache import teacher_outputs
+from distillab.engine.callbacks import FillBar
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import evaluate, resolve_device
+from distillab.engine.precision import requested_precision, resolve_precision
 from distillab.engine.loop import Stop, fit
 from distillab.errors import DiskFull, DistillabError, is_disk_full
 from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
@@ -70,16 +72,29 @@ def environment() -> dict:
     }
 
 
-def teacher_caches(spec, bundle, teachers) -> list:
-    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache)."""
+def teacher_caches(spec, bundle, teachers, progress=None) -> list:
+    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache).
+    ``progress(done_views, views)`` follows a fill."""
     if not spec.cache.enabled:
         return []
     device = resolve_device(spec.training.device)
     return [
         teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
-                        cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device)
+                        cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device,
+                        precision=resolve_precision(requested_precision(spec.training), device),
+                        max_gb=spec.cache.max_gb, progress=progress)
         for model, checksum, _ in teachers
     ]
+
+
+def check_precision(spec: JobSpec) -> None:
+    """A precision this machine cannot run natively fails before anything starts."""
+    resolve_precision(requested_precision(spec.training), resolve_device(spec.training.device))
+    for index, teacher in enumerate(spec.teachers):
+        if teacher.training is not None:
+            where = "teacher" if len(spec.teachers) == 1 else f"teacher.{index}"
+            resolve_precision(requested_precision(teacher.training), resolve_device(teacher.training.device),
+                              f"{where}.training.precision")
 
 
 def check_strategy(spec, bundle, teachers) -> None:
@@ -205,6 +220,7 @@ def run(
     stay in ``OUT.partial`` (``resume`` continues from them) beside ``partial.json``, a
     summary of what finished, and the ``Stop`` propagates."""
     spec = parse_spec(spec)
+    check_precision(spec)
     out_dir, partial = check_out_dir(out_dir if out_dir is not None else default_out_dir(spec.name),
                                      overwrite=overwrite)
     try:
@@ -245,7 +261,7 @@ def _run(spec: JobSpec, out_dir: Path, partial: Path, resume: bool, callbacks, n
             caches = []
             if needs_cache:
                 notify("teacher_outputs", {"seed": seed})
-                caches = teacher_caches(spec, bundle, teachers)
+                caches = teacher_caches(spec, bundle, teachers, progress=FillBar(f"seed {seed} teacher outputs"))
             scratch = _phase(spec, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
                              resume, deadline, callbacks, notify=notify)
             distilled = _phase(spec, bundle, seed, "distilled", teachers, caches,

@@ -137,7 +137,7 @@ class ErrorBody(BaseModel):
 def _errors(*codes: int) -> dict:
     """OpenAPI entries for the error statuses a route can answer."""
     meaning = {
-        400: "the upload is not a usable model file", 401: "missing or unknown API key",
+        400: "the body cannot be read (not JSON, or not a usable model file)", 401: "missing or unknown API key",
         403: "the route is for admins", 404: "no such job (or not yours)", 409: "the job is in the wrong state",
         413: "request body over the limit", 422: "invalid request", 429: "too many wrong keys or queued jobs",
         503: "the database is unavailable", 507: "the server's disk is full",
@@ -296,7 +296,7 @@ def _router(settings: Settings) -> APIRouter:
         }
 
     # ------------------------------------------------------------ jobs
-    @router.post("/jobs", status_code=201, tags=["jobs"], responses=_errors(422))
+    @router.post("/jobs", status_code=201, tags=["jobs"], responses=_errors(400, 422))
     def create_job(body: JobCreate, user: CurrentUser, request: Request) -> JobCreated:
         """Create a job from the seed-shaped body or from ``{"spec": JobSpec}``."""
         check_body(body)
