@@ -105,3 +105,16 @@ def test_selective_kd_uses_soft_targets_only_where_the_teacher_is_right(logits):
     mixed = torch.where(torch.arange(16) < 8, right, wrong)
     per_sample = losses.selective_kd(s, t, mixed, 4.0, 0.7, reduction="none")
     assert torch.allclose(per_sample[8:], F.cross_entropy(s[8:], wrong[8:], reduction="none"))
+
+
+def test_mixed_cross_entropy_interpolates_the_two_labels():
+    from distillab.losses import cross_entropy, mixed_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4)
+    a, b = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 2, 1, 0, 1, 0])
+    assert torch.allclose(mixed_cross_entropy(logits, a, b, torch.ones(6)), cross_entropy(logits, a))
+    assert torch.allclose(mixed_cross_entropy(logits, a, b, torch.zeros(6)), cross_entropy(logits, b))
+    lam = torch.full((6,), 0.3)
+    expected = 0.3 * cross_entropy(logits, a) + 0.7 * cross_entropy(logits, b)
+    assert torch.allclose(mixed_cross_entropy(logits, a, b, lam), expected)

@@ -59,6 +59,15 @@ def cross_entropy(student_logits, targets, reduction: str = "mean", label_smooth
     return _reduce(per_sample, reduction)
 
 
+def mixed_cross_entropy(student_logits, targets, mix_targets, mix_lam, reduction: str = "mean",
+                        label_smoothing: float = 0.0):
+    """Cross-entropy of mixed images (mixup / cutmix; Zhang et al. 2018, Yun et al. 2019):
+    lam * CE(s, y_a) + (1 - lam) * CE(s, y_b) per sample. mix_targets (B,), mix_lam (B,)."""
+    own = cross_entropy(student_logits, targets, "none", label_smoothing)  # (B,)
+    partner = cross_entropy(student_logits, mix_targets, "none", label_smoothing)  # (B,)
+    return _reduce(mix_lam * own + (1 - mix_lam) * partner, reduction)
+
+
 def hinton_kd(student_logits, teacher_logits, targets, temperature: float, alpha: float, reduction: str = "mean"):
     """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)."""
     soft = soft_kl(student_logits, teacher_logits, temperature, reduction="none")  # (B,)

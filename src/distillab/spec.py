@@ -39,6 +39,9 @@ class Strict(BaseModel):
 class AugmentSpec(Strict):
     crop_padding: StrictInt = Field(0, ge=0, le=16, description="zero padding before a random crop")
     hflip: StrictBool = Field(False, description="random horizontal flip")
+    mix: Literal["none", "mixup", "cutmix"] = Field(
+        "none", description="mix each image with a partner; the teacher sees the mixed image (function matching)")
+    mix_alpha: Number = Field(1.0, gt=0, le=100, description="mixing weight ~ Beta(mix_alpha, mix_alpha)")
 
 
 class DataSpec(Strict):

@@ -303,3 +303,8 @@ def test_a_safetensors_teacher_with_wrong_shapes(tmp_path, blobs):
     save_model(build_model("cnn_tiny", (1, 8, 8), 3), path)
     spec = tiny_spec(blobs, path, teacher={"model": "cnn", "model_args": {"stages": [[8], [8]]}})
     run_and_validate_refuse(tmp_path, spec_file(tmp_path, spec), "does not fit the architecture")
+
+
+def test_mixing_with_a_strategy_that_needs_the_true_class(tmp_path, blobs, tiny_teacher):
+    spec = tiny_spec(blobs, tiny_teacher, data={"augment": {"mix": "mixup"}}, strategy={"name": "dkd"})
+    run_and_validate_refuse(tmp_path, spec_file(tmp_path, spec), "data.augment.mix", "dkd")

@@ -188,3 +188,20 @@ def test_normalize_constant_channel_stays_finite():
     images = torch.full((4, 1, 2, 2), 9, dtype=torch.uint8)
     out = fit_normalize(images)(images)
     assert torch.isfinite(out).all()
+
+
+def test_mixup_and_cutmix_mix_what_they_say():
+    from distillab.data.transforms import Augment, apply_mix, draw_mix_params
+
+    a = torch.zeros(4, 1, 8, 8)
+    b = torch.full((4, 1, 8, 8), 100.0)
+    generator = torch.Generator().manual_seed(0)
+    mixup = draw_mix_params(Augment(mix="mixup", mix_alpha=0.5), 4, 8, 8, generator)
+    mixed = apply_mix(a, b, mixup, "mixup")
+    assert torch.allclose(mixed.mean(dim=(1, 2, 3)), 100.0 * (1 - mixup[:, 0]))
+    cutmix = draw_mix_params(Augment(mix="cutmix", mix_alpha=1.0), 4, 8, 8, generator)
+    pasted = apply_mix(a, b, cutmix, "cutmix")
+    share_kept = (pasted == 0).float().mean(dim=(1, 2, 3))
+    assert torch.allclose(share_kept, cutmix[:, 0])  # lam is the share of the image's own pixels
+    y0, y1, x0, x1 = cutmix[0, 1:].long().tolist()
+    assert (pasted[0, 0, y0:y1, x0:x1] == 100).all()

@@ -166,3 +166,42 @@ def test_a_concurrent_first_writer_wins(blobs, tmp_path):
     (staging / "meta.json").write_text("{}")
     cache_module._publish(staging, first.folder)
     assert not staging.exists() and {"teacher_checksum", "views"} <= set(first.meta)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_a_mixed_view_is_cached_and_replayed_exactly(blobs, tmp_path, kind):
+    """Function matching: the teacher saw the mixed image, the student is shown the same one,
+    and every partner is a training row of this split."""
+    bundle = bundle_for(blobs, crop_padding=1, hflip=True, mix=kind, mix_alpha=1.0)
+    teacher = CountingTeacher()
+    cache = teacher_outputs(teacher, "abc", bundle, views=6, fp16=False, cache_dir=tmp_path)
+    assert cache.partner.shape == (6, bundle.n_rows) and cache.mix.shape == (6, bundle.n_rows, 5)
+    in_train = set(bundle.train_index.tolist())
+    for batch in train_batches(bundle, 64, torch.Generator().manual_seed(0), [cache]):
+        with torch.no_grad():
+            live = teacher.model(batch["inputs"])
+        assert torch.allclose(batch["teacher_logits"][0], live, atol=1e-4)
+        assert 0 <= batch["mix_lam"].min() and batch["mix_lam"].max() <= 1
+        assert batch["mix_targets"].shape == batch["targets"].shape
+    views = torch.zeros(bundle.n_rows, dtype=torch.long)
+    rows = torch.arange(bundle.n_rows)
+    assert not set(cache.partner_rows(views, rows).tolist()) <= in_train  # the cache holds validation partners ...
+    from distillab.engine.loop import _views_with_training_partners
+
+    in_train_mask = torch.zeros(len(bundle.full_train), dtype=torch.bool)
+    in_train_mask[bundle.train_index] = True
+    train_rows = bundle.train_index
+    chosen = _views_with_training_partners(cache, torch.zeros(len(train_rows), dtype=torch.long), train_rows,
+                                           in_train_mask, torch.Generator().manual_seed(1))
+    assert set(cache.partner_rows(chosen, train_rows).tolist()) <= in_train  # ... that training never uses
+
+
+def test_the_scratch_twin_mixes_with_its_own_split(blobs):
+    bundle = bundle_for(blobs, crop_padding=1, hflip=True, mix="cutmix", mix_alpha=1.0)
+    in_train = set(bundle.train_index.tolist())
+    labels = bundle.full_train.labels
+    for batch in train_batches(bundle, 64, torch.Generator().manual_seed(0), []):
+        assert "teacher_logits" not in batch and batch["inputs"].shape[1:] == (1, 8, 8)
+        lam = batch["mix_lam"]
+        assert ((lam > 0) & (lam <= 1)).all()
+        assert set(batch["mix_targets"].tolist()) <= set(labels[list(in_train)].tolist())

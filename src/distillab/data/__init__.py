@@ -130,6 +130,7 @@ def build(data_spec, seed: int) -> DataBundle:
         val=ArraySet(full_train.images[val_rows], full_train.labels[val_rows]),
         test=test,
         normalize=fit_normalize(full_train.images),
-        augment=Augment(data_spec.augment.crop_padding, data_spec.augment.hflip),
+        augment=Augment(data_spec.augment.crop_padding, data_spec.augment.hflip, data_spec.augment.mix,
+                        data_spec.augment.mix_alpha),
         num_classes=num_classes,
     )

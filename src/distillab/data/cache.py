@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillab.data.transforms import Augment, apply_augment, draw_augment_params
+from distillab.data.transforms import MIX_COLUMNS, Augment, augmented, draw_augment_params, draw_mix_params
 from distillab.engine.precision import agreement, autocast
 from distillab.errors import DiskFull, SpecError, is_disk_full
 
@@ -64,8 +64,9 @@ def resolve_views(augment: Augment, views: int | str) -> int:
     return len(exhaustive_views(augment)) if views == "all" else int(views)
 
 
-def cache_bytes(views: int, rows: int, classes: int, fp16: bool) -> int:
-    return views * rows * (classes * (2 if fp16 else 4) + 3 * 2)
+def cache_bytes(views: int, rows: int, classes: int, fp16: bool, mixing: bool = False) -> int:
+    per_entry = classes * (2 if fp16 else 4) + 3 * 2 + ((4 + MIX_COLUMNS * 4) if mixing else 0)
+    return views * rows * per_entry
 
 
 def cache_key(teacher_checksum: str, bundle, views: int | str, fp16: bool, precision: str = "fp32") -> str:
@@ -93,6 +94,8 @@ class TeacherOutputCache:
     augment: np.ndarray
     hit: bool  # True when the outputs were read, not computed
     meta: dict
+    partner: np.ndarray | None = None  # (V, N) int32: the row each view is mixed with (mixing only)
+    mix: np.ndarray | None = None  # (V, N, 5) float32: lam and the cutmix box (mixing only)
 
     @property
     def views(self) -> int:
@@ -105,6 +108,12 @@ class TeacherOutputCache:
     def augment_params(self, views: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.augment[views.numpy(), rows.numpy()]))
 
+    def partner_rows(self, views: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.partner[views.numpy(), rows.numpy()], dtype=np.int64))
+
+    def mix_params(self, views: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.mix[views.numpy(), rows.numpy()]))
+
 
 def _view_params(augment: Augment, view: int, n: int, exhaustive: torch.Tensor | None) -> torch.Tensor:
     """(n, 3) int16 augmentation of view ``view`` for the first n rows."""
@@ -115,14 +124,20 @@ def _view_params(augment: Augment, view: int, n: int, exhaustive: torch.Tensor |
     return draw_augment_params(augment, n, torch.Generator().manual_seed(1_000_003 * (view + 1)))
 
 
-def _view_logits(teacher, bundle, params: torch.Tensor, batch_size: int, device, precision: str) -> np.ndarray:
-    """(n, K) float32 teacher logits of one view."""
+def _view_logits(teacher, bundle, params: torch.Tensor, batch_size: int, device, precision: str,
+                 partner: torch.Tensor | None = None, mix: torch.Tensor | None = None) -> np.ndarray:
+    """(n, K) float32 teacher logits of one view (mixed with ``partner`` rows when mixing)."""
     n = len(params)
     images = bundle.full_train.images[:n]
     out = []
     for start in range(0, n, batch_size):
         chunk = slice(start, start + batch_size)
-        inputs = bundle.normalize(apply_augment(images[chunk], params[chunk], bundle.augment.crop_padding))
+        if partner is None:
+            view = augmented(bundle.augment, images[chunk], params[chunk])
+        else:
+            rows = partner[chunk]
+            view = augmented(bundle.augment, images[chunk], params[chunk], images[rows], params[rows], mix[chunk])
+        inputs = bundle.normalize(view)
         with torch.no_grad(), autocast(torch.device(device), precision):
             out.append(teacher(inputs.to(device)).float().cpu().numpy())
     return np.concatenate(out)
@@ -182,7 +197,10 @@ def _read(folder: Path, views: int, rows: int) -> TeacherOutputCache | None:
         return None
     if logits.shape[:2] != (views, rows):
         return None
-    return TeacherOutputCache(folder, logits, augment, hit=True, meta=meta)
+    mixed = (folder / "partner.npy").exists()
+    partner = np.load(folder / "partner.npy", mmap_mode="r") if mixed else None
+    mix = np.load(folder / "mix.npy", mmap_mode="r") if mixed else None
+    return TeacherOutputCache(folder, logits, augment, hit=True, meta=meta, partner=partner, mix=mix)
 
 
 def teacher_outputs(
@@ -202,7 +220,7 @@ def teacher_outputs(
         log.info("teacher outputs: cache hit %s", folder)
         return found
     classes = bundle.num_classes  # every teacher was checked to give one logit per class when it was loaded
-    needed = cache_bytes(count, bundle.n_rows, classes, fp16)
+    needed = cache_bytes(count, bundle.n_rows, classes, fp16, bundle.augment.mixing)
     if max_gb is not None and needed > max_gb * 1e9:
         raise SpecError(f"cache.views: {count} views x {bundle.n_rows} samples x {classes} classes need "
                         f"{needed / 1e9:.1f} GB, over cache.max_gb ({max_gb:g})")
@@ -248,6 +266,11 @@ def _fill(teacher, bundle, staging: Path, count: int, views: int | str, fp16: bo
     n = bundle.n_rows  # the first n rows of the training file: those limit_train keeps
     logits = _Array(staging / "logits.npy", (count, n, classes), np.float16 if fp16 else np.float32)
     augment = _Array(staging / "augment.npy", (count, n, 3), np.int16)
+    mixing = bundle.augment.mixing
+    if mixing:  # function matching: every view is an image mixed with a partner, and so is its logit
+        partners = _Array(staging / "partner.npy", (count, n), np.int32)
+        mixes = _Array(staging / "mix.npy", (count, n, MIX_COLUMNS), np.float32)
+        height, width = bundle.full_train.images.shape[-2:]
     state_path = staging / "progress.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": [], "seconds": 0.0}
     done = set(state["done"])
@@ -265,7 +288,14 @@ def _fill(teacher, bundle, staging: Path, count: int, views: int | str, fp16: bo
         started = time.perf_counter()
         params = _view_params(bundle.augment, view, n, exhaustive)
         augment.write_view(view, params.numpy())
-        logits.write_view(view, _view_logits(teacher, bundle, params, batch_size, device, precision))
+        partner = mix = None
+        if mixing:  # any row may be a partner here; the loop only uses views whose partner is in its split
+            generator = torch.Generator().manual_seed(7_000_003 * (view + 1))
+            partner = torch.randint(0, n, (n,), generator=generator)
+            mix = draw_mix_params(bundle.augment, n, height, width, generator)
+            partners.write_view(view, partner.numpy().astype(np.int32))
+            mixes.write_view(view, mix.numpy())
+        logits.write_view(view, _view_logits(teacher, bundle, params, batch_size, device, precision, partner, mix))
         done.add(view)
         state = {"done": sorted(done), "seconds": state["seconds"] + time.perf_counter() - started}
         tmp = state_path.with_suffix(".tmp")
@@ -274,7 +304,7 @@ def _fill(teacher, bundle, staging: Path, count: int, views: int | str, fp16: bo
         if progress is not None:
             progress(len(done), count)
     meta.update(fill_seconds=round(state["seconds"], 2), teacher_passes=count * n,
-                bytes=cache_bytes(count, n, classes, fp16))
+                bytes=cache_bytes(count, n, classes, fp16, mixing))
     return meta
 
 

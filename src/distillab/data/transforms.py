@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,13 +19,20 @@ import torch.nn.functional as F
 class Augment:
     crop_padding: int = 0  # pixels of zero padding before a random crop back to (H, W)
     hflip: bool = False
+    mix: str = "none"  # "mixup" or "cutmix": each image is mixed with a partner image
+    mix_alpha: float = 1.0  # the mixing weight lam ~ Beta(alpha, alpha)
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop_padding > 0 or self.hflip or self.mixing
+
+    @property
+    def mixing(self) -> bool:
+        return self.mix != "none"
 
     def describe(self) -> str:
-        return f"crop_padding={self.crop_padding},hflip={self.hflip}"
+        mix = f",mix={self.mix},mix_alpha={self.mix_alpha:g}" if self.mixing else ""
+        return f"crop_padding={self.crop_padding},hflip={self.hflip}{mix}"
 
 
 def draw_augment_params(augment: Augment, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -50,6 +58,55 @@ def apply_augment(images: torch.Tensor, params: torch.Tensor, padding: int) -> t
     if flip.any():
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images.contiguous()
+
+
+MIX_COLUMNS = 5  # lam, then the cutmix box y0, y1, x0, x1 (zeros for mixup)
+
+
+def draw_mix_params(augment: Augment, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 5) float32 mixing of n images with their partners: the weight lam of the image
+    itself (~ Beta(alpha, alpha)) and, for cutmix, the pasted box, with lam corrected to the
+    share of pixels the image keeps (Yun et al. 2019)."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    rng = np.random.default_rng(seed)
+    lam = rng.beta(augment.mix_alpha, augment.mix_alpha, n)
+    out = np.zeros((n, MIX_COLUMNS), dtype=np.float32)
+    out[:, 0] = lam
+    if augment.mix == "cutmix":
+        ratio = np.sqrt(1.0 - lam)
+        cut_h, cut_w = (height * ratio).astype(int), (width * ratio).astype(int)
+        cy, cx = rng.integers(0, height, n), rng.integers(0, width, n)
+        y0, y1 = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
+        x0, x1 = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
+        out[:, 0] = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+        out[:, 1:] = np.stack([y0, y1, x0, x1], axis=1)
+    return torch.from_numpy(out)
+
+
+def apply_mix(images: torch.Tensor, partners: torch.Tensor, mix: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mix images (B, C, H, W) with their partners (B, C, H, W) by ``mix`` (B, 5): a weighted
+    sum for mixup, the partner's box pasted in for cutmix. Returns float images on the raw scale."""
+    images, partners = images.float(), partners.float()
+    if kind == "mixup":
+        lam = mix[:, 0].view(-1, 1, 1, 1)
+        return lam * images + (1 - lam) * partners
+    _, _, H, W = images.shape
+    box = mix[:, 1:].long()  # (B, 4) y0, y1, x0, x1
+    rows, cols = torch.arange(H).view(1, H, 1), torch.arange(W).view(1, 1, W)
+    inside = ((rows >= box[:, 0, None, None]) & (rows < box[:, 1, None, None])
+              & (cols >= box[:, 2, None, None]) & (cols < box[:, 3, None, None]))  # (B, H, W)
+    return torch.where(inside[:, None], partners, images)
+
+
+def augmented(augment: Augment, images: torch.Tensor, params: torch.Tensor, partners: torch.Tensor | None = None,
+              partner_params: torch.Tensor | None = None, mix: torch.Tensor | None = None) -> torch.Tensor:
+    """The training view of raw images (B, C, H, W): crop and flip by ``params`` (B, 3), then,
+    when the augmentation mixes, mixed with the partner images cropped and flipped by theirs.
+    The cache fill and the training loop both build views here, so they are the same view."""
+    out = apply_augment(images, params, augment.crop_padding)
+    if augment.mixing:
+        out = apply_mix(out, apply_augment(partners, partner_params, augment.crop_padding), mix, augment.mix)
+    return out
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ def render_markdown(report: dict) -> str:
         f"{report['dataset']['test']} test samples. Strategy `{strategy['name']}` ({params or 'no parameters'}). "
         f"Seeds {seeds}. Accuracy is on the test split, mean ± sample std over seeds; the student is selected on "
         f"the validation split.",
+        *_augmentation_lines(report),
         "",
         markdown_table(report),
         "",
@@ -129,6 +130,14 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _augmentation_lines(report: dict) -> list[str]:
+    augmentation = report.get("augmentation")  # absent from reports written before it was recorded
+    if not augmentation or augmentation["policy"] == "none":
+        return []
+    return ["", f"Augmentation, the same policy for both students: `{augmentation['policy']}`. Scratch: "
+                f"{augmentation['scratch']}; distilled: {augmentation['distilled']}."]
 
 
 def render_plots(report: dict, run_dir: Path) -> list[Path]:

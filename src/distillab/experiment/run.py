@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from distillab import data as data_module
-from distillab.data.cache import teacher_outputs
+from distillab.data.cache import resolve_views, teacher_outputs
 from distillab.engine.callbacks import FillBar
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import evaluate, resolve_device
 from distillab.engine.precision import requested_precision, resolve_precision
 from distillab.engine.loop import Stop, fit
-from distillab.errors import DiskFull, DistillabError, is_disk_full
+from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
 from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
 from distillab.experiment.teacher import get_teachers
@@ -102,6 +102,9 @@ def check_strategy(spec, bundle, teachers) -> None:
     parameters (a layer name that does not exist, a weight list of the wrong length) fail
     before anything is trained or written."""
     strategy_cls = STRATEGIES[spec.strategy.name]
+    if spec.data.augment.mix != "none" and not strategy_cls.supports_mix:
+        raise SpecError(f"data.augment.mix: {spec.strategy.name} uses each sample's one true class, which a mixed "
+                        f"image ({spec.data.augment.mix}) does not have; use mix: none or another strategy")
     params = strategy_cls.Params.model_validate(spec.strategy.params)
     teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
     for stage in strategy_cls.stages(params) or [None]:
@@ -379,12 +382,30 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
                                   "scale": bundle.normalize.scale}},
         "seeds": seeds,
         "strategy": {"name": spec.strategy.name, "params": spec.strategy.params},
+        "augmentation": _augmentation(spec, bundle),
         "models": models,
         "comparisons": comparisons,
         "constraints": constraints,
         "verdict": verdict(comparisons[0], spec.strategy.name),
         "environment": environment(),
         "spec": spec.model_dump(mode="json"),
+    }
+
+
+def _augmentation(spec, bundle) -> dict:
+    """The augmentation policy both students train under, and how each one draws it."""
+    augment = bundle.augment
+    strategy_cls = STRATEGIES[spec.strategy.name]
+    cached = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
+    if not augment.enabled:
+        return {"policy": "none", "scratch": "no augmentation", "distilled": "no augmentation"}
+    views = resolve_views(augment, spec.cache.views)
+    kind = "every distinct crop and flip" if spec.cache.views == "all" else "seeded draws"
+    return {
+        "policy": augment.describe(),
+        "scratch": "a fresh random draw of the policy at every step",
+        "distilled": (f"one of {views} cached views per sample and step ({kind}), the teacher's outputs stored "
+                      "per view" if cached else "a fresh random draw at every step, the teacher run online on it"),
     }
 
 

@@ -137,7 +137,7 @@ class Adaptive(Strategy):
         if batch.get("epoch", 0) < self.base_epochs(batch.get("epochs", 1)):
             student_logits = self.student.student(inputs)
             soft = losses.soft_kl(student_logits, teacher_logits, p.temperature)
-            hard = losses.cross_entropy(student_logits, targets)
+            hard = self.hard_loss(student_logits, batch)
             return StepOutput(p.alpha * soft + (1 - p.alpha) * hard, student_logits,
                               {"soft": soft.item(), "hard": hard.item()})
         if not self.student.is_active:

@@ -94,7 +94,7 @@ class Adversarial(Strategy):
         teacher_logits = self.teacher_logits(batch).mean(0)  # (B, K)
         student_logits = self.student(inputs)  # (B, K)
         kd = losses.soft_kl(student_logits, teacher_logits, p.temperature)
-        hard = losses.cross_entropy(student_logits, batch["targets"])
+        hard = self.hard_loss(student_logits, batch)
 
         # D is small and trained here, in float32 whatever autocast the engine uses.
         with torch.autocast(inputs.device.type, enabled=False):

@@ -107,7 +107,7 @@ class Attention(Strategy):
                     terms.append(losses.attention_transfer(student_feats[s], teacher_feats[t], p.p))
         transfer = torch.stack(terms).sum() / len(self.teachers)
         weight = p.prob_weight if p.mode == "probabilities" else p.beta / 2
-        ce = losses.cross_entropy(student_logits, batch["targets"])
+        ce = self.hard_loss(student_logits, batch)
         kd = losses.soft_kl(student_logits, torch.stack(teacher_logits).mean(0), p.temperature)
         loss = p.ce_weight * ce + weight * transfer + p.kd_weight * kd
         return StepOutput(loss, student_logits, {"attention": transfer.item(), "ce": ce.item(), "kd": kd.item()})

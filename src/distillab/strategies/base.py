@@ -10,6 +10,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from distillab import losses
+
 
 class Params(BaseModel):
     """Base of every strategy's parameter model: unknown keys are errors."""
@@ -54,6 +56,9 @@ class Strategy(nn.Module):
     # True when the loss needs only the teachers' logits, so cached outputs can replace
     # the teacher forward pass. Strategies that read intermediate features set False.
     logits_only: ClassVar[bool] = True
+    # False when the loss needs each sample's one true class (DKD's target split, selective's
+    # teacher-is-right test), which a mixed image (mixup / cutmix) does not have.
+    supports_mix: ClassVar[bool] = True
 
     def __init__(self, teachers: list[nn.Module], student: nn.Module, params: BaseModel, in_shape=None):
         """``in_shape`` (C, H, W) lets a strategy size its adapters with a dummy forward pass."""
@@ -84,6 +89,13 @@ class Strategy(nn.Module):
         missing = [k for k in missing if not k.startswith("teachers.")]
         if missing or unexpected:
             raise RuntimeError(f"checkpoint does not fit the strategy: missing {missing}, unexpected {unexpected}")
+
+    def hard_loss(self, student_logits: torch.Tensor, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy with the labels, mixed by ``mix_lam`` when the batch holds mixed images."""
+        if "mix_lam" in batch:
+            return losses.mixed_cross_entropy(student_logits, batch["targets"], batch["mix_targets"],
+                                              batch["mix_lam"], label_smoothing=label_smoothing)
+        return losses.cross_entropy(student_logits, batch["targets"], label_smoothing=label_smoothing)
 
     def teacher_logits(self, batch: dict) -> torch.Tensor:
         """(n_teachers, B, K): from the cache when the batch carries it, else computed online."""

@@ -32,6 +32,7 @@ class DKD(Strategy):
     summary = "Decoupled KD: separately weighted target-class and non-target-class KL terms"
     paper = "Zhao et al. 2022, arXiv:2203.08679"
     Params = DKDParams
+    supports_mix = False  # uses each sample's one true class
 
     def warmup_factor(self, batch: dict) -> float:
         epoch = batch.get("epoch")

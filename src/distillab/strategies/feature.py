@@ -167,7 +167,7 @@ class Feature(Strategy):
                 adapted = adapter(student_feats[s])  # the teacher's channels, the smaller map
                 hints.append(losses.hint_mse(adapted, pool_to(teacher_feats[t].float(), adapted)))
         hint = torch.stack(hints).sum() / len(self.teachers)
-        ce = losses.cross_entropy(student_logits, batch["targets"])
+        ce = self.hard_loss(student_logits, batch)
         kd = losses.soft_kl(student_logits, torch.stack(teacher_logits).mean(0), p.temperature)
         loss = p.ce_weight * ce + p.hint_weight * hint + p.kd_weight * kd
         return StepOutput(loss, student_logits, {"hint": hint.item(), "ce": ce.item(), "kd": kd.item()})

@@ -103,7 +103,7 @@ class MultiTeacher(Strategy):
             weights = self.teacher_weights  # (N,)
         target = losses.ensemble_targets(teacher_logits, weights, p.temperature)  # (B, K)
         soft = losses.soft_kl_to_probs(student_logits, target, p.temperature)
-        hard = losses.cross_entropy(student_logits, batch["targets"])
+        hard = self.hard_loss(student_logits, batch)
         loss = p.alpha * soft + (1 - p.alpha) * hard
         per_teacher = weights if weights.dim() == 1 else weights.mean(1)  # (N,)
         logs = {"soft": soft.item(), "hard": hard.item()}

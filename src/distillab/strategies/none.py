@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from distillab import losses
 from distillab.strategies.base import Params, StepOutput, Strategy
 
 
@@ -25,5 +24,5 @@ class NoDistillation(Strategy):
 
     def loss(self, batch):
         student_logits = self.student(batch["inputs"])  # (B, K)
-        loss = losses.cross_entropy(student_logits, batch["targets"], label_smoothing=self.params.label_smoothing)
+        loss = self.hard_loss(student_logits, batch, label_smoothing=self.params.label_smoothing)
         return StepOutput(loss, student_logits)

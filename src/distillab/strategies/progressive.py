@@ -52,6 +52,7 @@ class Progressive(Strategy):
     summary = "progressive KD: easy-to-hard curriculum by teacher confidence, or a teacher-assistant chain"
     paper = "Bengio et al. 2009 (curriculum); Mirzadeh et al. 2020 arXiv:1902.03393 (teacher assistant)"
     Params = ProgressiveParams
+    supports_mix = False  # uses each sample's one true class
 
     def __init__(self, teachers, student, params, in_shape=None):
         super().__init__(teachers, student, params, in_shape)

@@ -78,7 +78,7 @@ class Relational(Strategy):
         teacher_logits, teacher_embs = self._teacher_forward(batch)  # (n, B, K), [(B, D_t)]
         distance = torch.stack([losses.rkd_distance(student_emb, t) for t in teacher_embs]).mean()
         angle = torch.stack([losses.rkd_angle(student_emb, t) for t in teacher_embs]).mean()
-        hard = losses.cross_entropy(student_logits, batch["targets"])
+        hard = self.hard_loss(student_logits, batch)
         loss = p.ce_weight * hard + p.distance_weight * distance + p.angle_weight * angle
         logs = {"distance": distance.item(), "angle": angle.item(), "hard": hard.item()}
         if p.kd_weight > 0:

@@ -31,6 +31,6 @@ class Response(Strategy):
         student_logits = self.student(batch["inputs"])  # (B, K)
         p = self.params
         soft = losses.soft_kl(student_logits, teacher_logits, p.temperature)
-        hard = losses.cross_entropy(student_logits, batch["targets"])
+        hard = self.hard_loss(student_logits, batch)
         loss = p.alpha * soft + (1 - p.alpha) * hard
         return StepOutput(loss, student_logits, {"soft": soft.item(), "hard": hard.item()})

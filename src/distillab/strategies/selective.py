@@ -17,6 +17,7 @@ class Selective(Strategy):
     summary = "Hinton KD on samples the teacher gets right, plain CE on the rest"
     paper = "Hinton et al. 2015 arXiv:1503.02531 (loss); teacher-correctness selection from seed 003"
     Params = ResponseParams
+    supports_mix = False  # uses each sample's one true class
 
     def loss(self, batch):
         teacher_logits = self.teacher_logits(batch).mean(0)  # (B, K)

@@ -28,6 +28,7 @@ class SelfDistillation(Strategy):
     summary = "born-again self-distillation: each generation of the student learns from the previous one"
     paper = "Furlanello et al. 2018, arXiv:1805.04770"
     Params = SelfParams
+    supports_mix = False  # uses each sample's one true class
 
     @classmethod
     def stages(cls, params):
