@@ -82,8 +82,9 @@ def main() -> None:
                 strategy = cls([teacher] if cls.uses_teacher else [], student, cls.Params.model_validate(
                     spec.strategy.params if name != "none" else {}), in_shape=bundle.in_shape)
                 with _native_bf16(precision.endswith("(emulated)")):
-                    result = fit(strategy, bundle, training, 0, Path(scratch) / f"{label}-{precision}".replace(" ", "_"),
-                                 caches=caches or (), tensorboard=False, description=f"{label} {precision}")
+                    run_dir = Path(scratch) / f"{label}-{precision}".replace(" ", "_")
+                    result = fit(strategy, bundle, training, 0, run_dir, caches=caches or (), tensorboard=False,
+                                 description=f"{label} {precision}")
                 epoch_seconds = [h["epoch_seconds"] for h in result.history]
                 key = f"{label} | {precision}"
                 results[key] = {"mode": label, "precision": precision,
@@ -112,7 +113,8 @@ def main() -> None:
                                       " No native bf16: `precision: auto` trains in fp32 here; an emulated row, "
                                       "when present, shows what forcing bf16 would cost."),
         "",
-        f"Filling the cache ({cache.views} augmented views of {bundle.n_rows} samples) took {cache_seconds:.1f} s once.",
+        f"Filling the cache ({cache.views} augmented views of {bundle.n_rows} samples) took "
+        f"{cache_seconds:.1f} s once.",
     ]
     atomic_write_json(Path(args.out + ".json"), out)
     atomic_write_text(Path(args.out + ".md"), "\n".join(lines) + "\n")

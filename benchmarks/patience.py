@@ -67,13 +67,14 @@ def main() -> None:
               f"{models['distilled']['accuracy']['mean']:.4f} diff {comparison['mean_diff'] * 100:+.2f} "
               f"p {comparison['p_value']}", flush=True)
     atomic_write_json(out / "patience.json", {"rows": rows})
-    lines = ["| epochs | train images | views | scratch (%) | distilled (%) | distilled − scratch (points) | p | run s |",
-             "|---:|---:|---|---|---|---:|---:|---:|"]
+    lines = ["| epochs | train images | views | scratch (%) | distilled (%) | distilled − scratch (points) "
+             "| p | run s |", "|---:|---:|---|---|---|---:|---:|---:|"]
     for r in rows:
         p_value = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
         lines.append(f"| {r['epochs']} | {r['train']} | {r['views']} | {r['scratch']['mean'] * 100:.2f} ± "
                      f"{r['scratch']['std'] * 100:.2f} | {r['distilled']['mean'] * 100:.2f} ± "
-                     f"{r['distilled']['std'] * 100:.2f} | {r['mean_diff'] * 100:+.2f} | {p_value} | {r['seconds']:.0f} |")
+                     f"{r['distilled']['std'] * 100:.2f} | {r['mean_diff'] * 100:+.2f} | {p_value} "
+                     f"| {r['seconds']:.0f} |")
     lines.append("")
     lines.append(f"Teacher: {rows[0]['teacher'] * 100:.2f} %. Seeds {rows[0]['seeds']}; paired t-test over seeds.")
     atomic_write_text(out / "patience.md", "\n".join(lines) + "\n")

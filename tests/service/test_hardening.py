@@ -218,9 +218,9 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_service_keeps_answering(harde
         _mount_tmpfs(models, "64k")
         (models / "filler").write_bytes(b"\0" * 60_000)
         with hardened.client() as client:
-            upload = client.post("/models", content=digits_teacher(hardened.tmp / f"{uuid.uuid4().hex}.st").read_bytes(),
-                                 params={"name": "t", "architecture": "mlp", "dataset": "digits",
-                                         "model_args": '{"hidden": [64]}'})
+            teacher_file = digits_teacher(hardened.tmp / f"{uuid.uuid4().hex}.st")
+            upload = client.post("/models", content=teacher_file.read_bytes(), params={
+                "name": "t", "architecture": "mlp", "dataset": "digits", "model_args": '{"hidden": [64]}'})
             assert_clean_4xx(upload, 507, "disk is full")
             assert client.get(f"/jobs/{job_id}").json()["status"] == "failed"
             for old in earlier:

@@ -34,7 +34,8 @@ class DatasetInfo:
 
 # name -> reader. A literal allow-list (design rule 2).
 DATASETS = {
-    "fashion_mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files", (1, 28, 28), 10),
+    "fashion_mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files",
+                                 (1, 28, 28), 10),
     "mnist": DatasetInfo(read_mnist_folder, "/usr/share/datasets/mnist", "MNIST IDX files", (1, 28, 28), 10),
     "digits": DatasetInfo(read_digits, None, "scikit-learn 8x8 digits (bundled with scikit-learn)", (1, 8, 8), 10),
     "cifar10": DatasetInfo(read_cifar10, None, "CIFAR-10 python batches in a local folder", (3, 32, 32), 10),

@@ -335,9 +335,10 @@ def _router(settings: Settings) -> APIRouter:
                    if (metrics or {}).get("summary", {}).get("train_samples")]
         estimate = _estimate(spec, settings, history)
         if estimate.seconds > settings.max_job_device_hours * 3600:
+            limit = settings.max_job_device_hours
             raise BodyError([error(["training"], f"estimated {estimate.seconds / 3600:.1f} device-hours "
                                                  f"({estimate.basis.split(':')[0]}); one job may take at most "
-                                                 f"{settings.max_job_device_hours:g} (DISTILLAB_MAX_JOB_DEVICE_HOURS)")])
+                                                 f"{limit:g} (DISTILLAB_MAX_JOB_DEVICE_HOURS)")])
         options = {**options_of(body, body.teacher_model_ids), "estimate": {
             "basis": estimate.basis, "samples_per_s": estimate.samples_per_s}}
         with request.app.state.write_sessions.begin() as session:
