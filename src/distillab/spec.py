@@ -228,6 +228,19 @@ class JobSpec(Strict):
     def _models_build(self) -> JobSpec:
         """Build every model of the spec on the meta device (nothing is allocated), so bad
         model_args and giant models fail here, not in the middle of a run."""
+        try:
+            counts = self.parameter_counts()
+        except SpecError as problem:
+            raise ValueError(str(problem)) from None
+        for where, name, count in counts:
+            if count > MAX_MODEL_PARAMETERS:
+                raise ValueError(f"{where}.model_args: {name} would have {count:,} parameters, over the "
+                                 f"limit of {MAX_MODEL_PARAMETERS:,}")
+        return self
+
+    def parameter_counts(self) -> list[tuple[str, str, int]]:
+        """(spec key, zoo model, parameters) of the student and every zoo teacher, counted on the
+        meta device for the data set's input shape (3x32x32 and 10 classes when the files decide it)."""
         from distillab.data import DATASETS
         from distillab.models.zoo import parameter_count_on_meta
 
@@ -238,15 +251,8 @@ class JobSpec(Strict):
             if teacher.model is not None and teacher.resolved_format in (None, "safetensors"):
                 where = "teacher" if not isinstance(self.teacher, list) else f"teacher.{index}"
                 models.append((where, teacher.model, teacher.model_args))
-        for where, name, args in models:
-            try:
-                count = parameter_count_on_meta(name, in_shape, classes, args, where)
-            except SpecError as problem:
-                raise ValueError(str(problem)) from None
-            if count > MAX_MODEL_PARAMETERS:
-                raise ValueError(f"{where}.model_args: {name} would have {count:,} parameters, over the "
-                                 f"limit of {MAX_MODEL_PARAMETERS:,}")
-        return self
+        return [(where, name, parameter_count_on_meta(name, in_shape, classes, args, where))
+                for where, name, args in models]
 
     @property
     def teachers(self) -> list[TeacherSpec]:

@@ -199,23 +199,16 @@ def check_body(body: BaseModel) -> None:
 def check_limits(spec: JobSpec, seed_shaped: bool, settings) -> None:
     """The service's caps on one job: seeds, and the parameters of every model it builds
     (counted on the meta device). A 422 names the limit and its setting."""
-    from distillab.data import DATASETS
-    from distillab.models.zoo import parameter_count_on_meta
-
     problems = []
     where = (lambda *loc: _seed_location(list(loc))) if seed_shaped else (lambda *loc: ["spec", *loc])
     if len(spec.training.seeds) > settings.max_seeds:
         problems.append(error(where("training", "seeds"), f"{len(spec.training.seeds)} seeds; this service runs at "
                                                           f"most {settings.max_seeds} per job (DISTILLAB_MAX_SEEDS)"))
-    info = DATASETS[spec.data.dataset]
-    in_shape, classes = info.in_shape or (3, 32, 32), info.num_classes or 10
-    models = [(("student", "model_args"), spec.student.model, spec.student.model_args)]
-    models += [(("teacher",), t.model, t.model_args) for t in spec.teachers if t.model]
-    for loc, name, args in models:
-        count = parameter_count_on_meta(name, in_shape, classes, args)
+    for key, name, count in spec.parameter_counts():
         if count > settings.max_model_parameters:
-            problems.append(error(where(*loc), f"{name} has {count:,} parameters; this service builds at most "
-                                              f"{settings.max_model_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)"))
+            problems.append(error(where(*key.split("."), "model_args"),
+                                  f"{name} has {count:,} parameters; this service builds at most "
+                                  f"{settings.max_model_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)"))
     if problems:
         raise BodyError(problems)
 
