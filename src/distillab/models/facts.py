@@ -60,22 +60,9 @@ def macs_per_sample(model: nn.Module, in_shape) -> int | None:
 
 def latency_ms(model: nn.Module, in_shape, batch_size: int, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time in milliseconds of one forward pass over a batch of ``batch_size``,
-    in eval mode under no_grad, after ``warmup`` untimed passes."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    x = _example_input(model, in_shape, batch_size)
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    times = []
-    with _eval_mode(model), torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        sync()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            sync()  # CUDA launches are asynchronous: wait for the work, not the launch
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    in eval mode under no_grad, after ``warmup`` untimed passes (one model of
+    ``interleaved_latency``)."""
+    return interleaved_latency({"model": model}, in_shape, batch_size, repeats, warmup)["model"]["median"]
 
 
 def runtime_of(model: nn.Module) -> str:
