@@ -200,6 +200,7 @@ class OutputSpec(Strict):
 
 class JobSpec(Strict):
     name: str = Field("distillation", min_length=1, max_length=200)
+    task: str = Field("image_classification", description="what a sample is and how it is measured (distillab tasks)")
     data: DataSpec = DataSpec()
     teacher: TeacherSpec | list[TeacherSpec]
     student: ModelSpec
@@ -215,6 +216,15 @@ class JobSpec(Strict):
         if isinstance(teacher, list) and not teacher:
             raise ValueError("give at least one teacher")
         return teacher
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from distillab.tasks import TASKS
+
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}{close_matches(name, TASKS)}")
+        return name
 
     @field_validator("name")
     @classmethod

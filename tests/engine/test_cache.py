@@ -8,7 +8,7 @@ import torch
 
 from distillab import data as data_module
 from distillab.data.cache import teacher_outputs
-from distillab.engine.loop import train_batches
+from distillab.data.batches import train_batches
 from distillab.models.loading import file_checksum, save_model
 from distillab.models.zoo import build_model
 from distillab.spec import DataSpec
@@ -186,7 +186,7 @@ def test_a_mixed_view_is_cached_and_replayed_exactly(blobs, tmp_path, kind):
     views = torch.zeros(bundle.n_rows, dtype=torch.long)
     rows = torch.arange(bundle.n_rows)
     assert not set(cache.partner_rows(views, rows).tolist()) <= in_train  # the cache holds validation partners ...
-    from distillab.engine.loop import _views_with_training_partners
+    from distillab.data.batches import _views_with_training_partners
 
     in_train_mask = torch.zeros(len(bundle.full_train), dtype=torch.bool)
     in_train_mask[bundle.train_index] = True

@@ -2,7 +2,6 @@
 known accuracies and confidences, and the discriminator's separate training."""
 
 import io
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from distillab import losses
-from distillab.data.readers import ArraySet
+from distillab.data.user import tensor_bundle
 from distillab.errors import SpecError
 from distillab.models.zoo import build_model
 from distillab.spec import parse_spec
@@ -56,7 +55,7 @@ def lookup_bundle(n=600):
     images[:, 0, 0, 0] = labels.float()
     images[:, 0, 0, 1] = (torch.arange(n) % 2 == 0).float()  # exactly half
     images[:, 0, 0, 2] = (torch.arange(n) % 4 == 0).float()  # exactly a quarter
-    return SimpleNamespace(val=ArraySet(images, labels), normalize=lambda x: x.float())
+    return tensor_bundle((images, labels), (images, labels), None, seed=0)  # validation = these rows
 
 
 def oracle():

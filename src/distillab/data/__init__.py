@@ -65,8 +65,33 @@ class DataBundle:
     num_classes: int
 
     @property
-    def in_shape(self) -> tuple[int, int, int]:
+    def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train.images.shape[1:])
+
+    @property
+    def cacheable(self) -> bool:
+        """Samples are addressed by row, so the teacher's outputs can be cached per view."""
+        return True
+
+    def split(self, name: str) -> ArraySet:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, -(-len(self.train) // batch_size))
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, caches=(), order=None):
+        from distillab.data.batches import train_batches
+
+        return train_batches(self, batch_size, generator, caches, order)
+
+    def eval_batches(self, split: str, batch_size: int):
+        from distillab.data.batches import eval_batches
+
+        return eval_batches(self.split(split), self.normalize, batch_size)
+
+    def example_inputs(self, n: int = 2) -> torch.Tensor:
+        """``n`` normalised training inputs, for a dummy forward pass."""
+        return self.normalize(self.train.images[:n])
 
 
 @lru_cache(maxsize=4)

@@ -116,12 +116,16 @@ class Normalize:
     scale: float  # 1/255 for uint8 images, 1 for float images
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.mean:  # identity (a user's tensors, used as given)
+            return images.float() if images.is_floating_point() else images
         x = images.float() * self.scale
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def describe(self) -> str:
+        if not self.mean:
+            return "identity"
         return f"scale={self.scale:.6g},mean={[round(m, 6) for m in self.mean]},std={[round(s, 6) for s in self.std]}"
 
 

@@ -20,20 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillab import data as data_module
 from distillab.data.cache import resolve_views, teacher_outputs
 from distillab.engine.callbacks import FillBar
 from distillab.engine.checkpoint import atomic_write_json
-from distillab.engine.evaluate import evaluate, resolve_device
+from distillab.engine.evaluate import resolve_device
 from distillab.engine.precision import requested_precision, resolve_precision
 from distillab.engine.loop import Stop, fit
 from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
+from distillab.experiment.job import Job, as_job
 from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
-from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import facts_of
 from distillab.models.loading import load_state_into
-from distillab.models.zoo import build_model
 from distillab.spec import JobSpec, parse_spec
 from distillab.strategies import STRATEGIES
 
@@ -73,9 +71,9 @@ def environment() -> dict:
 
 
 def teacher_caches(spec, bundle, teachers, progress=None) -> list:
-    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache).
-    ``progress(done_views, views)`` follows a fill."""
-    if not spec.cache.enabled:
+    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache,
+    or when the data has no stable rows to cache by). ``progress(done_views, views)`` follows a fill."""
+    if not spec.cache.enabled or not bundle.cacheable:
         return []
     device = resolve_device(spec.training.device)
     return [
@@ -97,48 +95,45 @@ def check_precision(spec: JobSpec) -> None:
                               f"{where}.training.precision")
 
 
-def check_strategy(spec, bundle, teachers) -> None:
+def check_strategy(job: Job, bundle, teachers) -> None:
     """Build the distillation strategy once on throw-away students, so bad strategy
     parameters (a layer name that does not exist, a weight list of the wrong length) fail
     before anything is trained or written."""
-    strategy_cls = STRATEGIES[spec.strategy.name]
-    if spec.data.augment.mix != "none" and not strategy_cls.supports_mix:
-        raise SpecError(f"data.augment.mix: {spec.strategy.name} uses each sample's one true class, which a mixed "
-                        f"image ({spec.data.augment.mix}) does not have; use mix: none or another strategy")
-    params = strategy_cls.Params.model_validate(spec.strategy.params)
+    job = as_job(job)
+    strategy_cls = job.strategy_cls
+    if bundle.augment.mixing and not strategy_cls.supports_mix:
+        raise SpecError(f"data.augment.mix: {job.strategy_name} uses each sample's one true class, which a mixed "
+                        f"image ({bundle.augment.mix}) does not have; use mix: none or another strategy")
     teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
-    for stage in strategy_cls.stages(params) or [None]:
-        model = build_model(stage.model if stage and stage.model else spec.student.model, bundle.in_shape,
-                            bundle.num_classes, stage.model_args if stage and stage.model else spec.student.model_args)
+    for stage in strategy_cls.stages(job.params) or [None]:
+        model = job.stage_model(stage, bundle, 0) if stage else job.student_for(0, bundle)
         if stage is not None and stage.teacher != "spec":
             continue  # its teacher is trained in this run
-        strategy_cls(teacher_models, model, params, in_shape=bundle.in_shape)
+        job.make_strategy(teacher_models, model, bundle)
 
 
-def _trained_student(spec, bundle, seed, summary, phase_dir):
+def _trained_student(job: Job, bundle, seed, summary, phase_dir):
     """The scratch student of this seed: in memory, or (after --resume) from its folder."""
+    job = as_job(job)
     if "student" in summary:
         return summary["student"]
-    model = _build_student(spec, bundle, seed)
-    return load_state_into(model, phase_dir / "student.safetensors", f"{phase_dir} (resume)")
+    return load_state_into(job.student_for(seed, bundle), phase_dir / "student.safetensors", f"{phase_dir} (resume)")
 
 
-def _build_student(spec: JobSpec, bundle, seed: int):
-    torch.manual_seed(seed)  # scratch and distilled students start from the same weights
-    return build_model(spec.student.model, bundle.in_shape, bundle.num_classes, spec.student.model_args)
-
-
-def _fit_one(spec, bundle, seed, strategy, caches, run_dir, resume, deadline, callbacks, label) -> dict:
+def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline, callbacks, label) -> dict:
     """Train one strategy with the engine and measure its student on the test split."""
+    spec = job.settings
     result = fit(
         strategy, bundle, spec.training, seed, run_dir, caches=caches, resume=resume,
         callbacks=callbacks or (), deadline=deadline, tensorboard=spec.output.tensorboard, description=label,
+        task=job.task,
     )
     device = resolve_device(spec.training.device)
-    test = evaluate(strategy.student, bundle.test, bundle.normalize, spec.training.eval_batch_size, device)
-    log.info("%s: test accuracy %.4f", label, test.accuracy)
+    test = job.task.evaluate(strategy.student, bundle, "test", spec.training.eval_batch_size, device)
+    log.info("%s: test %s %.4f", label, job.task.metric, test.value)
     return {
-        "test_accuracy": test.accuracy,
+        "test_accuracy": test.value,
+        "test_metrics": test.metrics,
         "val_accuracy": result.best_val_accuracy,
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": result.seconds_per_epoch,
@@ -157,14 +152,16 @@ def _stage_teachers(stage, teachers, caches, previous, scratch_student):
     return [source.eval()], ()  # a model trained in this run: its outputs are computed online
 
 
-def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks, scratch=None,
+def _phase(job: Job, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks, scratch=None,
            notify=lambda name, info: None) -> dict:
     """Train one student (role 'scratch' or 'distilled'); results are saved in phase_dir.
     ``scratch`` is this seed's trained scratch student (born-again starts from it)."""
+    job = as_job(job)
+    spec = job.settings
     done = phase_dir / "result.json"
-    strategy_name = "none" if role == "scratch" else spec.strategy.name
-    strategy_cls = STRATEGIES[strategy_name]
-    params = strategy_cls.Params.model_validate({} if role == "scratch" else spec.strategy.params)
+    strategy_name = "none" if role == "scratch" else job.strategy_name
+    strategy_cls = STRATEGIES["none"] if role == "scratch" else job.strategy_cls
+    params = strategy_cls.Params() if role == "scratch" else job.params
     stages = strategy_cls.stages(params)
     phase = "scratch" if role == "scratch" else "distilling"
     if resume and done.exists():
@@ -172,30 +169,29 @@ def _phase(spec, bundle, seed, role, teachers, caches, phase_dir, resume, deadli
         notify(phase, {"seed": seed, "stages": max(1, len(stages or ())), "done": True})
         return json.loads(done.read_text())
     notify(phase, {"seed": seed, "stages": max(1, len(stages or ())), "done": False})
-    use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
+    use_cache = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled and bundle.cacheable
     if strategy_cls.uses_teacher and not use_cache:
-        reason = "cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"
+        reason = ("cache disabled in the spec" if not spec.cache.enabled else f"{strategy_name} reads teacher features"
+                  if not strategy_cls.logits_only else "the data has no stable rows to cache by (a Dataset or DataLoader)")
         log.info("teacher outputs: running the teacher online (%s)", reason)
     cbs = callbacks(role, seed) if callbacks else ()
     label = f"seed {seed} {role}"
     if not stages:
-        student = _build_student(spec, bundle, seed)
+        student = job.student_for(seed, bundle)
         teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
         strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
-        summary = _fit_one(spec, bundle, seed, strategy, caches if use_cache else (), phase_dir, resume, deadline,
+        summary = _fit_one(job, bundle, seed, strategy, caches if use_cache else (), phase_dir, resume, deadline,
                            cbs, label)
         summary["student"] = strategy.student
     else:
         previous, stage_results = None, []
         for stage in stages:
             stage_teachers, stage_caches = _stage_teachers(stage, teachers, caches if use_cache else (), previous, scratch)
-            torch.manual_seed(seed)
-            model = build_model(stage.model or spec.student.model, bundle.in_shape, bundle.num_classes,
-                                stage.model_args if stage.model else spec.student.model_args)
+            model = job.stage_model(stage, bundle, seed)
             strategy = strategy_cls(stage_teachers, model, params, in_shape=bundle.in_shape)
-            result = _fit_one(spec, bundle, seed, strategy, stage_caches, phase_dir / stage.name, resume, deadline,
+            result = _fit_one(job, bundle, seed, strategy, stage_caches, phase_dir / stage.name, resume, deadline,
                               cbs, f"{label} {stage.name}")
-            stage_results.append({"stage": stage.name, "model": stage.model or spec.student.model,
+            stage_results.append({"stage": stage.name, "model": stage.model or job.student_name,
                                   "params": sum(p.numel() for p in model.parameters()), **result})
             previous = strategy.student
         summary = {**stage_results[-1], "stages": stage_results, "student": previous}
@@ -224,10 +220,17 @@ def run(
     summary of what finished, and the ``Stop`` propagates."""
     spec = parse_spec(spec)
     check_precision(spec)
-    out_dir, partial = check_out_dir(out_dir if out_dir is not None else default_out_dir(spec.name),
+    return run_job(Job.from_spec(spec), out_dir, resume=resume, overwrite=overwrite, callbacks=callbacks,
+                   on_phase=on_phase)
+
+
+def run_job(job: Job, out_dir: Path | str | None = None, *, resume: bool = False, overwrite: bool = False,
+            callbacks=None, on_phase=None) -> Report:
+    """``run`` from a Job: a spec's, or one the Python API built from the user's objects."""
+    out_dir, partial = check_out_dir(out_dir if out_dir is not None else default_out_dir(job.settings.name),
                                      overwrite=overwrite)
     try:
-        return _run(spec, out_dir, partial, resume, callbacks, on_phase or (lambda name, info: None))
+        return _run(job, out_dir, partial, resume, callbacks, on_phase or (lambda name, info: None))
     except (OSError, RuntimeError) as error:
         if not is_disk_full(error, partial.parent):
             raise
@@ -236,44 +239,45 @@ def run(
                        "the unfinished run was removed. Free some space and run again.") from None
 
 
-def _run(spec: JobSpec, out_dir: Path, partial: Path, resume: bool, callbacks, notify) -> Report:
+def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify) -> Report:
     # Everything that can fail on bad input happens before the run folder exists.
+    spec = job.settings
     seeds = spec.training.seeds
-    first = data_module.build(spec.data, seeds[0])
+    first = job.build_data(seeds[0])
     notify("teacher", {})
-    teachers = get_teachers(spec, first, resume=resume, callbacks=callbacks)
-    check_strategy(spec, first, teachers)
+    teachers = job.load_teachers(first, resume=resume, callbacks=callbacks)
+    check_strategy(job, first, teachers)
     started = time.time()
     deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
 
     start_partial(partial, resume=resume)
     try:
-        atomic_write_json(partial / "spec.json", spec.model_dump(mode="json"))
+        atomic_write_json(partial / "spec.json", job.record)
         device = resolve_device(spec.training.device)
         teacher_accuracy = [
-            evaluate(model.to(device), first.test, first.normalize, spec.training.eval_batch_size, device).accuracy
+            job.task.evaluate(model.to(device), first, "test", spec.training.eval_batch_size, device).value
             for model, _, _ in teachers
         ]
-        strategy_cls = STRATEGIES[spec.strategy.name]
-        stages = strategy_cls.stages(strategy_cls.Params.model_validate(spec.strategy.params))
+        strategy_cls = job.strategy_cls
+        stages = strategy_cls.stages(job.params)
         needs_cache = (strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
                        and (not stages or any(stage.teacher == "spec" for stage in stages)))
         phases: dict[str, list[dict]] = {"scratch": [], "distilled": []}
         for seed in seeds:
-            bundle = first if seed == seeds[0] else data_module.build(spec.data, seed)
+            bundle = first if seed == seeds[0] else job.build_data(seed)
             caches = []
             if needs_cache:
                 notify("teacher_outputs", {"seed": seed})
                 caches = teacher_caches(spec, bundle, teachers, progress=FillBar(f"seed {seed} teacher outputs"))
-            scratch = _phase(spec, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
+            scratch = _phase(job, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
                              resume, deadline, callbacks, notify=notify)
-            distilled = _phase(spec, bundle, seed, "distilled", teachers, caches,
+            distilled = _phase(job, bundle, seed, "distilled", teachers, caches,
                                partial / f"seed_{seed}" / "distilled", resume, deadline, callbacks, notify=notify,
-                               scratch=_trained_student(spec, bundle, seed, scratch, partial / f"seed_{seed}" / "scratch"))
+                               scratch=_trained_student(job, bundle, seed, scratch, partial / f"seed_{seed}" / "scratch"))
             phases["scratch"].append(scratch)
             phases["distilled"].append(distilled)
         notify("evaluating", {})
-        report = _assemble(spec, first, teachers, teacher_accuracy, phases, time.time() - started)
+        report = _assemble(job, first, teachers, teacher_accuracy, phases, time.time() - started)
         atomic_write_json(partial / "report.json", report)
         from distillab.experiment.render import render
 
@@ -317,10 +321,11 @@ def partial_summary(folder: Path, reason: str) -> dict:
     return {"stopped": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "phases": phases}
 
 
-def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict:
+def _assemble(job: Job, bundle, teachers, teacher_accuracy, phases, seconds) -> dict:
+    spec = job.settings
     seeds = spec.training.seeds
-    student = _build_student(spec, bundle, seeds[0])
-    deployed = _deployed_model(spec, bundle, teachers)
+    student = job.student_for(seeds[0], bundle)
+    deployed = _deployed_model(job, bundle, teachers)
     # Every model is timed in one interleaved measurement; the scratch and distilled students
     # are one network unless the strategy deploys something else (adaptive adds a generator).
     timed = {f"teacher_{index}": model.cpu() for index, (model, _, _) in enumerate(teachers)}
@@ -331,12 +336,11 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
     facts = {"scratch": measured["scratch"], "distilled": measured.get("distilled", measured["scratch"])}
     models = []
     for index, ((model, checksum, source), accuracy) in enumerate(zip(teachers, teacher_accuracy)):
-        teacher_spec = spec.teachers[index]
         models.append({
             "name": "teacher" if len(teachers) == 1 else f"teacher_{index}",
             "role": "teacher",
             "strategy": None,
-            "model": teacher_spec.model or teacher_spec.resolved_format,
+            "model": job.teacher_names[index],
             "accuracy": summarize([accuracy] * len(seeds)),
             **measured[f"teacher_{index}"],
             "checksum": checksum,
@@ -348,7 +352,7 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
             "name": f"student_{role}",
             "role": role,
             "strategy": runs[0]["strategy"],
-            "model": spec.student.model,
+            "model": job.student_name,
             "accuracy": summarize([r["test_accuracy"] for r in runs]),
             **facts[role],
             "val_accuracy": summarize([r["val_accuracy"] for r in runs]),
@@ -375,28 +379,45 @@ def _assemble(spec, bundle, teachers, teacher_accuracy, phases, seconds) -> dict
         "name": spec.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
-        "dataset": {"name": bundle.name, "train": len(bundle.train), "val": len(bundle.val),
-                    "test": len(bundle.test), "num_classes": bundle.num_classes,
-                    "in_shape": list(bundle.in_shape),
-                    "normalize": {"mean": list(bundle.normalize.mean), "std": list(bundle.normalize.std),
-                                  "scale": bundle.normalize.scale}},
+        "task": {"name": job.task.name, "metric": job.task.metric, "higher_is_better": job.task.higher_is_better},
+        "dataset": _dataset_facts(bundle, teachers),
         "seeds": seeds,
-        "strategy": {"name": spec.strategy.name, "params": spec.strategy.params},
-        "augmentation": _augmentation(spec, bundle),
+        "strategy": {"name": job.strategy_name, "params": job.params.model_dump(mode="json")},
+        "augmentation": _augmentation(job, bundle),
         "models": models,
         "comparisons": comparisons,
         "constraints": constraints,
-        "verdict": verdict(comparisons[0], spec.strategy.name),
+        "verdict": verdict(comparisons[0], job.strategy_name),
         "environment": environment(),
-        "spec": spec.model_dump(mode="json"),
+        "spec": job.record,
     }
 
 
-def _augmentation(spec, bundle) -> dict:
+def _dataset_facts(bundle, teachers) -> dict:
+    """Sizes and shapes of the splits (None where a user's DataLoader has no length)."""
+    if bundle.cacheable:
+        sizes = {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)}
+        num_classes = bundle.num_classes
+    else:
+        sizes = {split: bundle.size(split) for split in ("train", "val", "test")}
+        with torch.no_grad():
+            model = teachers[0][0]
+            device = next(model.parameters(), torch.empty(0)).device
+            num_classes = int(model(bundle.example_inputs(2).to(device)).shape[-1])
+    normalize = bundle.normalize
+    return {"name": bundle.name, **sizes, "num_classes": num_classes, "in_shape": list(bundle.in_shape),
+            "normalize": {"mean": list(normalize.mean), "std": list(normalize.std), "scale": normalize.scale}}
+
+
+def _augmentation(job: Job, bundle) -> dict:
     """The augmentation policy both students train under, and how each one draws it."""
+    spec = job.settings
     augment = bundle.augment
-    strategy_cls = STRATEGIES[spec.strategy.name]
-    cached = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
+    strategy_cls = job.strategy_cls
+    cached = strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled and bundle.cacheable
+    if not bundle.cacheable:
+        return {"policy": "the user's data as given", "scratch": "the batches of the user's data",
+                "distilled": "the same batches, the teacher run online on each"}
     if not augment.enabled:
         return {"policy": "none", "scratch": "no augmentation", "distilled": "no augmentation"}
     views = resolve_views(augment, spec.cache.views)
@@ -417,17 +438,14 @@ def _same_network(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return shapes_a == {k: tuple(v.shape) for k, v in b.state_dict().items()}
 
 
-def _deployed_model(spec, bundle, teachers):
+def _deployed_model(job: Job, bundle, teachers):
     """An untrained instance of what the distilled run serves (the student, or for
     ``adaptive`` the generator plus student), for size, MACs and latency."""
-    strategy_cls = STRATEGIES[spec.strategy.name]
-    params = strategy_cls.Params.model_validate(spec.strategy.params)
-    if strategy_cls.stages(params):
-        return _build_student(spec, bundle, spec.training.seeds[0])
-    teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
-    strategy = strategy_cls(teacher_models, _build_student(spec, bundle, spec.training.seeds[0]), params,
-                            in_shape=bundle.in_shape)
-    return strategy.deployed_model()
+    student = job.student_for(job.settings.training.seeds[0], bundle)
+    if job.strategy_cls.stages(job.params):
+        return student
+    teacher_models = [t for t, _, _ in teachers] if job.strategy_cls.uses_teacher else []
+    return job.make_strategy(teacher_models, student, bundle).deployed_model()
 
 
 def _stage_summary(runs: list[dict]) -> list[dict]:

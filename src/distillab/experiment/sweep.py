@@ -16,10 +16,10 @@ import yaml
 from distillab import data as data_module
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from distillab.errors import SpecError
+from distillab.experiment.job import Job
 from distillab.experiment.run import _phase, _trained_student, teacher_caches
 from distillab.experiment.teacher import get_teachers
 from distillab.spec import apply_override, parse_spec, read_spec_file
-from distillab.strategies import STRATEGIES
 
 log = logging.getLogger("distillab")
 
@@ -67,6 +67,9 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
     base = read_spec_file(spec_path)
     if not grid and not ranges:
         raise SpecError("give at least one --grid or --range")
+    for key in [*grid, *ranges]:
+        if key.split(".")[0] in ("teacher", "teachers") or key == "training.seeds":
+            raise SpecError(f"--grid/--range {key}: the teachers and the seeds are fixed for a whole sweep")
     for key, values in grid.items():  # an unknown parameter fails here, naming the key
         _spec_with(base, {key: values[0]})
     for key, (low, _, _) in ranges.items():
@@ -84,17 +87,23 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
         for key, (low, high, log_scale) in ranges.items():
             values[key] = trial.suggest_float(key, low, high, log=log_scale)
         trial_spec = _spec_with(base, values)
+        # a trial that changes the data or the cache (mixing, views) gets its own splits and
+        # teacher outputs; the base ones would pair its students with another policy's views
+        trial_bundles, trial_caches = bundles, caches
+        if trial_spec.data != spec.data:
+            trial_bundles = {seed: data_module.build(trial_spec.data, seed) for seed in seeds}
+        if trial_spec.data != spec.data or trial_spec.cache != spec.cache:
+            trial_caches = {seed: teacher_caches(trial_spec, trial_bundles[seed], teachers) for seed in seeds}
         accuracies = []
+        job = Job.from_spec(trial_spec)
         for seed in seeds:
             trial_dir = out_dir / "trials" / f"{trial.number:04d}" / f"seed_{seed}"
             scratch = None
-            if STRATEGIES[trial_spec.strategy.name].stages(
-                STRATEGIES[trial_spec.strategy.name].Params.model_validate(trial_spec.strategy.params)
-            ):
-                summary = _phase(trial_spec, bundles[seed], seed, "scratch", teachers, caches[seed],
+            if job.strategy_cls.stages(job.params):
+                summary = _phase(job, trial_bundles[seed], seed, "scratch", teachers, trial_caches[seed],
                                  trial_dir / "scratch", True, None, None)
-                scratch = _trained_student(trial_spec, bundles[seed], seed, summary, trial_dir / "scratch")
-            result = _phase(trial_spec, bundles[seed], seed, "distilled", teachers, caches[seed],
+                scratch = _trained_student(job, trial_bundles[seed], seed, summary, trial_dir / "scratch")
+            result = _phase(job, trial_bundles[seed], seed, "distilled", teachers, trial_caches[seed],
                             trial_dir / "distilled", True, None, None, scratch=scratch)
             accuracies.append(result["val_accuracy"])
         return statistics.fmean(accuracies)

@@ -9,7 +9,6 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from distillab import losses
-from distillab.engine.evaluate import predict
 from distillab.errors import SpecError
 from distillab.strategies.base import Params, StepOutput, Strategy
 
@@ -83,8 +82,13 @@ class MultiTeacher(Strategy):
         accuracies = []
         for teacher in self.teachers:
             device = next(teacher.parameters(), torch.empty(0)).device
-            logits = predict(teacher, bundle.val.images, bundle.normalize, batch_size=512, device=device)  # (N_val, K)
-            accuracies.append((logits.argmax(-1) == bundle.val.labels).float().mean())
+            right = counted = 0
+            for batch in bundle.eval_batches("val", 512):
+                logits = teacher(batch["inputs"].to(device)).float().cpu()  # (B, K) or (B, T, K)
+                keep = batch["mask"].bool() if "mask" in batch else torch.ones_like(batch["targets"], dtype=torch.bool)
+                right += int(((logits.argmax(-1) == batch["targets"]) & keep).sum())
+                counted += int(keep.sum())
+            accuracies.append(torch.tensor(right / max(1, counted)))
         accuracies = torch.stack(accuracies)  # (N,)
         self.teacher_weights.copy_(losses.performance_weights(accuracies))
         log.info(

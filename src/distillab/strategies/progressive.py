@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from distillab import losses
 from distillab.engine.evaluate import predict
+from distillab.errors import DataError
 from distillab.strategies.base import Params, Stage, StepOutput, Strategy
 
 log = logging.getLogger("distillab")
@@ -67,6 +68,9 @@ class Progressive(Strategy):
     def prepare(self, bundle) -> None:
         if self.params.mode != "curriculum":
             return
+        if not getattr(bundle, "cacheable", False):
+            raise DataError("strategy.params.mode: curriculum orders the training rows by difficulty, which needs "
+                            "tensors or a registered dataset, not a DataLoader or Dataset")
         device = next(self.teachers[0].parameters(), torch.zeros(0)).device
         probs = torch.stack([
             predict(teacher, bundle.train.images, bundle.normalize, 1024, device).softmax(-1) for teacher in self.teachers

@@ -1,0 +1,10 @@
+"""Tasks: what a sample is and how success is measured. A literal registry (design rule 2)."""
+
+from distillab.tasks.base import Evaluation, Task
+from distillab.tasks.image_classification import ImageClassification
+
+TASKS: dict[str, Task] = {
+    "image_classification": ImageClassification(),
+}
+
+__all__ = ["TASKS", "Evaluation", "Task"]

@@ -1,0 +1,66 @@
+"""The task interface: what a batch is, how a model is measured, what the teacher cache
+stores. The engine knows nothing about pixels or tokens; it asks the task.
+
+A batch is a dict of tensors: ``inputs`` (whatever the model takes), ``targets`` and, for
+sequences, a boolean ``mask`` over the target positions. The data object of a split (a
+``DataBundle`` from a registered reader, or a user's tensors, Dataset or DataLoader, see
+``data.user``) yields those batches; the task turns a model's outputs on them into metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class Evaluation:
+    """A model on one split: every metric, the task's primary one named, and the outputs
+    (``logits`` (N, K), on the CPU, for tasks whose outputs are logits)."""
+
+    metrics: dict[str, float]
+    primary: str
+    logits: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+    @property
+    def accuracy(self) -> float:
+        return self.metrics["accuracy"]
+
+    @property
+    def loss(self) -> float:
+        return self.metrics["loss"]
+
+
+class Task:
+    """One kind of problem. Subclasses set the class attributes and the methods below; a new
+    task is one file and one line in ``tasks.TASKS``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    metric: ClassVar[str]  # the primary metric: model selection on validation and the report's tables
+    higher_is_better: ClassVar[bool] = True
+    cache_kind: ClassVar[str] = "dense_logits"  # what the teacher-output cache stores
+
+    def build(self, data_spec, seed: int):
+        """The splits of a spec's ``data`` section for one seed."""
+        raise NotImplementedError
+
+    def evaluate(self, model, data, split: str, batch_size: int, device) -> Evaluation:
+        """Every metric of ``model`` on ``data``'s ``split`` ("val" or "test"), in eval mode."""
+        raise NotImplementedError
+
+    def correct(self, student_outputs: torch.Tensor, batch: dict) -> tuple[int, int]:
+        """(right, counted) for the running training metric of a step."""
+        raise NotImplementedError
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (None: nothing yet) on the primary metric."""
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
