@@ -97,3 +97,20 @@ def test_the_spec_is_immutable(blobs, tiny_teacher):
     spec = parse_spec(tiny_spec(blobs, tiny_teacher))
     with pytest.raises(Exception):
         spec.training.epochs = 5
+
+
+def test_the_task_defaults_to_image_classification_and_unknown_tasks_are_named(blobs, tiny_teacher):
+    assert parse_spec(tiny_spec(blobs, tiny_teacher)).task == "image_classification"
+    with pytest.raises(SpecError, match=r"^invalid spec: task: unknown task 'image_clasification' "
+                                        r"\(did you mean: image_classification\?\)"):
+        parse_spec({**tiny_spec(blobs, tiny_teacher), "task": "image_clasification"})
+
+
+def test_every_shipped_config_still_validates_without_a_task_key():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        assert "task:" not in path.read_text()  # written before tasks existed
+        assert load_spec(path).task == "image_classification"

@@ -3,6 +3,8 @@
     import distillab
     report = distillab.run("configs/digits_kd.yaml", out_dir="runs/digits")
     print(report.verdict)
+
+    from distillab import Distiller, compare      # your own nn.Modules and data (distillab.api)
 """
 
 from __future__ import annotations
@@ -21,3 +23,12 @@ def run(spec, out_dir=None, **options):
     if isinstance(spec, (str, Path)):
         spec = load_spec(spec)
     return run_job(spec, out_dir, **options)
+
+
+def __getattr__(name: str):
+    """``Distiller``, ``compare`` and ``evaluate`` from distillab.api, imported on first use."""
+    if name in ("Distiller", "compare", "evaluate", "History"):
+        from distillab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'distillab' has no attribute {name!r}")

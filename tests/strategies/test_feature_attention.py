@@ -172,9 +172,28 @@ def test_typo_in_pairs_names_the_key_and_suggests():
         make(Attention, pairs=[("stages.l", "layer2.0")])
 
 
-def test_auto_pairs_need_spatial_stages():
-    with pytest.raises(SpecError, match=r"strategy\.params\.pairs: no layers .*MLP"):
-        make(Feature, student="mlp", student_args={"hidden": [16]})
+def test_an_mlp_student_pairs_its_penultimate_features_with_the_teachers_pooled_ones(caplog):
+    with caplog.at_level(logging.INFO, logger="distillab"):
+        strategy, _ = make(Feature, student="mlp", student_args={"hidden": [16]}, ce_weight=0.0)
+    assert strategy.pairs == [[("features", "pool")]]  # the inputs of the two last Linear layers
+    assert "features -> pool" in caplog.text
+    adapter = strategy.adapters[0][0]  # (16,) -> the ResNet's pooled (32, 1, 1), flattened
+    assert isinstance(adapter, nn.Linear) and (adapter.in_features, adapter.out_features) == (16, 32)
+    optimizer = torch.optim.SGD(strategy.trainable_parameters(), lr=0.05)
+    first = None
+    for _ in range(30):
+        out = strategy.loss(batch())
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        first = first if first is not None else out.logs["hint"]
+    assert out.logs["hint"] < first / 2
+
+
+def test_attention_on_an_mlp_student_says_it_needs_feature_maps():
+    with pytest.raises(SpecError, match=r"spatial attention transfer needs convolutional feature maps \(C, H, W\), "
+                                        r"and the student MLP has none; use 'feature'"):
+        make(Attention, student="mlp", student_args={"hidden": [16]})
 
 
 def test_incompatible_shapes_are_spec_errors():

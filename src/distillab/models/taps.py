@@ -17,8 +17,8 @@ from distillab.errors import SpecError, close_matches
 
 
 def named_module(model: nn.Module, name: str, where: str = "layer") -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules or name == "":
+    modules = {key: module for key, module in model.named_modules() if key}  # "" is the model itself
+    if name not in modules:
         raise SpecError(f"{where}: no layer named {name!r} in {type(model).__name__}{close_matches(name, modules)}")
     return modules[name]
 

@@ -72,6 +72,12 @@ class Attention(Strategy):
         if not self.teachers:
             raise SpecError("strategy 'attention': needs a teacher")
         probabilities = params.mode == "probabilities"
+        if not probabilities and params.pairs is None and self.in_shape is not None:
+            maps = [name for name, shape in tappable_layers(student, self.in_shape) if len(shape) == 3]
+            if not maps:
+                raise SpecError(f"strategy 'attention': spatial attention transfer needs convolutional feature maps "
+                                f"(C, H, W), and the student {type(student).__name__} has none; use 'feature' "
+                                "(FitNets, which pairs penultimate features) or 'response' for this student")
         find_layers = {"find_layers": attention_probability_layers} if probabilities else {}
         self.pairs: list[LayerPairs] = []  # one list per teacher
         for teacher in self.teachers:

@@ -8,6 +8,7 @@ dummy forward pass.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from distillab import losses
 from distillab.errors import SpecError
-from distillab.models.taps import Taps, named_module, stage_outputs
+from distillab.models.taps import Taps, named_module, stage_outputs, tappable_layers
 from distillab.strategies.base import Params, StepOutput, Strategy
 
 log = logging.getLogger("distillab")
@@ -53,15 +54,33 @@ def stage_layer_names(model: nn.Module, in_shape) -> list[str]:
     return [name for name, _ in stage_outputs(model, in_shape)]
 
 
+def penultimate_layer(model: nn.Module, in_shape) -> list[str]:
+    """[the layer whose output feeds the model's last Linear] (the pooled or penultimate
+    features), found in forward order; [] when there is none."""
+    layers = tappable_layers(model, in_shape)
+    modules = dict(model.named_modules())
+    linear = [i for i, (name, _) in enumerate(layers) if isinstance(modules[name], nn.Linear)]
+    if not linear:
+        return []
+    width = modules[layers[linear[-1]][0]].in_features
+    for name, shape in reversed(layers[: linear[-1]]):
+        if math.prod(shape) == width and not isinstance(modules[name], nn.Flatten):
+            return [name]
+    return []
+
+
 def resolve_pairs(strategy: str, pairs: LayerPairs | None, student, teacher, in_shape,
-                  find_layers: Callable = stage_layer_names):
+                  find_layers: Callable = stage_layer_names, fallback: Callable | None = None):
     """-> (pairs, student outputs, teacher outputs) on a zero batch. ``pairs`` None: match the
     layers ``find_layers`` picks in each model by order from the deepest backwards (as many
-    pairs as the shorter list), and log the choice."""
+    pairs as the shorter list), and log the choice. When one model has none, ``fallback``
+    picks one layer in each (the penultimate features, for FitNets)."""
     if in_shape is None:
         raise SpecError(f"strategy {strategy!r}: in_shape (C, H, W) is needed to read the layers' output shapes")
     if pairs is None:
         student_layers, teacher_layers = find_layers(student, in_shape), find_layers(teacher, in_shape)
+        if fallback is not None and not (student_layers and teacher_layers):
+            student_layers, teacher_layers = fallback(student, in_shape), fallback(teacher, in_shape)
         for layers, model in ((student_layers, student), (teacher_layers, teacher)):
             if not layers:
                 raise SpecError(f"strategy.params.pairs: no layers to match automatically in {type(model).__name__}; "
@@ -92,8 +111,12 @@ def make_adapter(student_shape, teacher_shape, where: str) -> nn.Module:
     (C, H, W) pairs: a larger student map is adaptive-average-pooled to the smaller height and
     width, then a 1x1 conv + BN maps C_s to C_t channels (a larger teacher map is pooled in the
     loss instead). (D,) or (T, D) pairs: a Linear on the last dimension. Equal shapes: identity.
+    Outputs of different ranks (an MLP's (D,) and a CNN's pooled (C, 1, 1)) are flattened first
+    (see ``flat_pair``).
     """
     s, t = tuple(student_shape), tuple(teacher_shape)
+    if flat_pair(s, t):
+        s, t = (math.prod(s),), (math.prod(t),)
     if s == t:
         return nn.Identity()
     if len(s) == 3 and len(t) == 3:
@@ -106,6 +129,12 @@ def make_adapter(student_shape, teacher_shape, where: str) -> nn.Module:
         return nn.Linear(s[-1], t[-1])
     raise SpecError(f"{where}: cannot map the student output {s} to the teacher output {t}; "
                     "pick layers that are both (C, H, W) or both (D,)")
+
+
+def flat_pair(student_shape, teacher_shape) -> bool:
+    """A flat (D,) output and a pooled (C, 1, 1) one are compared flattened to (B, D)."""
+    shapes = sorted((tuple(student_shape), tuple(teacher_shape)), key=len)
+    return len(shapes[0]) == 1 and len(shapes[1]) == 3 and shapes[1][1:] == (1, 1)
 
 
 def pool_to(feature: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -131,7 +160,9 @@ class Feature(Strategy):
     u: a student layer's output, v: the paired teacher layer's output, r: a learned adapter
     (``make_adapter``: 1x1 conv + BN, Linear or identity), trained with the student and dropped
     afterwards. Unlike the paper's two stages (hints first, then KD), all terms train together.
-    Without ``pairs``, one pair per spatial resolution is matched from the deepest stage back.
+    Without ``pairs``, one pair per spatial resolution is matched from the deepest stage back;
+    where a model has no spatial stages (an MLP), the penultimate features are paired (the
+    input of each model's last Linear: the student's hidden layer, the teacher's pooled features).
     With several teachers the hint term is averaged over the teachers and t is their mean logits.
     """
 
@@ -147,7 +178,8 @@ class Feature(Strategy):
         self.pairs: list[LayerPairs] = []  # one list per teacher
         self.adapters = nn.ModuleList()  # [teacher][pair]
         for teacher in self.teachers:
-            pairs, student_out, teacher_out = resolve_pairs("feature", params.pairs, student, teacher, self.in_shape)
+            pairs, student_out, teacher_out = resolve_pairs("feature", params.pairs, student, teacher, self.in_shape,
+                                                            fallback=penultimate_layer)
             self.pairs.append(pairs)
             self.adapters.append(nn.ModuleList(
                 make_adapter(student_out[s].shape[1:], teacher_out[t].shape[1:], f"strategy.params.pairs[{i}]")
@@ -164,8 +196,11 @@ class Feature(Strategy):
             logits, teacher_feats = tapped_forward(teacher, [t for _, t in pairs], inputs, no_grad=True)
             teacher_logits.append(logits)
             for (s, t), adapter in zip(pairs, adapters):
-                adapted = adapter(student_feats[s])  # the teacher's channels, the smaller map
-                hints.append(losses.hint_mse(adapted, pool_to(teacher_feats[t].float(), adapted)))
+                student_feat, teacher_feat = student_feats[s], teacher_feats[t].float()
+                if flat_pair(student_feat.shape[1:], teacher_feat.shape[1:]):
+                    student_feat, teacher_feat = student_feat.flatten(1), teacher_feat.flatten(1)  # (B, D)
+                adapted = adapter(student_feat)  # the teacher's channels, the smaller map
+                hints.append(losses.hint_mse(adapted, pool_to(teacher_feat, adapted)))
         hint = torch.stack(hints).sum() / len(self.teachers)
         ce = self.hard_loss(student_logits, batch)
         kd = losses.soft_kl(student_logits, torch.stack(teacher_logits).mean(0), p.temperature)

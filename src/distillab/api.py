@@ -1,0 +1,361 @@
+"""The Python face: distil your own ``nn.Module`` on your own data, no spec file needed.
+
+    from distillab import Distiller, compare
+
+    distiller = Distiller(teacher=my_teacher, student=my_student, strategy="response", temperature=4.0, alpha=0.9)
+    history = distiller.fit(train_data, val_data=val_data, epochs=10)  # tensors, a Dataset or a DataLoader
+    distiller.evaluate(test_data)                                        # {"accuracy": ..., "loss": ...}
+    report = compare(teacher=my_teacher, student=lambda: MyStudent(), train_data=..., test_data=..., seeds=[0, 1, 2])
+
+Both build the same parts a spec does and hand them to the one engine (``engine.loop.fit``) and
+the one experiment path (``experiment.run``): the loop, strategies, teacher-output cache,
+checkpoints and resume, callbacks and the report are those of ``distillab run``.
+
+Custom code is welcome here, and only here: ``strategy`` may be a ``Strategy`` subclass and
+``loss`` a callable. A spec, and so the service, accepts registry names only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from distillab.data.user import LoaderData, user_data
+from distillab.engine.callbacks import ProgressBar
+from distillab.engine.evaluate import resolve_device
+from distillab.engine.loop import fit as engine_fit
+from distillab.errors import DataError, SpecError
+from distillab.experiment.job import Job, Settings, StrategyChoice
+from distillab.models.loading import state_checksum
+from distillab.spec import CacheSpec, OutputSpec, TrainingSpec
+from distillab.strategies import STRATEGIES
+from distillab.strategies.base import Params, StepOutput, Strategy
+from distillab.tasks import TASKS
+
+DatasetLike = object  # (inputs, targets) tensors, a torch Dataset, a DataLoader, or a registered dataset name
+
+
+class CustomLoss(Strategy):
+    """Your own loss: ``loss(student_logits, teacher_logits, targets) -> scalar tensor`` is the
+    whole training objective (logits (B, K), the teachers' mean; targets (B,))."""
+
+    summary = "a Python callable as the whole loss"
+    paper = "-"
+
+    def __init__(self, teachers, student, params, in_shape=None, loss_fn=None):
+        super().__init__(teachers, student, params, in_shape)
+        self.loss_fn = loss_fn
+
+    def loss(self, batch):
+        teacher_logits = self.teacher_logits(batch).mean(0)  # (B, K)
+        student_logits = self.student(batch["inputs"])  # (B, K)
+        value = self.loss_fn(student_logits, teacher_logits, batch["targets"])
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            raise SpecError(f"loss: the callable must return a scalar tensor, got "
+                            f"{type(value).__name__}{tuple(value.shape) if isinstance(value, torch.Tensor) else ''}")
+        return StepOutput(value, student_logits)
+
+
+@dataclass
+class History:
+    """What ``fit`` did: one dict of metrics per epoch (``epochs``), the same as lists per metric
+    (``history``, as in Keras), and the epoch whose student was kept (best on validation)."""
+
+    epochs: list[dict]
+    best_epoch: int
+    best_val: float
+    run_dir: Path | None = None
+    history: dict[str, list[float]] = field(init=False)
+
+    def __post_init__(self):
+        keys = [k for k in (self.epochs[0] if self.epochs else {}) if isinstance(self.epochs[0][k], (int, float))]
+        self.history = {key: [epoch[key] for epoch in self.epochs] for key in keys}
+
+
+def _check_module(value, where: str) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        hint = " (a class? pass an instance: MyModel())" if inspect.isclass(value) else ""
+        raise SpecError(f"{where}: expected a torch.nn.Module, got {type(value).__name__}{hint}")
+    return value
+
+
+def _teachers(teacher) -> list[nn.Module]:
+    if isinstance(teacher, (list, tuple)):
+        if not teacher:
+            raise SpecError("teacher: give at least one teacher")
+        return [_check_module(t, f"teacher[{i}]") for i, t in enumerate(teacher)]
+    return [_check_module(teacher, "teacher")]
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else None
+
+
+def _strategy(strategy, loss, temperature, alpha, strategy_params) -> tuple[type, Params, dict]:
+    """(class, validated params, extra constructor arguments) from the user's choice."""
+    params = dict(strategy_params or {})
+    if loss is not None:
+        if not callable(loss):
+            raise SpecError(f"loss: expected a callable (student_logits, teacher_logits, targets) -> loss, "
+                            f"got {type(loss).__name__}")
+        if strategy not in ("response", None) or temperature is not None or alpha is not None:
+            raise SpecError("loss: a custom loss is the whole objective; leave strategy, temperature and alpha unset")
+        return CustomLoss, Params(), {"loss_fn": loss}
+    if inspect.isclass(strategy) and issubclass(strategy, Strategy):
+        cls, name = strategy, strategy.__name__
+    elif isinstance(strategy, str):
+        if strategy not in STRATEGIES or strategy == "none":
+            known = ", ".join(k for k in STRATEGIES if k != "none")
+            raise SpecError(f"strategy: unknown strategy {strategy!r}; known: {known}, or a Strategy subclass")
+        cls, name = STRATEGIES[strategy], strategy
+    else:
+        raise SpecError(f"strategy: expected a registry name or a Strategy subclass, got {type(strategy).__name__}")
+    for key, value in (("temperature", temperature), ("alpha", alpha)):
+        if value is not None:
+            if key not in cls.Params.model_fields:
+                raise SpecError(f"{key}: the {name} strategy has no {key} parameter "
+                                f"(its parameters: {', '.join(cls.Params.model_fields) or 'none'})")
+            params[key] = value
+    try:
+        return cls, cls.Params.model_validate(params), {}
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SpecError(f"strategy_params.{where}: {first['msg']}") from None
+
+
+def _training(**values) -> TrainingSpec:
+    try:
+        return TrainingSpec(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise SpecError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def _check_outputs(teachers: list[nn.Module], student: nn.Module, data, device: torch.device) -> None:
+    """Teacher and student agree on the output size (one forward pass on two training inputs)."""
+    inputs = data.example_inputs(2)
+    sizes = []
+    for where, model in [*((f"teacher[{i}]" if len(teachers) > 1 else "teacher", t) for i, t in enumerate(teachers)),
+                         ("student", student)]:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(inputs.to(_device_of(model) or device))
+        except Exception as error:  # the user's module failed on their own data: say where
+            raise DataError(f"{where}: the forward pass on a training batch of shape {tuple(inputs.shape)} failed "
+                            f"({type(error).__name__}: {error})") from None
+        finally:
+            model.train(was_training)
+        if not isinstance(out, torch.Tensor):
+            raise DataError(f"{where}: returned {type(out).__name__}; a model must return a tensor of logits")
+        sizes.append((where, out.shape[-1]))
+    (teacher_where, expected) = sizes[0]
+    for where, size in sizes[1:]:
+        if size != expected:
+            raise DataError(f"{where}: outputs {size} values per sample but {teacher_where} outputs {expected}; "
+                            "a student must predict the same classes as its teacher")
+
+
+class Distiller:
+    """Distil ``teacher`` (an nn.Module, or a list for multi-teacher strategies) into ``student``.
+
+    ``strategy``: a registry name (``distillab strategies``) or a ``Strategy`` subclass;
+    ``temperature`` and ``alpha`` go to strategies that have them (``alpha`` weighs the soft,
+    teacher term); ``strategy_params`` holds the rest. ``loss`` replaces the strategy with a
+    callable ``(student_logits, teacher_logits, targets) -> loss``.
+    Training settings are those of a spec's ``training`` section.
+    """
+
+    def __init__(self, teacher, student, strategy="response", *, temperature: float | None = None,
+                 alpha: float | None = None, strategy_params: dict | None = None, loss: Callable | None = None,
+                 optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4, batch_size: int = 128,
+                 schedule: str = "cosine", device: str = "auto", precision: str = "auto", cache: bool = True,
+                 cache_dir: str | Path | None = None, task: str = "image_classification"):
+        self.teachers = _teachers(teacher)
+        self.student = _check_module(student, "student")
+        self.strategy_cls, self.params, self._extra = _strategy(strategy, loss, temperature, alpha, strategy_params)
+        if task not in TASKS:
+            raise SpecError(f"task: unknown task {task!r}; known: {', '.join(TASKS)}")
+        self.task = TASKS[task]
+        self._training = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                              schedule=schedule, device=device, precision=precision)
+        _training(**self._training)  # bad settings fail here, naming the argument
+        self.cache = CacheSpec(enabled=cache, dir=Path(cache_dir) if cache_dir else None)
+        self.history: History | None = None
+        self._device = self._common_device(device)
+
+    def _common_device(self, device: str) -> torch.device:
+        """The training device; a teacher on another device than the student is an error."""
+        student_device = _device_of(self.student)
+        for index, teacher in enumerate(self.teachers):
+            teacher_device = _device_of(teacher)
+            where = "teacher" if len(self.teachers) == 1 else f"teacher[{index}]"
+            if teacher_device is not None and student_device is not None and teacher_device != student_device:
+                raise SpecError(f"{where}: its weights are on {teacher_device} but the student's are on "
+                                f"{student_device}; move both to one device (e.g. teacher.to('{student_device}'))")
+        if device == "auto" and student_device is not None:
+            return student_device
+        return resolve_device(device)
+
+    def _strategy(self, data) -> Strategy:
+        teachers = self.teachers if self.strategy_cls.uses_teacher else []
+        try:
+            return self.strategy_cls(teachers, self.student, self.params, in_shape=data.in_shape, **self._extra)
+        except SpecError as error:  # e.g. a layer name that does not exist: name the argument as given here
+            message = str(error)
+            for prefix in ("strategy.params.", "strategy "):
+                if message.startswith(prefix):
+                    message = ("strategy_params." if prefix.endswith(".") else "strategy: ") + message[len(prefix):]
+            raise SpecError(message) from None
+
+    def fit(self, train_data: DatasetLike, val_data: DatasetLike = None, epochs: int = 10, *, seed: int = 0,
+            run_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence = (),
+            progress: bool = False, val_size: float = 0.1) -> History:
+        """Train the student; keep the epoch best on validation (``val_data``, or ``val_size`` of
+        ``train_data`` held out by ``seed``). ``run_dir`` keeps the epoch checkpoints, so
+        ``resume=True`` continues an interrupted fit; without it they go to a temporary folder."""
+        if self.strategy_cls.stages(self.params):
+            raise SpecError(f"strategy: {self.strategy_cls.__name__} trains several models in stages; use compare(), "
+                            "which builds each one")
+        training = _training(**{**self._training, "device": self._device.type}, epochs=epochs, seeds=[seed])
+        data = user_data(train_data, val_data, None, seed, val_size)
+        _check_outputs(self.teachers, self.student, data, self._device)
+        strategy = self._strategy(data)
+        caches = []
+        if self.cache.enabled and data.cacheable and self.strategy_cls.uses_teacher and self.strategy_cls.logits_only:
+            from distillab.experiment.run import teacher_caches
+
+            settings = Settings("fit", StrategyChoice(self.strategy_cls.__name__, {}), training, self.cache)
+            caches = teacher_caches(settings, data, [(t, state_checksum(t), {}) for t in self.teachers])
+        temporary = run_dir is None
+        folder = Path(tempfile.mkdtemp(prefix="distillab-fit-")) if temporary else Path(run_dir)
+        bars = [ProgressBar("fit", epochs)] if progress else []
+        try:
+            result = engine_fit(strategy, data, training, seed, folder, caches=caches, resume=resume,
+                                callbacks=[*bars, *callbacks], tensorboard=False, description="fit", task=self.task)
+        finally:
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.history = History(result.history, result.best_epoch, result.best_val_accuracy,
+                               None if temporary else folder)
+        return self.history
+
+    def evaluate(self, data: DatasetLike, batch_size: int = 1024) -> dict[str, float]:
+        """Every metric of the student on ``data`` (tensors, a Dataset or a DataLoader)."""
+        return evaluate(self.student, data, batch_size, self._device, self.task)
+
+
+def evaluate(model: nn.Module, data: DatasetLike, batch_size: int = 1024, device="cpu",
+             task=TASKS["image_classification"]) -> dict[str, float]:
+    """Every metric of any model on one split of user data."""
+    _check_module(model, "model")
+    split = LoaderData(data, data, data, seed=0)
+    return task.evaluate(model, split, "test", batch_size, torch.device(device)).metrics
+
+
+def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = None, *, val_data=None,
+            seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, strategy="response", temperature=None, alpha=None,
+            strategy_params=None, loss=None, out_dir: str | Path | None = None, name: str = "comparison",
+            resume: bool = False, overwrite: bool = True, progress: bool = False, val_size: float = 0.1,
+            optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4, batch_size: int = 128,
+            schedule: str = "cosine", device: str = "auto", precision: str = "auto", cache: bool = True,
+            cache_views: int | str = 4, plots: bool = True, latency_repeats: int = 50):
+    """Teacher, scratch student and distilled student over ``seeds``, with the paired test:
+    ``distillab run``'s experiment on your own models. Returns the Report; report.md, report.json
+    and the plots are written to ``out_dir`` (default runs/<name>).
+
+    ``student`` is a function returning a fresh student (each seed and role trains its own,
+    scratch and distilled twins from the same initial weights), or a zoo model name.
+    ``train_data`` is (inputs, targets) tensors, a Dataset or a DataLoader, with ``test_data``
+    alike; or a registered dataset name (``"digits"``) or a spec's ``data`` section as a dict,
+    whose own splits are used.
+    """
+    from distillab.experiment.run import run_job
+    from distillab.models.zoo import MODELS, build_model
+
+    teachers = _teachers(teacher)
+    strategy_cls, params, extra = _strategy(strategy, loss, temperature, alpha, strategy_params)
+    task = TASKS["image_classification"]
+    if isinstance(student, str):
+        if student not in MODELS:
+            raise SpecError(f"student: unknown zoo model {student!r}; pass a function returning your nn.Module")
+        student_name = student
+
+        def build_student(data):
+            return build_model(student_name, data.in_shape, data.num_classes)
+    elif isinstance(student, nn.Module) or not callable(student):
+        raise SpecError("student: compare trains a fresh student for every seed and role; pass a function that "
+                        "returns one (e.g. student=lambda: MyStudent()) or a zoo model name")
+    else:
+        sample = _check_module(student(), "student()")
+        student_name = type(sample).__name__
+
+        def build_student(data):
+            return _check_module(student(), "student()")
+
+    if isinstance(train_data, (str, dict)):  # a registered dataset, or a spec's data section
+        from distillab.spec import DataSpec
+
+        if test_data is not None or val_data is not None:
+            raise SpecError("test_data: a registered dataset brings its own splits; leave test_data and val_data unset")
+        try:
+            data_spec = DataSpec.model_validate(
+                {"dataset": train_data, "val_size": val_size} if isinstance(train_data, str) else train_data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise SpecError(f"train_data.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        build_data = lambda seed: task.build(data_spec, seed)  # noqa: E731
+        data_record = {"dataset": train_data}
+    else:
+        if test_data is None:
+            raise SpecError("test_data: compare measures every model on a test split; pass test_data")
+        build_data = lambda seed: user_data(train_data, val_data, test_data, seed, val_size)  # noqa: E731
+        data_record = {"dataset": type(train_data).__name__}
+    training = _training(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                         schedule=schedule, device=device, precision=precision, epochs=epochs, seeds=list(seeds))
+    strategy_name = strategy if isinstance(strategy, str) and loss is None else (
+        "custom_loss" if loss is not None else strategy.__name__)
+    settings = Settings(name, StrategyChoice(strategy_name, params.model_dump(mode="json")), training,
+                        _cache(cache, cache_views), output=OutputSpec(plots=plots, tensorboard=False,
+                                                                    latency_repeats=latency_repeats))
+    checksums = [state_checksum(t) for t in teachers]
+
+    def load_teachers(first, resume=False, callbacks=None):
+        device_ = resolve_device(training.device)
+        _check_outputs(teachers, build_student(first).to(device_), first, device_)
+        return [(t, checksum, {"source": f"Python object ({type(t).__name__})"})
+                for t, checksum in zip(teachers, checksums)]
+
+    job_cls = strategy_cls if not extra else _bound(strategy_cls, extra)
+    job = Job(settings=settings, task=task, strategy_cls=job_cls, params=params, build_data=build_data,
+              build_student=build_student, load_teachers=load_teachers, student_name=student_name,
+              teacher_names=[type(t).__name__ for t in teachers],
+              record={**settings.model_dump(), "task": task.name, "data": data_record,
+                      "teacher": [type(t).__name__ for t in teachers], "student": student_name})
+    bars = (lambda role, seed: [ProgressBar(f"seed {seed} {role}", epochs)]) if progress else None
+    return run_job(job, out_dir, resume=resume, overwrite=overwrite, callbacks=bars)
+
+
+def _cache(enabled: bool, views) -> CacheSpec:
+    try:
+        return CacheSpec(enabled=enabled, views=views)
+    except ValidationError as error:
+        raise SpecError(f"cache_views: {error.errors()[0]['msg']}") from None
+
+
+def _bound(cls: type, extra: dict) -> type:
+    """``cls`` with constructor arguments bound (a custom loss function), still a Strategy class."""
+    return type(cls.__name__, (cls,), {"__init__": lambda self, *a, **k: cls.__init__(self, *a, **{**extra, **k})})
