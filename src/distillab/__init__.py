@@ -26,8 +26,8 @@ def run(spec, out_dir=None, **options):
 
 
 def __getattr__(name: str):
-    """``Distiller``, ``compare`` and ``evaluate`` from distillab.api, imported on first use."""
-    if name in ("Distiller", "compare", "evaluate", "History"):
+    """``Distiller``, ``compare``, ``train`` and ``evaluate`` from distillab.api, imported on first use."""
+    if name in ("Distiller", "compare", "evaluate", "train", "History"):
         from distillab import api
 
         return getattr(api, name)

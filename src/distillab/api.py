@@ -258,6 +258,31 @@ class Distiller:
         return evaluate(self.student, data, batch_size, self._device, self.task)
 
 
+def train(model: nn.Module, train_data: DatasetLike, val_data: DatasetLike = None, epochs: int = 10, *,
+          seed: int = 0, optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4,
+          batch_size: int = 128, schedule: str = "cosine", device: str = "auto", precision: str = "auto",
+          label_smoothing: float = 0.0, run_dir: str | Path | None = None, resume: bool = False,
+          callbacks: Sequence = (), progress: bool = False, val_size: float = 0.1) -> History:
+    """Train ``model`` on its labels alone (a teacher, or a baseline) with the same engine; it
+    keeps the epoch best on validation, like ``Distiller.fit``."""
+    _check_module(model, "model")
+    training = _training(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                         schedule=schedule, device=device, precision=precision, epochs=epochs, seeds=[seed])
+    data = user_data(train_data, val_data, None, seed, val_size)
+    none = STRATEGIES["none"]
+    strategy = none([], model, none.Params(label_smoothing=label_smoothing), in_shape=data.in_shape)
+    temporary = run_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="distillab-train-")) if temporary else Path(run_dir)
+    bars = [ProgressBar("train", epochs)] if progress else []
+    try:
+        result = engine_fit(strategy, data, training, seed, folder, resume=resume, callbacks=[*bars, *callbacks],
+                            tensorboard=False, description="train", task=TASKS["image_classification"])
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+    return History(result.history, result.best_epoch, result.best_val_accuracy, None if temporary else folder)
+
+
 def evaluate(model: nn.Module, data: DatasetLike, batch_size: int = 1024, device="cpu",
              task=TASKS["image_classification"]) -> dict[str, float]:
     """Every metric of any model on one split of user data."""
