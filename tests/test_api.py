@@ -4,6 +4,7 @@ one engine; custom losses and strategies; resume; the spec path and the Python p
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from distillab.errors import DataError, SpecError
 from distillab.experiment.run import run
 from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
+from distillab.strategies import STRATEGIES
 from distillab.strategies.base import StepOutput, Strategy
 
 from conftest import make_blobs_npz, tiny_spec
@@ -212,6 +214,33 @@ def test_compare_with_user_models_writes_the_report(tmp_path, trained_teacher):
     assert report.models[1]["model"] == "Student" and report.models[0]["model"] == "Teacher"
     assert report.data["comparisons"][0]["n"] == 2
     assert (tmp_path / "cmp" / "report.md").exists() and (tmp_path / "cmp" / "curves.png").exists()
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if n != "none"])
+def test_every_registry_strategy_takes_user_models(tmp_path, name):
+    (x, y), (x_test, y_test) = blobs_tensors(tmp_path, n_train=120)
+    student_cls = SmallCNN if name == "attention" else Student  # spatial attention needs feature maps
+    torch.manual_seed(0)
+    teacher = [Teacher(), Teacher()] if name == "multi_teacher" else Teacher()
+    if STRATEGIES[name].stages(STRATEGIES[name].Params()):  # several models in stages: compare builds them
+        report = compare(teacher, student_cls, (x, y), (x_test, y_test), seeds=[0], epochs=2, strategy=name,
+                         out_dir=tmp_path / "c", latency_repeats=1, plots=False)
+        assert report.model("distilled")["strategy"] == name
+        return
+    distiller = Distiller(teacher, student_cls(), strategy=name)
+    history = distiller.fit((x, y), epochs=4)
+    assert len(history.epochs) == 4 and all(math.isfinite(v) for v in history.history["train_loss"])
+    assert distiller.deployed is not None
 
 
 # ---- bad input: each error names the argument

@@ -76,8 +76,9 @@ class History:
     history: dict[str, list[float]] = field(init=False)
 
     def __post_init__(self):
-        keys = [k for k in (self.epochs[0] if self.epochs else {}) if isinstance(self.epochs[0][k], (int, float))]
-        self.history = {key: [epoch[key] for epoch in self.epochs] for key in keys}
+        keys = dict.fromkeys(k for epoch in self.epochs for k, v in epoch.items() if isinstance(v, (int, float)))
+        # a strategy with phases logs different terms per phase: NaN where an epoch has none
+        self.history = {key: [epoch.get(key, float("nan")) for epoch in self.epochs] for key in keys}
 
 
 def _check_module(value, where: str) -> nn.Module:
@@ -195,6 +196,7 @@ class Distiller:
         _training(**self._training)  # bad settings fail here, naming the argument
         self.cache = CacheSpec(enabled=cache, dir=Path(cache_dir) if cache_dir else None)
         self.history: History | None = None
+        self.deployed: nn.Module | None = None
         self._device = self._common_device(device)
 
     def _common_device(self, device: str) -> torch.device:
@@ -251,6 +253,7 @@ class Distiller:
                 shutil.rmtree(folder, ignore_errors=True)
         self.history = History(result.history, result.best_epoch, result.best_val_accuracy,
                                None if temporary else folder)
+        self.deployed = strategy.deployed_model()  # what serves predictions: the student (adaptive: G + student)
         return self.history
 
     def evaluate(self, data: DatasetLike, batch_size: int = 1024) -> dict[str, float]:
