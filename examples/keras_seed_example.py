@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--latency-repeats", type=int, default=50, help="timing rounds per model in the report")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per epoch
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = args.mnist or Path("/usr/share/datasets/fashion-mnist")

@@ -118,3 +118,22 @@ def test_mixed_cross_entropy_interpolates_the_two_labels():
     lam = torch.full((6,), 0.3)
     expected = 0.3 * cross_entropy(logits, a) + 0.7 * cross_entropy(logits, b)
     assert torch.allclose(mixed_cross_entropy(logits, a, b, lam), expected)
+
+
+@pytest.mark.parametrize("loss", [losses.soft_kl, losses.reverse_kl, losses.jsd])
+def test_divergences_take_per_token_logits_and_a_mask(loss):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)  # (B, T, V)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    flat = loss(s[mask], t[mask], 2.0)  # the counted tokens as a (N, V) batch
+    assert torch.allclose(loss(s, t, 2.0, mask=mask), flat)  # mean over tokens, not over sequences
+    assert torch.allclose(loss(s, t, 2.0, reduction="sum", mask=mask), loss(s[mask], t[mask], 2.0, reduction="sum"))
+    assert (loss(s, t, 2.0, reduction="none", mask=mask)[~mask] == 0).all()
+    assert torch.allclose(loss(s, t, 2.0), loss(s.reshape(10, 7), t.reshape(10, 7), 2.0))  # no mask: every token
+
+
+def test_cross_entropy_takes_per_token_logits_and_a_mask():
+    g = torch.Generator().manual_seed(1)
+    s, y = torch.randn(3, 4, 6, generator=g), torch.randint(0, 6, (3, 4), generator=g)
+    mask = torch.rand(3, 4, generator=g) > 0.4
+    assert torch.allclose(losses.cross_entropy(s, y, mask=mask), F.cross_entropy(s[mask], y[mask]))

@@ -2,6 +2,9 @@
 
 Shapes: logits are (B, K) for B samples and K classes; targets are (B,) int64.
 ``reduction`` is "mean" (over the batch), "sum" or "none" (per sample, shape (B,)).
+The logit losses (soft_kl, reverse_kl, jsd, cross_entropy) also take (..., K) logits, e.g.
+(B, T, V) per token, with an optional boolean ``mask`` (...,): "mean" is then over the counted
+positions (normalised by token count), "none" zeroes the others.
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+def _reduce(per_sample: torch.Tensor, reduction: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    if mask is not None:
+        keep = mask.to(per_sample.dtype)  # (...,) 1 where counted
+        per_sample = per_sample * keep
+        if reduction == "mean":
+            return per_sample.sum() / keep.sum().clamp_min(1)
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":
@@ -20,7 +28,7 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def soft_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean"):
+def soft_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean", mask=None):
     """Hinton et al. (2015): T^2 * KL(softmax(t/T) || softmax(s/T)), per sample summed over K.
 
     The T^2 factor keeps the gradient magnitude of the soft term independent of T.
@@ -29,18 +37,18 @@ def soft_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction:
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, K), fp32 under autocast
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, K)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)  # (B,)
-    return _reduce(kl * temperature**2, reduction)
+    return _reduce(kl * temperature**2, reduction, mask)
 
 
-def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean"):
+def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean", mask=None):
     """T^2 * KL(softmax(s/T) || softmax(t/T)): mode-seeking, as used for generative students."""
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, K), fp32 under autocast
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, K)
     kl = (log_p_student.exp() * (log_p_student - log_p_teacher)).sum(-1)  # (B,)
-    return _reduce(kl * temperature**2, reduction)
+    return _reduce(kl * temperature**2, reduction, mask)
 
 
-def jsd(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean"):
+def jsd(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean", mask=None):
     """Jensen-Shannon divergence between softmax(s/T) and softmax(t/T), in nats, times T^2.
 
     Bounded by T^2 * ln 2, reached when the two distributions have disjoint support.
@@ -50,13 +58,14 @@ def jsd(student_logits, teacher_logits, temperature: float = 1.0, reduction: str
     log_mix = ((p_student + p_teacher) / 2).clamp_min(1e-12).log()  # (B, K)
     kl_s = (p_student * (p_student.clamp_min(1e-12).log() - log_mix)).sum(-1)
     kl_t = (p_teacher * (p_teacher.clamp_min(1e-12).log() - log_mix)).sum(-1)
-    return _reduce((kl_s + kl_t) / 2 * temperature**2, reduction)
+    return _reduce((kl_s + kl_t) / 2 * temperature**2, reduction, mask)
 
 
-def cross_entropy(student_logits, targets, reduction: str = "mean", label_smoothing: float = 0.0):
-    """Cross-entropy with hard labels. student_logits (B, K), targets (B,)."""
-    per_sample = F.cross_entropy(student_logits, targets, reduction="none", label_smoothing=label_smoothing)
-    return _reduce(per_sample, reduction)
+def cross_entropy(student_logits, targets, reduction: str = "mean", label_smoothing: float = 0.0, mask=None):
+    """Cross-entropy with hard labels. student_logits (..., K), targets (...,)."""
+    per_sample = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), targets.reshape(-1),
+                                 reduction="none", label_smoothing=label_smoothing).view(targets.shape)  # (...,)
+    return _reduce(per_sample, reduction, mask)
 
 
 def mixed_cross_entropy(student_logits, targets, mix_targets, mix_lam, reduction: str = "mean",
