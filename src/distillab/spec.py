@@ -32,6 +32,13 @@ Number = Annotated[float, BeforeValidator(_not_bool)]  # booleans are not number
 Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX)]
 
 
+def registered(name: str, registry, what: str) -> str:
+    """``name`` if ``registry`` (a literal registry dict) has it, else a ValueError that suggests."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}{close_matches(name, registry)}")
+    return name
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -56,9 +63,7 @@ class DataSpec(Strict):
     def _known_dataset(cls, name: str) -> str:
         from distillab.data import DATASETS
 
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}{close_matches(name, DATASETS)}")
-        return name
+        return registered(name, DATASETS, "dataset")
 
     @field_validator("path")
     @classmethod
@@ -114,9 +119,7 @@ class ModelSpec(Strict):
     def _known_model(cls, name: str) -> str:
         from distillab.models.zoo import MODELS
 
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}{close_matches(name, MODELS)}")
-        return name
+        return registered(name, MODELS, "model")
 
 
 class TeacherSpec(Strict):
@@ -222,9 +225,7 @@ class JobSpec(Strict):
     def _known_task(cls, name: str) -> str:
         from distillab.tasks import TASKS
 
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}{close_matches(name, TASKS)}")
-        return name
+        return registered(name, TASKS, "task")
 
     @field_validator("name")
     @classmethod
