@@ -137,3 +137,43 @@ def test_cross_entropy_takes_per_token_logits_and_a_mask():
     s, y = torch.randn(3, 4, 6, generator=g), torch.randint(0, 6, (3, 4), generator=g)
     mask = torch.rand(3, 4, generator=g) > 0.4
     assert torch.allclose(losses.cross_entropy(s, y, mask=mask), F.cross_entropy(s[mask], y[mask]))
+
+
+def test_generalized_jsd_end_points_are_the_forward_and_reverse_kl_and_its_middle_is_jsd():
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(4, 6, 9, generator=g), torch.randn(4, 6, 9, generator=g)  # (B, T, V)
+    assert torch.allclose(losses.generalized_jsd(s, t, beta=0.0, temperature=2.0), losses.soft_kl(s, t, 2.0))
+    assert torch.allclose(losses.generalized_jsd(s, t, beta=1.0, temperature=2.0), losses.reverse_kl(s, t, 2.0))
+    assert torch.allclose(losses.generalized_jsd(s, t, beta=0.5), losses.jsd(s, t), atol=1e-6)
+    assert losses.generalized_jsd(s, s, beta=0.3).item() < 1e-6
+    # JSD(beta) is bounded by the binary entropy of beta: disjoint supports reach it
+    far = torch.full((1, 3), -1e4)
+    a, b = far.clone(), far.clone()
+    a[0, 0], b[0, 1] = 0.0, 0.0
+    beta = 0.3
+    entropy = -(beta * math.log(beta) + (1 - beta) * math.log(1 - beta))
+    assert math.isclose(losses.generalized_jsd(a, b, beta=beta).item(), entropy, rel_tol=1e-4)
+    with pytest.raises(ValueError, match="beta must be in"):
+        losses.generalized_jsd(s, t, beta=1.5)
+
+
+def test_tvd_is_bounded_and_zero_for_identical_inputs():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    value = losses.tvd(s, t, reduction="none")
+    assert ((value >= 0) & (value <= 1)).all() and losses.tvd(s, s).item() < 1e-7
+    far = torch.tensor([[0.0, -1e4], [-1e4, 0.0]])
+    assert math.isclose(losses.tvd(far[:1], far[1:]).item(), 1.0, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("loss", [losses.soft_kl, losses.reverse_kl, losses.jsd, losses.tvd,
+                                  lambda s, t, **k: losses.generalized_jsd(s, t, beta=0.2, **k)])
+def test_token_mean_does_not_depend_on_how_the_batch_is_split(loss):
+    """Normalised by the global count of real tokens: summing two halves' sums and dividing by
+    the total count gives the whole batch's mean, however the padding falls."""
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(4, 8, 11, generator=g), torch.randn(4, 8, 11, generator=g)
+    mask = torch.rand(4, 8, generator=g) > 0.5
+    whole = loss(s, t, mask=mask)
+    halves = sum(loss(s[i:i + 2], t[i:i + 2], reduction="sum", mask=mask[i:i + 2]) for i in (0, 2))
+    assert torch.allclose(whole, halves / mask.sum(), atol=1e-6)

@@ -9,6 +9,8 @@ positions (normalised by token count), "none" zeroes the others.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,38 @@ def jsd(student_logits, teacher_logits, temperature: float = 1.0, reduction: str
     kl_s = (p_student * (p_student.clamp_min(1e-12).log() - log_mix)).sum(-1)
     kl_t = (p_teacher * (p_teacher.clamp_min(1e-12).log() - log_mix)).sum(-1)
     return _reduce((kl_s + kl_t) / 2 * temperature**2, reduction, mask)
+
+
+def generalized_jsd(student_logits, teacher_logits, beta: float = 0.5, temperature: float = 1.0,
+                    reduction: str = "mean", mask=None):
+    """Generalized JSD(beta) of GKD (Agarwal et al. 2024, arXiv:2306.13649), as TRL computes it:
+    beta * KL(P_t || M) + (1 - beta) * KL(P_s || M), M = beta * P_t + (1 - beta) * P_s, times T^2.
+
+    beta = 0 is the forward KL, KL(P_t || P_s) (``soft_kl``), and beta = 1 the reverse KL,
+    KL(P_s || P_t) (``reverse_kl``): at those end points the mixture formula itself would be 0.
+    beta = 0.5 is ``jsd``. Logits (..., K); returns a scalar, or (...,) with reduction="none".
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return soft_kl(student_logits, teacher_logits, temperature, reduction, mask)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits, temperature, reduction, mask)
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (..., K)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (..., K)
+    log_mix = torch.logsumexp(torch.stack([log_p_teacher + math.log(beta),
+                                           log_p_student + math.log(1 - beta)]), dim=0)  # (..., K) log M
+    kl_teacher = (log_p_teacher.exp() * (log_p_teacher - log_mix)).sum(-1)  # (...,)
+    kl_student = (log_p_student.exp() * (log_p_student - log_mix)).sum(-1)  # (...,)
+    return _reduce((beta * kl_teacher + (1 - beta) * kl_student) * temperature**2, reduction, mask)
+
+
+def tvd(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean", mask=None):
+    """Total variation distance 0.5 * sum_k |softmax(s/T)_k - softmax(t/T)_k|, in [0, 1] (no T^2:
+    it is bounded, and its gradient does not shrink as 1/T^2). Logits (..., K)."""
+    p_student = F.softmax(student_logits.float() / temperature, dim=-1)  # (..., K)
+    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)  # (..., K)
+    return _reduce(0.5 * (p_student - p_teacher).abs().sum(-1), reduction, mask)
 
 
 def cross_entropy(student_logits, targets, reduction: str = "mean", label_smoothing: float = 0.0, mask=None):
