@@ -3,6 +3,7 @@ cached KD (teacher outputs read from the on-disk cache), in one process, on the 
 
     .venv/bin/python benchmarks/kd_overhead.py            # writes benchmarks/results/kd_overhead.{json,md}
     .venv/bin/python benchmarks/kd_overhead.py --emulated-bf16   # + bf16 rows on a CPU without native bf16
+    .venv/bin/python benchmarks/kd_overhead.py --compile   # + rows with the student under torch.compile
 
 The cache is filled before timing; its one-time cost is reported separately.
 """
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_overhead"))
     parser.add_argument("--emulated-bf16", action="store_true",
                         help="also time bf16 where the CPU has no native bf16 (torch emulates it), labelled so")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time fp32 student-only and cached KD with torch.compile(student); the first "
+                             "epoch (compilation) is reported apart from the median of the others")
     args = parser.parse_args()
     precisions = ["fp32"] + (["bf16"] if cpu_supports_bf16() else
                              ["bf16 (emulated)"] if args.emulated_bf16 else [])
@@ -72,26 +76,35 @@ def main() -> None:
             "cached KD": ("response", [cache]),
         }
         results = {}
-        for precision in precisions:
-            training = spec.training.model_copy(update={"precision": precision.split()[0]})
-            for label, (name, caches) in modes.items():
-                if precision.endswith("(emulated)") and label != "student only":
-                    continue  # emulated bf16 is ~9x slower than fp32 here: one row shows the cost
-                torch.manual_seed(0)
-                student = build_model(spec.student.model, bundle.in_shape, bundle.num_classes,
-                                      spec.student.model_args)
-                cls = STRATEGIES[name]
-                strategy = cls([teacher] if cls.uses_teacher else [], student, cls.Params.model_validate(
-                    spec.strategy.params if name != "none" else {}), in_shape=bundle.in_shape)
-                with _native_bf16(precision.endswith("(emulated)")):
-                    run_dir = Path(scratch) / f"{label}-{precision}".replace(" ", "_")
-                    result = fit(strategy, bundle, training, 0, run_dir, caches=caches or (), tensorboard=False,
-                                 description=f"{label} {precision}")
-                epoch_seconds = [h["epoch_seconds"] for h in result.history]
-                key = f"{label} | {precision}"
-                results[key] = {"mode": label, "precision": precision,
-                                "seconds_per_epoch": statistics.median(epoch_seconds), "all_epochs": epoch_seconds}
-                print(f"{key:>30}: {results[key]['seconds_per_epoch']:.2f} s/epoch", flush=True)
+        runs = [(precision, label, False) for precision in precisions for label in modes]
+        if args.compile:
+            runs += [("fp32", "student only", True), ("fp32", "cached KD", True)]
+        for precision, label, compiled in runs:
+            name, caches = modes[label]
+            training = spec.training.model_copy(update={"precision": precision.split()[0],
+                                                        "epochs": args.epochs + (1 if compiled else 0)})
+            if precision.endswith("(emulated)") and label != "student only":
+                continue  # emulated bf16 is ~9x slower than fp32 here: one row shows the cost
+            torch.manual_seed(0)
+            student = build_model(spec.student.model, bundle.in_shape, bundle.num_classes,
+                                  spec.student.model_args)
+            if compiled:
+                student = torch.compile(student)
+            cls = STRATEGIES[name]
+            strategy = cls([teacher] if cls.uses_teacher else [], student, cls.Params.model_validate(
+                spec.strategy.params if name != "none" else {}), in_shape=bundle.in_shape)
+            with _native_bf16(precision.endswith("(emulated)")):
+                run_dir = Path(scratch) / f"{label}-{precision}-{compiled}".replace(" ", "_")
+                result = fit(strategy, bundle, training, 0, run_dir, caches=caches or (), tensorboard=False,
+                             description=f"{label} {precision}")
+            epoch_seconds = [h["epoch_seconds"] for h in result.history]
+            key = f"{label} | {precision}" + (" compiled" if compiled else "")
+            results[key] = {"mode": label, "precision": precision + (", torch.compile" if compiled else ""),
+                            "seconds_per_epoch": statistics.median(epoch_seconds[1:] if compiled else epoch_seconds),
+                            "all_epochs": epoch_seconds, "val_accuracy": result.history[-1]["val_accuracy"]}
+            if compiled:
+                results[key]["first_epoch_with_compilation"] = epoch_seconds[0]
+            print(f"{key:>30}: {results[key]['seconds_per_epoch']:.2f} s/epoch", flush=True)
     base = results["student only | fp32"]["seconds_per_epoch"]
     for row in results.values():
         row["ratio_vs_student_only"] = row["seconds_per_epoch"] / base
@@ -117,6 +130,9 @@ def main() -> None:
         "",
         f"Filling the cache ({cache.views} augmented views of {bundle.n_rows} samples) took "
         f"{cache_seconds:.1f} s once.",
+        *[f"\n{r['mode']} under torch.compile: its first epoch, compilation included, took "
+          f"{r['first_epoch_with_compilation']:.1f} s (the median above leaves it out)."
+          for r in results.values() if "first_epoch_with_compilation" in r],
     ]
     atomic_write_json(Path(args.out + ".json"), out)
     atomic_write_text(Path(args.out + ".md"), "\n".join(lines) + "\n")
