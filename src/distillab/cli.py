@@ -196,6 +196,16 @@ def datasets() -> None:
 
 
 @app.command()
+def tasks() -> None:
+    """List the tasks (what a sample is, the metric a run selects and reports on)."""
+    from distillab.tasks import TASKS
+
+    for name, task in TASKS.items():
+        direction = "higher is better" if task.higher_is_better else "lower is better"
+        console.print(f"[bold]{name}[/]: {task.summary} (metric: {task.metric}, {direction})")
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder")]) -> None:
     """Re-render report.md and the plots from report.json."""
     from distillab.experiment.render import markdown_table, render, load_report

@@ -108,6 +108,8 @@ def test_listing_commands(tmp_path):
     assert response["params"]["temperature"]["default"] == 4.0 and response["paper"]
     assert run_cli("models")[0] == 0 and "cnn_small" in run_cli("models")[1]
     assert "fashion_mnist" in run_cli("datasets")[1]
+    code, output = run_cli("tasks")
+    assert code == 0 and "image_classification" in output and "metric: accuracy, higher is better" in output
     assert run_cli("report", tmp_path)[0] == 2
 
 
