@@ -91,8 +91,12 @@ def main() -> None:
     if teacher_path.exists():
         load_state_into(teacher, teacher_path, "teacher")
     else:
-        train(teacher, (x_train, y_train), epochs=args.epochs, progress=True, **settings)
+        history = train(teacher, (x_train, y_train), epochs=args.epochs, progress=True, **settings)
         save_model(teacher, teacher_path)
+        facts = {"epochs": history.epochs, "best_epoch": history.best_epoch,
+                 "seconds": sum(epoch["epoch_seconds"] for epoch in history.epochs),
+                 "test": evaluate(teacher, (x_test, y_test))}
+        (args.out / "teacher.json").write_text(json.dumps(facts, indent=1))
     print(f"teacher: test {json.dumps(evaluate(teacher, (x_test, y_test)))}", flush=True)
 
     report = compare(teacher, lambda: seed_model(16, 32), (x_train, y_train), (x_test, y_test),
