@@ -336,9 +336,10 @@ def _router(settings: Settings) -> APIRouter:
         estimate = _estimate(spec, settings, history)
         if estimate.seconds > settings.max_job_device_hours * 3600:
             limit = settings.max_job_device_hours
-            raise BodyError([error(["training"], f"estimated {estimate.seconds / 3600:.1f} device-hours "
-                                                 f"({estimate.basis.split(':')[0]}); one job may take at most "
-                                                 f"{limit:g} (DISTILLAB_MAX_JOB_DEVICE_HOURS)")])
+            # the limit first: a long message is cut at the echo limit, and the cut must not hide it
+            raise BodyError([error(["training"], f"estimated {estimate.seconds / 3600:.1f} device-hours; one job "
+                                                 f"may take at most {limit:g} (DISTILLAB_MAX_JOB_DEVICE_HOURS); "
+                                                 f"estimated from {estimate.basis.split(':')[0]}")])
         options = {**options_of(body, body.teacher_model_ids), "estimate": {
             "basis": estimate.basis, "samples_per_s": estimate.samples_per_s}}
         with request.app.state.write_sessions.begin() as session:
