@@ -242,17 +242,8 @@ class Distiller:
 
             settings = Settings("fit", StrategyChoice(self.strategy_cls.__name__, {}), training, self.cache)
             caches = teacher_caches(settings, data, [(t, state_checksum(t), {}) for t in self.teachers])
-        temporary = run_dir is None
-        folder = Path(tempfile.mkdtemp(prefix="distillab-fit-")) if temporary else Path(run_dir)
-        bars = [ProgressBar("fit", epochs)] if progress else []
-        try:
-            result = engine_fit(strategy, data, training, seed, folder, caches=caches, resume=resume,
-                                callbacks=[*bars, *callbacks], tensorboard=False, description="fit", task=self.task)
-        finally:
-            if temporary:
-                shutil.rmtree(folder, ignore_errors=True)
-        self.history = History(result.history, result.best_epoch, result.best_val_accuracy,
-                               None if temporary else folder)
+        self.history = _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, "fit",
+                                   self.task, caches)
         self.deployed = strategy.deployed_model()  # what serves predictions: the student (adaptive: G + student)
         return self.history
 
@@ -274,12 +265,19 @@ def train(model: nn.Module, train_data: DatasetLike, val_data: DatasetLike = Non
     data = user_data(train_data, val_data, None, seed, val_size)
     none = STRATEGIES["none"]
     strategy = none([], model, none.Params(label_smoothing=label_smoothing), in_shape=data.in_shape)
+    return _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, "train",
+                       TASKS["image_classification"])
+
+
+def _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, description, task,
+                caches=()) -> History:
+    """The engine's fit in ``run_dir`` (a temporary folder, removed afterwards, when None)."""
     temporary = run_dir is None
-    folder = Path(tempfile.mkdtemp(prefix="distillab-train-")) if temporary else Path(run_dir)
-    bars = [ProgressBar("train", epochs)] if progress else []
+    folder = Path(tempfile.mkdtemp(prefix=f"distillab-{description}-")) if temporary else Path(run_dir)
+    bars = [ProgressBar(description, training.epochs)] if progress else []
     try:
-        result = engine_fit(strategy, data, training, seed, folder, resume=resume, callbacks=[*bars, *callbacks],
-                            tensorboard=False, description="train", task=TASKS["image_classification"])
+        result = engine_fit(strategy, data, training, seed, folder, caches=caches, resume=resume,
+                            callbacks=[*bars, *callbacks], tensorboard=False, description=description, task=task)
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
