@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from distillab.errors import SpecError
 
@@ -41,7 +40,8 @@ def predict(model, images: torch.Tensor, normalize, batch_size: int = 1024, devi
 
 
 def evaluate(model, split, normalize, batch_size: int = 1024, device="cpu") -> Evaluation:
+    from distillab.tasks.image_classification import classification_metrics  # the task's one metric code
+
     logits = predict(model, split.images, normalize, batch_size, device)
-    accuracy = (logits.argmax(-1) == split.labels).float().mean().item()
-    loss = F.cross_entropy(logits, split.labels).item()
-    return Evaluation(accuracy, loss, logits)
+    metrics = classification_metrics(logits, split.labels)
+    return Evaluation(metrics["accuracy"], metrics["loss"], logits)
