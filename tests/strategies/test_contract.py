@@ -9,16 +9,32 @@ from distillab.models.zoo import build_model
 from distillab.strategies import STRATEGIES
 
 
+VOCAB, CONTEXT = 11, 6  # a tiny language model for the strategies that serve only language_modeling
+
+
+def is_text(name):
+    return STRATEGIES[name].tasks == ("language_modeling",)
+
+
 def make_strategy(name, seed=0):
     torch.manual_seed(seed)
+    cls = STRATEGIES[name]
+    if is_text(name):
+        args = {"layers": 1, "dim": 16, "heads": 2}
+        teacher, student = (build_model("gpt", (CONTEXT,), VOCAB, args) for _ in range(2))
+        return cls([teacher], student, cls.Params(top_k=4), in_shape=(CONTEXT,)), teacher
     teacher = build_model("cnn_tiny", (1, 8, 8), 3)
     student = build_model("cnn_tiny", (1, 8, 8), 3)
-    cls = STRATEGIES[name]
     return cls([teacher], student, cls.Params(), in_shape=(1, 8, 8)), teacher
 
 
-def batch(seed=0):
+def batch(seed=0, name=None):
     g = torch.Generator().manual_seed(seed)
+    if name is not None and is_text(name):
+        tokens = torch.randint(0, VOCAB, (8, CONTEXT + 1), generator=g)
+        mask = torch.ones(8, CONTEXT, dtype=torch.bool)
+        mask[0, -2:] = False  # padding at the end of the last block
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask, "index": torch.arange(8)}
     return {"inputs": torch.randn(8, 1, 8, 8, generator=g), "targets": torch.randint(0, 3, (8,), generator=g),
             "index": torch.arange(8)}
 
@@ -31,9 +47,9 @@ def test_two_steps_finite_loss_teacher_frozen(name):
     strategy.train()
     losses = []
     for step in range(2):
-        out = strategy.loss(batch(step))
+        out = strategy.loss(batch(step, name))
         assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-        assert out.student_logits.shape == (8, 3)
+        assert out.student_logits.shape == ((8, CONTEXT, VOCAB) if is_text(name) else (8, 3))
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -52,7 +68,7 @@ def test_checkpoint_round_trip(name):
     strategy, _ = make_strategy(name, seed=0)
     optimizer = torch.optim.SGD(strategy.trainable_parameters(), lr=0.1)
     strategy.train()
-    out = strategy.loss(batch(0))
+    out = strategy.loss(batch(0, name))
     optimizer.zero_grad()
     out.loss.backward()
     optimizer.step()
@@ -63,7 +79,7 @@ def test_checkpoint_round_trip(name):
     restored.load_trainable_state_dict(state)
     strategy.eval()
     restored.eval()
-    probe = batch(5)
+    probe = batch(5, name)
     with torch.no_grad():
         assert torch.allclose(strategy.student(probe["inputs"]), restored.student(probe["inputs"]))
 

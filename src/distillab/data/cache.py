@@ -169,9 +169,15 @@ class _Array:
                 os.posix_fallocate(handle.fileno(), 0, size)  # ENOSPC now, not half-way through the fill
 
     def write_view(self, view: int, block: np.ndarray) -> None:
+        """Write ``block``, one entry of the first axis, at entry ``view``."""
+        self.write_rows(view, block[None])
+
+    def write_rows(self, start: int, block: np.ndarray) -> None:
+        """Write ``block`` (n, *shape[1:]) at entries start .. start + n of the first axis."""
         data = np.ascontiguousarray(block, dtype=self.dtype).tobytes()
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         with open(self.path, "r+b") as handle:
-            os.pwrite(handle.fileno(), data, self.offset + view * len(data))
+            os.pwrite(handle.fileno(), data, self.offset + start * row_bytes)
             os.fsync(handle.fileno())
 
 

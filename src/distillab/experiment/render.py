@@ -81,32 +81,83 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _metric(report: dict) -> tuple[str, bool]:
+    """(primary metric, higher is better) of the report's task; accuracy for older reports."""
+    task = report.get("task") or {}
+    return task.get("metric", "accuracy"), task.get("higher_is_better", True)
+
+
+def lm_table(report: dict) -> str:
+    """The language-model table: held-out bits per character, perplexity, next-token accuracy,
+    size and CPU speed at batch 1."""
+    lines = ["| model | role | bits/char | perplexity | next-token acc (%) | params | size MB | prefill tok/s "
+             "| decode tok/s | peak MB | compression |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    teacher = next(m for m in report["models"] if m["role"] == "teacher")
+    for m in report["models"]:
+        metrics = m.get("metrics", {})
+        bpc, ppl, acc = (metrics.get(key, {"mean": None, "std": 0}) for key in
+                         ("bits_per_character", "perplexity", "accuracy"))
+        lines.append(
+            f"| {m['name']} ({m['model']}) | {m['role']} | {_fmt(bpc['mean'], '.4f')} ± {bpc['std']:.4f} "
+            f"| {_fmt(ppl['mean'], '.2f')} | {_fmt(acc['mean'] and acc['mean'] * 100, '.2f')} | {m['params']:,} "
+            f"| {m['size_mb']:.1f} | {_fmt(m.get('prefill_tokens_per_s'), ',.0f')} "
+            f"| {_fmt(m.get('decode_tokens_per_s'), ',.1f')} | {_fmt(m.get('peak_memory_mb'), ',.0f')} "
+            f"| {_fmt(teacher['size_mb'] / m['size_mb'] if m['size_mb'] else None, '.1f')}× |")
+    return "\n".join(lines)
+
+
+def summary_table(report: dict) -> str:
+    """The report's main table: models by accuracy and speed, or for a language model by bits per character."""
+    return markdown_table(report) if _metric(report)[0] == "accuracy" else lm_table(report)
+
+
+def _comparison_rows(report: dict) -> list[str]:
+    metric, _ = _metric(report)
+    if metric == "accuracy":
+        rows = ["| comparison | mean difference (points) | p-value | test |", "|---|---:|---:|---|"]
+        for c in report["comparisons"]:
+            rows.append(f"| {c['a']} − {c['b']} | {c['mean_diff'] * 100:+.2f} | {_fmt(c['p_value'], '.3g', 'n/a')} "
+                        f"| {c['test']}, n={c['n']} |")
+        return rows
+    rows = [f"| comparison | mean difference ({metric}) | relative | p-value | test |", "|---|---:|---:|---:|---|"]
+    for c in report["comparisons"]:
+        relative = c.get("relative_diff")
+        rows.append(f"| {c['a']} − {c['b']} | {c['mean_diff']:+.4f} | {_fmt(relative and relative * 100, '+.2f')} % "
+                    f"| {_fmt(c['p_value'], '.3g', 'n/a')} | {c['test']}, n={c['n']} |")
+    return rows
+
+
 def render_markdown(report: dict) -> str:
     seeds = report["seeds"]
     strategy = report["strategy"]
     params = ", ".join(f"{k}={v}" for k, v in strategy["params"].items())
-    parts = [
-        f"# {report['name']}",
-        "",
-        f"Dataset `{report['dataset']['name']}`: {report['dataset']['train']} train / {report['dataset']['val']} val / "
-        f"{report['dataset']['test']} test samples. Strategy `{strategy['name']}` ({params or 'no parameters'}). "
-        f"Seeds {seeds}. Accuracy is on the test split, mean ± sample std over seeds; the student is selected on "
-        f"the validation split.",
-        *_augmentation_lines(report),
-        "",
-        markdown_table(report),
-        "",
-        "Speed-up and compression are relative to the teacher (latency at batch 1, serialized size). Latencies are "
-        "medians with their interquartile range, all models timed round-robin in one measurement so that load "
-        "changes hit them alike; the scratch and distilled students are one network, timed once. Retention is "
-        "student accuracy / teacher accuracy. Efficiency is accuracy / (size MB × latency ms).",
-        "",
-        "| comparison | mean difference (points) | p-value | test |",
-        "|---|---:|---:|---|",
-    ]
-    for c in report["comparisons"]:
-        parts.append(f"| {c['a']} − {c['b']} | {c['mean_diff'] * 100:+.2f} | {_fmt(c['p_value'], '.3g', 'n/a')} "
-                     f"| {c['test']}, n={c['n']} |")
+    metric, _ = _metric(report)
+    dataset = report["dataset"]
+    if metric == "accuracy":
+        intro = (f"Dataset `{dataset['name']}`: {dataset['train']} train / {dataset['val']} val / {dataset['test']} "
+                 f"test samples. Strategy `{strategy['name']}` ({params or 'no parameters'}). Seeds {seeds}. Accuracy "
+                 "is on the test split, mean ± sample std over seeds; the student is selected on the validation split.")
+        table = [markdown_table(report), "",
+                 "Speed-up and compression are relative to the teacher (latency at batch 1, serialized size). "
+                 "Latencies are medians with their interquartile range, all models timed round-robin in one "
+                 "measurement so that load changes hit them alike; the scratch and distilled students are one "
+                 "network, timed once. Retention is student accuracy / teacher accuracy. Efficiency is accuracy / "
+                 "(size MB × latency ms)."]
+    else:
+        tokens = dataset.get("tokens", {})
+        intro = (f"Corpus `{dataset['name']}`, split {dataset.get('split', 'by position')}: "
+                 f"{tokens.get('train', '?'):,} train / {tokens.get('val', '?'):,} val / {tokens.get('test', '?'):,} "
+                 f"test tokens in blocks of {dataset['in_shape'][0]}. Strategy `{strategy['name']}` "
+                 f"({params or 'no parameters'}). Seeds {seeds}. Metrics are on the test text, mean ± sample std "
+                 f"over seeds; the student is selected on validation {metric.replace('_', ' ')}.")
+        table = [lm_table(report), "",
+                 "Bits per character: the summed negative log-likelihood in bits over the characters the predicted "
+                 "tokens cover (lower is better). Perplexity is per token. Prefill: one batch-1 forward over a full "
+                 "context; decode: greedy generation at batch 1 with a key/value cache; peak: the weights plus "
+                 "what a generation adds to the resident set. Compression is the teacher's size over the model's."]
+    parts = [f"# {report['name']}", "", intro, *_augmentation_lines(report), "", *table, "",
+             *_comparison_rows(report)]
     for m in report["models"]:
         if m.get("stages"):
             parts += ["", f"Stages of `{m['strategy']}` (test accuracy, mean ± std over seeds):", "",
@@ -150,15 +201,19 @@ def render_plots(report: dict, run_dir: Path) -> list[Path]:
     written = []
     models = report["models"]
     names = [m["name"] for m in models]
-    means = [m["accuracy"]["mean"] * 100 for m in models]
-    stds = [m["accuracy"]["std"] * 100 for m in models]
+    metric, _ = _metric(report)
+    scale, label = (100, "test accuracy (%)") if metric == "accuracy" else (1, f"test {metric.replace('_', ' ')}")
+    scores = [m.get("score", m["accuracy"]) for m in models]
+    means = [s["mean"] * scale for s in scores]
+    stds = [s["std"] * scale for s in scores]
 
     colours = [ROLE_COLOURS.get(m["role"], "#2a7") for m in models]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(names, means, yerr=stds, capsize=6, color=colours)
     low = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0, low - 3), min(100, max(means) + 2))
-    ax.set_ylabel("test accuracy (%)")
+    if metric == "accuracy":
+        ax.set_ylim(max(0, low - 3), min(100, max(means) + 2))
+    ax.set_ylabel(label)
     ax.set_title(f"{report['name']}: mean ± std over {len(report['seeds'])} seed(s)")
     written.append(_save(fig, run_dir / "accuracy.png"))
 
@@ -166,20 +221,19 @@ def render_plots(report: dict, run_dir: Path) -> list[Path]:
     for m in models:
         for seed, curve in (m.get("curves") or {}).items():
             style = "-" if m["role"] == "distilled" else "--"
-            ax.plot(range(1, len(curve) + 1), [v * 100 for v in curve], style, marker=".",
+            ax.plot(range(1, len(curve) + 1), [v * scale for v in curve], style, marker=".",
                     color=ROLE_COLOURS.get(m["role"]), alpha=0.8, label=f"{m['role']} seed {seed}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(label.replace("test", "validation"))
     ax.legend(fontsize=7)
     ax.set_title("training curves (validation split; scratch dashed, distilled solid)")
     written.append(_save(fig, run_dir / "curves.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in models:
-        ax.errorbar(m["latency_ms"], m["accuracy"]["mean"] * 100, yerr=m["accuracy"]["std"] * 100, fmt="o", capsize=4,
-                    color=ROLE_COLOURS.get(m["role"], "#2a7"))
-        ax.annotate(m["name"], (m["latency_ms"], m["accuracy"]["mean"] * 100), textcoords="offset points", xytext=(5, 5))
+    for m, mean, std in zip(models, means, stds):
+        ax.errorbar(m["latency_ms"], mean, yerr=std, fmt="o", capsize=4, color=ROLE_COLOURS.get(m["role"], "#2a7"))
+        ax.annotate(m["name"], (m["latency_ms"], mean), textcoords="offset points", xytext=(5, 5))
     ax.set_xscale("log")
     ticks = sorted({m["latency_ms"] for m in models})
     ax.xaxis.set_major_locator(FixedLocator(ticks))  # a readable tick at every model, not bare powers of ten
@@ -187,8 +241,8 @@ def render_plots(report: dict, run_dir: Path) -> list[Path]:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
     ax.set_xlabel("latency at batch 1 (ms, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs latency")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label.removeprefix('test ')} vs latency")
     written.append(_save(fig, run_dir / "accuracy_vs_latency.png"))
     return written
 

@@ -30,7 +30,6 @@ from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
 from distillab.experiment.job import Job, as_job
 from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
-from distillab.models.facts import facts_of
 from distillab.models.loading import load_state_into
 from distillab.spec import JobSpec, parse_spec
 from distillab.strategies import STRATEGIES
@@ -101,6 +100,9 @@ def check_strategy(job: Job, bundle, teachers) -> None:
     before anything is trained or written."""
     job = as_job(job)
     strategy_cls = job.strategy_cls
+    if strategy_cls.tasks is not None and job.task.name not in strategy_cls.tasks:
+        raise SpecError(f"strategy.name: {job.strategy_name} serves the task(s) {', '.join(strategy_cls.tasks)}, "
+                        f"not {job.task.name}")
     if bundle.augment.mixing and not strategy_cls.supports_mix:
         raise SpecError(f"data.augment.mix: {job.strategy_name} uses each sample's one true class, which a mixed "
                         f"image ({bundle.augment.mix}) does not have; use mix: none or another strategy")
@@ -132,7 +134,8 @@ def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline
     test = job.task.evaluate(strategy.student, bundle, "test", spec.training.eval_batch_size, device)
     log.info("%s: test %s %.4f", label, job.task.metric, test.value)
     return {
-        "test_accuracy": test.value,
+        "test_score": test.value,  # the task's primary metric
+        "test_accuracy": test.metrics.get("accuracy", test.value),
         "test_metrics": test.metrics,
         "val_accuracy": result.best_val_accuracy,
         "best_epoch": result.best_epoch,
@@ -255,7 +258,7 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
         atomic_write_json(partial / "spec.json", job.record)
         device = resolve_device(spec.training.device)
         teacher_accuracy = [
-            job.task.evaluate(model.to(device), first, "test", spec.training.eval_batch_size, device).value
+            job.task.evaluate(model.to(device), first, "test", spec.training.eval_batch_size, device)
             for model, _, _ in teachers
         ]
         strategy_cls = job.strategy_cls
@@ -268,7 +271,8 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
             caches = []
             if needs_cache:
                 notify("teacher_outputs", {"seed": seed})
-                caches = teacher_caches(spec, bundle, teachers, progress=FillBar(f"seed {seed} teacher outputs"))
+                caches = job.task.teacher_caches(spec, bundle, teachers, job.params,
+                                                 progress=FillBar(f"seed {seed} teacher outputs"))
             scratch = _phase(job, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
                              resume, deadline, callbacks, notify=notify)
             distilled = _phase(job, bundle, seed, "distilled", teachers, caches,
@@ -332,16 +336,19 @@ def _assemble(job: Job, bundle, teachers, teacher_accuracy, phases, seconds) -> 
     timed["scratch"] = student
     if not _same_network(student, deployed):
         timed["distilled"] = deployed
-    measured = facts_of(timed, bundle.in_shape, spec.output.latency_repeats)
+    measured = job.task.model_facts(timed, bundle, spec.output.latency_repeats)
     facts = {"scratch": measured["scratch"], "distilled": measured.get("distilled", measured["scratch"])}
     models = []
-    for index, ((model, checksum, source), accuracy) in enumerate(zip(teachers, teacher_accuracy)):
+    task = job.task
+    for index, ((model, checksum, source), evaluation) in enumerate(zip(teachers, teacher_accuracy)):
         models.append({
             "name": "teacher" if len(teachers) == 1 else f"teacher_{index}",
             "role": "teacher",
             "strategy": None,
             "model": job.teacher_names[index],
-            "accuracy": summarize([accuracy] * len(seeds)),
+            "accuracy": summarize([evaluation.metrics.get("accuracy", evaluation.value)] * len(seeds)),
+            "score": summarize([evaluation.value] * len(seeds)),
+            "metrics": {key: summarize([value] * len(seeds)) for key, value in evaluation.metrics.items()},
             **measured[f"teacher_{index}"],
             "checksum": checksum,
             "source": source["source"],
@@ -354,19 +361,22 @@ def _assemble(job: Job, bundle, teachers, teacher_accuracy, phases, seconds) -> 
             "strategy": runs[0]["strategy"],
             "model": job.student_name,
             "accuracy": summarize([r["test_accuracy"] for r in runs]),
+            "score": summarize([r.get("test_score", r["test_accuracy"]) for r in runs]),
+            "metrics": {key: summarize([r["test_metrics"][key] for r in runs]) for key in runs[0]["test_metrics"]},
             **facts[role],
             "val_accuracy": summarize([r["val_accuracy"] for r in runs]),
             "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
             "extra_training_params": runs[0]["extra_training_params"],
-            "curves": {str(r["seed"]): [h["val_accuracy"] for h in r["history"]] for r in runs},
+            "curves": {str(r["seed"]): [h[f"val_{task.metric}"] for h in r["history"]] for r in runs},
             **({"stages": _stage_summary(runs)} if "stages" in runs[0] else {}),
             "train_loss_curves": {str(r["seed"]): [h["train_loss"] for h in r["history"]] for r in runs},
         })
-    distilled = [r["test_accuracy"] for r in phases["distilled"]]
-    scratch = [r["test_accuracy"] for r in phases["scratch"]]
-    comparisons = [paired_comparison("student_distilled", distilled, "student_scratch", scratch)]
+    distilled = [r.get("test_score", r["test_accuracy"]) for r in phases["distilled"]]
+    scratch = [r.get("test_score", r["test_accuracy"]) for r in phases["scratch"]]
+    comparisons = [paired_comparison("student_distilled", distilled, "student_scratch", scratch,
+                                     metric=task.metric, higher_is_better=task.higher_is_better)]
     teacher_mean = models[0]["accuracy"]["mean"]
-    distilled_mean = float(np.mean(distilled))
+    distilled_mean = float(np.mean([r["test_accuracy"] for r in phases["distilled"]]))
     constraints = []
     if spec.constraints.min_accuracy is not None:
         constraints.append({"name": "min_accuracy", "limit": spec.constraints.min_accuracy,
@@ -380,7 +390,7 @@ def _assemble(job: Job, bundle, teachers, teacher_accuracy, phases, seconds) -> 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
         "task": {"name": job.task.name, "metric": job.task.metric, "higher_is_better": job.task.higher_is_better},
-        "dataset": _dataset_facts(bundle, teachers),
+        "dataset": bundle.describe() if hasattr(bundle, "describe") else _dataset_facts(bundle, teachers),
         "seeds": seeds,
         "strategy": {"name": job.strategy_name, "params": job.params.model_dump(mode="json")},
         "augmentation": _augmentation(job, bundle),

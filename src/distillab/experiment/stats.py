@@ -17,9 +17,11 @@ def summarize(values: list[float]) -> dict:
     }
 
 
-def paired_comparison(a_name: str, a: list[float], b_name: str, b: list[float]) -> dict:
-    """Paired t-test of a - b over seeds. p_value is None with fewer than two seeds or when
-    every difference is the same (the test is undefined then)."""
+def paired_comparison(a_name: str, a: list[float], b_name: str, b: list[float], metric: str = "accuracy",
+                      higher_is_better: bool = True) -> dict:
+    """Paired t-test of a - b over seeds, on ``metric``. p_value is None with fewer than two
+    seeds or when every difference is the same (the test is undefined then). ``relative_diff``
+    is the mean difference over b's mean."""
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs equal lengths, got {len(a)} and {len(b)}")
     diffs = [x - y for x, y in zip(a, b)]
@@ -31,6 +33,9 @@ def paired_comparison(a_name: str, a: list[float], b_name: str, b: list[float]) 
         "a": a_name,
         "b": b_name,
         "mean_diff": statistics.fmean(diffs),
+        "relative_diff": statistics.fmean(diffs) / statistics.fmean(b) if statistics.fmean(b) else None,
+        "metric": metric,
+        "higher_is_better": higher_is_better,
         "p_value": p_value,
         "n": len(diffs),
         "test": "paired t-test over seeds",
@@ -38,7 +43,10 @@ def paired_comparison(a_name: str, a: list[float], b_name: str, b: list[float]) 
 
 
 def verdict(comparison: dict, strategy: str, alpha: float = 0.05) -> str:
-    """One plain sentence: did distillation help, and by how much?"""
+    """One plain sentence: did distillation help, and by how much? Accuracy differences are in
+    points; other metrics (bits per character, lower is better) in percent of the scratch twin's."""
+    if comparison.get("metric", "accuracy") != "accuracy":
+        return _metric_verdict(comparison, strategy, alpha)
     points = comparison["mean_diff"] * 100
     n, p = comparison["n"], comparison["p_value"]
     seeds = f"{n} seed{'s' if n != 1 else ''}"
@@ -55,3 +63,22 @@ def verdict(comparison: dict, strategy: str, alpha: float = 0.05) -> str:
                 f"scratch twin on average ({p_text}, {seeds}).")
     return (f"Distillation did not measurably help: the difference from the scratch twin is {points:+.2f} points "
             f"on average, not significant ({p_text}, {seeds}).")
+
+
+def _metric_verdict(comparison: dict, strategy: str, alpha: float) -> str:
+    metric = comparison["metric"].replace("_", " ")
+    n, p = comparison["n"], comparison["p_value"]
+    percent = (comparison["relative_diff"] or 0.0) * 100
+    better = percent > 0 if comparison["higher_is_better"] else percent < 0
+    change = f"{abs(percent):.2f} % {'higher' if percent > 0 else 'lower'}"
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    p_text = f"paired t-test p = {p:.3g}" if p is not None else "no p-value with one seed"
+    if p is None and n < 2:
+        return (f"Inconclusive: with one seed the {strategy}-distilled student's {metric} was {change} than its "
+                f"scratch twin's ({p_text}); run more seeds for a verdict.")
+    if p is not None and p < alpha and percent != 0:
+        word = "helped" if better else "hurt"
+        return (f"Distillation {word}: the {strategy}-distilled student's {metric} was {change} than its scratch "
+                f"twin's on average ({p_text}, {seeds}).")
+    return (f"Distillation did not measurably help: the {metric} differs from the scratch twin's by "
+            f"{percent:+.2f} % on average, not significant ({p_text}, {seeds}).")

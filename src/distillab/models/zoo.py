@@ -13,6 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from distillab.errors import SpecError, close_matches
+from distillab.models.gpt import GPT
 
 
 class GlobalAvgPool(nn.Module):
@@ -193,6 +194,7 @@ MODELS = {
     "cnn": SmallCNN,
     "resnet": ResNet,
     "wrn": WideResNet,
+    "gpt": GPT,
 }
 
 MODEL_SUMMARIES = {
@@ -202,6 +204,7 @@ MODEL_SUMMARIES = {
     "cnn": "VGG-style CNN with configurable stages",
     "resnet": "CIFAR-style ResNet, depth 6n+2 and width w",
     "wrn": "WideResNet WRN-d-k, depth 6n+4 and widen_factor k",
+    "gpt": "decoder-only language model (layers=4, dim=256, heads=4; RoPE, RMSNorm, tied embeddings)",
 }
 
 

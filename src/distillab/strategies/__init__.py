@@ -13,6 +13,7 @@ from distillab.strategies.relational import Relational
 from distillab.strategies.response import Response
 from distillab.strategies.selective import Selective
 from distillab.strategies.self_distillation import SelfDistillation
+from distillab.strategies.token_kd import TokenKD
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "none": NoDistillation,
@@ -27,6 +28,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "feature": Feature,
     "attention": Attention,
     "adaptive": Adaptive,
+    "token_kd": TokenKD,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

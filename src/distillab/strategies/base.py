@@ -59,6 +59,8 @@ class Strategy(nn.Module):
     # False when the loss needs each sample's one true class (DKD's target split, selective's
     # teacher-is-right test), which a mixed image (mixup / cutmix) does not have.
     supports_mix: ClassVar[bool] = True
+    # The tasks whose outputs the loss understands (None: logits of any shape, with a mask).
+    tasks: ClassVar[tuple[str, ...] | None] = ("image_classification",)
 
     def __init__(self, teachers: list[nn.Module], student: nn.Module, params: BaseModel, in_shape=None):
         """``in_shape`` (C, H, W) lets a strategy size its adapters with a dummy forward pass."""
@@ -95,7 +97,8 @@ class Strategy(nn.Module):
         if "mix_lam" in batch:
             return losses.mixed_cross_entropy(student_logits, batch["targets"], batch["mix_targets"],
                                               batch["mix_lam"], label_smoothing=label_smoothing)
-        return losses.cross_entropy(student_logits, batch["targets"], label_smoothing=label_smoothing)
+        return losses.cross_entropy(student_logits, batch["targets"], label_smoothing=label_smoothing,
+                                    mask=batch.get("mask"))
 
     def teacher_logits(self, batch: dict) -> torch.Tensor:
         """(n_teachers, B, K): from the cache when the batch carries it, else computed online."""

@@ -21,6 +21,7 @@ class NoDistillation(Strategy):
     paper = "-"
     Params = NoneParams
     uses_teacher = False
+    tasks = None
 
     def loss(self, batch):
         student_logits = self.student(batch["inputs"])  # (B, K)

@@ -25,12 +25,13 @@ class Response(Strategy):
     summary = "Hinton KD: temperature-softened KL to the teacher plus hard-label CE"
     paper = "Hinton et al. 2015, arXiv:1503.02531"
     Params = ResponseParams
+    tasks = None  # any logits: classes (B, K), or tokens (B, T, V) with a mask
 
     def loss(self, batch):
-        teacher_logits = self.teacher_logits(batch).mean(0)  # (B, K)
+        teacher_logits = self.teacher_logits(batch).mean(0)  # (B, K), or (B, T, V) for a language model
         student_logits = self.student(batch["inputs"])  # (B, K)
         p = self.params
-        soft = losses.soft_kl(student_logits, teacher_logits, p.temperature)
+        soft = losses.soft_kl(student_logits, teacher_logits, p.temperature, mask=batch.get("mask"))
         hard = self.hard_loss(student_logits, batch)
         loss = p.alpha * soft + (1 - p.alpha) * hard
         return StepOutput(loss, student_logits, {"soft": soft.item(), "hard": hard.item()})

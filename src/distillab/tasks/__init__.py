@@ -2,9 +2,11 @@
 
 from distillab.tasks.base import Evaluation, Task
 from distillab.tasks.image_classification import ImageClassification
+from distillab.tasks.language_modeling import LanguageModeling
 
 TASKS: dict[str, Task] = {
     "image_classification": ImageClassification(),
+    "language_modeling": LanguageModeling(),
 }
 
 __all__ = ["TASKS", "Evaluation", "Task"]

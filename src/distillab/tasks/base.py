@@ -47,9 +47,27 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     cache_kind: ClassVar[str] = "dense_logits"  # what the teacher-output cache stores
 
-    def build(self, data_spec, seed: int):
-        """The splits of a spec's ``data`` section for one seed."""
+    def build(self, data_spec, seed: int, spec=None):
+        """The splits of a spec's ``data`` section for one seed (``spec``: the whole job spec)."""
         raise NotImplementedError
+
+    def load_teachers(self, spec, data, resume: bool = False, callbacks=None) -> list[tuple]:
+        """[(model, checksum, {"source": ...})] for the spec's teachers (trained when needed)."""
+        from distillab.experiment.teacher import get_teachers
+
+        return get_teachers(spec, data, resume=resume, callbacks=callbacks)
+
+    def teacher_caches(self, settings, data, teachers, params, progress=None) -> list:
+        """The teachers' cached outputs for ``data`` ([] when the cache is off or cannot serve)."""
+        from distillab.experiment.run import teacher_caches
+
+        return teacher_caches(settings, data, teachers, progress)
+
+    def model_facts(self, models: dict, data, repeats: int) -> dict[str, dict]:
+        """Size and speed of each model (parameters, MB, MACs, latency), measured together."""
+        from distillab.models.facts import facts_of
+
+        return facts_of(models, data.in_shape, repeats)
 
     def evaluate(self, model, data, split: str, batch_size: int, device) -> Evaluation:
         """Every metric of ``model`` on ``data``'s ``split`` ("val" or "test"), in eval mode."""

