@@ -70,3 +70,74 @@ def tiny_spec(npz: Path, teacher_path: Path, **overrides) -> dict:
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return spec
+
+
+# --- language models: a tiny Llama and its byte-level BPE tokenizer, built offline ---
+
+TEXT = [
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. However little known the feelings or views of such a man may be "
+    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the "
+    "surrounding families, that he is considered the rightful property of some one or other of "
+    "their daughters.\n",
+    "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, "
+    "seemed to unite some of the best blessings of existence; and had lived nearly twenty-one "
+    "years in the world with very little to distress or vex her.\n",
+]
+
+
+def write_corpus(folder: Path, copies: int = 6) -> Path:
+    """Two short 'books', each its own document, repeated so every split has text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, text in enumerate(TEXT):
+        (folder / f"book{index}.txt").write_text(text * copies)
+    return folder
+
+
+def make_tiny_lm(folder: Path, extra_rows: int = 0, vocab_size: int = 300, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on TEXT, saved as a
+    Hugging Face folder; ``extra_rows`` pads the embedding matrix beyond the tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(TEXT, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast) + extra_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+def text_spec(corpus_path: Path, teacher_folder: Path, **overrides) -> dict:
+    spec = {
+        "name": "tiny-text",
+        "task": "language_modeling",
+        "data": {"dataset": "text_folder", "path": str(corpus_path), "context_length": 16, "val_size": 0.15,
+                 "test_size": 0.15},
+        "teacher": {"checkpoint": str(teacher_folder)},
+        "student": {"model": "gpt", "model_args": {"layers": 1, "dim": 16, "heads": 2}},
+        "strategy": {"name": "token_kd", "params": {"top_k": 4}},
+        "training": {"epochs": 2, "batch_size": 8, "seeds": [0, 1], "eval_batch_size": 16, "lr": 0.01},
+        "output": {"tensorboard": False, "plots": False, "latency_repeats": 2},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec

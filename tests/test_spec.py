@@ -106,11 +106,12 @@ def test_the_task_defaults_to_image_classification_and_unknown_tasks_are_named(b
         parse_spec({**tiny_spec(blobs, tiny_teacher), "task": "image_clasification"})
 
 
-def test_every_shipped_config_still_validates_without_a_task_key():
+def test_every_shipped_image_config_still_validates_without_a_task_key():
     from pathlib import Path
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-    assert len(configs) >= 5
-    for path in configs:
+    image_configs = [path for path in configs if "task: language_modeling" not in path.read_text()]
+    assert len(image_configs) >= 5
+    for path in image_configs:
         assert "task:" not in path.read_text()  # written before tasks existed
         assert load_spec(path).task == "image_classification"

@@ -131,8 +131,9 @@ class ModelSpec(Strict):
     @classmethod
     def _known_model(cls, name: str) -> str:
         from distillab.models.zoo import MODELS
+        from distillab.tasks.language_modeling import LM_STUDENTS
 
-        return registered(name, MODELS, "model")
+        return registered(name, {**MODELS, **LM_STUDENTS}, "model")
 
 
 class TeacherSpec(Strict):
@@ -150,7 +151,9 @@ class TeacherSpec(Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str | None) -> str | None:
-        return None if name is None else ModelSpec._known_model(name)
+        from distillab.models.zoo import MODELS
+
+        return None if name is None else registered(name, MODELS, "model")
 
     @field_validator("checkpoint")
     @classmethod
@@ -272,7 +275,11 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _task_fits(self) -> JobSpec:
+        from distillab.tasks.language_modeling import LM_STUDENTS
+
         text_task = self.task == "language_modeling"
+        if self.student.model in LM_STUDENTS and not text_task:
+            raise ValueError(f"student.model: {self.student.model} is a language-model student (task: language_modeling)")
         if text_task != self.data.is_text:
             kind = "a text corpus" if text_task else "an image or tensor dataset"
             raise ValueError(f"data.dataset: the task {self.task} needs {kind}, not {self.data.dataset!r}")
@@ -318,7 +325,9 @@ class JobSpec(Strict):
         else:
             info = DATASETS[self.data.dataset]
             in_shape, classes = info.in_shape or (3, 32, 32), info.num_classes or 10
-        models = [("student", self.student.model, self.student.model_args)]
+        from distillab.tasks.language_modeling import LM_STUDENTS
+
+        models = [] if self.student.model in LM_STUDENTS else [("student", self.student.model, self.student.model_args)]
         for index, teacher in enumerate(self.teachers):
             if teacher.model is not None and teacher.resolved_format in (None, "safetensors"):
                 where = "teacher" if not isinstance(self.teacher, list) else f"teacher.{index}"

@@ -22,7 +22,8 @@ def make_strategy(name, seed=0):
     if is_text(name):
         args = {"layers": 1, "dim": 16, "heads": 2}
         teacher, student = (build_model("gpt", (CONTEXT,), VOCAB, args) for _ in range(2))
-        return cls([teacher], student, cls.Params(top_k=4), in_shape=(CONTEXT,)), teacher
+        params = cls.Params(**({"top_k": 4} if "top_k" in cls.Params.model_fields else {}))
+        return cls([teacher], student, params, in_shape=(CONTEXT,)), teacher
     teacher = build_model("cnn_tiny", (1, 8, 8), 3)
     student = build_model("cnn_tiny", (1, 8, 8), 3)
     return cls([teacher], student, cls.Params(), in_shape=(1, 8, 8)), teacher

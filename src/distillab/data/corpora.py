@@ -11,6 +11,7 @@ files (one document each) and ``.jsonl`` files (one document per line, its ``tex
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,15 @@ def read_r_lazyload(folder: Path, where: str) -> dict[str, list[str]]:
     index_path, database = folder / "Rdata.rdx", folder / "Rdata.rdb"
     if not index_path.is_file() or not database.is_file():
         raise DataError(f"{where}: no R data in {folder} (Rdata.rdx / Rdata.rdb)")
-    index = rdata.read_rds(index_path)
     raw = database.read_bytes()
     out = {}
-    for name, (offset, length) in index["variables"].items():
-        blob = raw[int(offset) : int(offset) + int(length)]  # 4-byte length, then zlib
-        value = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(blob[4:])))
-        out[str(name)] = [str(line) for line in value]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata: "Unknown file type: assumed RDS" (headerless serialisations)
+        index = rdata.read_rds(index_path)
+        for name, (offset, length) in index["variables"].items():
+            blob = raw[int(offset) : int(offset) + int(length)]  # 4-byte length, then zlib
+            value = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(blob[4:])))
+            out[str(name)] = [str(line) for line in value]
     return out
 
 

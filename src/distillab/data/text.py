@@ -64,10 +64,11 @@ def cut_documents(documents: list[Document], val_size: float, test_size: float) 
     return parts
 
 
-def _boundary(text: str, position: int) -> int:
-    """The first line break (else space) at or after ``position``, so no word is cut."""
+def _boundary(text: str, position: int, reach: int = 200) -> int:
+    """The first line break within ``reach`` characters after ``position``, else the first
+    space, else ``position`` itself, so no word is cut."""
     for separator in ("\n", " "):
-        found = text.find(separator, position, position + 2000)
+        found = text.find(separator, position, position + reach)
         if found >= 0:
             return found + 1
     return position
@@ -245,3 +246,24 @@ def _build_text(dataset: str, path: str | None, val_size: float, test_size: floa
     log.info("text %s: %s", dataset, ", ".join(f"{s} {len(b)} blocks / {b.counted_tokens} tokens"
                                                 for s, b in splits.items()))
     return TextData(dataset, source, splits["train"], splits["val"], splits["test"], len(tok), context, tok)
+
+
+CHARACTERS_PER_TOKEN = 4.0  # English under a byte-level BPE: a planning figure, not a measurement
+
+
+def text_split_sizes(data_spec) -> tuple[int, int, tuple[int], int]:
+    """(train blocks, validation blocks, (context,), an estimate of the vocabulary) of a text
+    spec without tokenising it: tokens ~ characters / 4, or the spec's token limits."""
+    from pathlib import Path
+
+    reader, _ = CORPORA[data_spec.dataset]
+    documents = reader(Path(data_spec.path) if data_spec.path else None, "data")
+    characters = sum(len(d.text) for d in documents)
+    context = data_spec.context_length
+    train_tokens = characters * (1 - data_spec.val_size - data_spec.test_size) / CHARACTERS_PER_TOKEN
+    val_tokens = characters * data_spec.val_size / CHARACTERS_PER_TOKEN
+    if data_spec.limit_tokens:
+        train_tokens = min(train_tokens, data_spec.limit_tokens)
+    if data_spec.limit_eval_tokens:
+        val_tokens = min(val_tokens, data_spec.limit_eval_tokens)
+    return max(1, round(train_tokens / context)), max(1, round(val_tokens / context)), (context,), 50_000

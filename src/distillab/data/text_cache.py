@@ -5,10 +5,11 @@ distributions (a lower bound of the full one, by the data-processing inequality)
 truncated top-k sum is not (verl #7856); the student's own k + 1 buckets are gathered from
 its full softmax at the teacher's ids.
 
-On disk, one folder per key (teacher, tokenizer, corpus and its split, context length, k,
-temperature, precision): ``ids.npy`` (N, T, k) uint16 (int32 for a vocabulary over 65,536),
-``logprobs.npy`` (N, T, k) float16, ``tail.npy`` (N, T) float16, memory-mapped for reading:
-(k x 4 + 2) bytes per token. The fill writes block rows into a preallocated staging folder
+On disk, one folder per key (teacher, tokenizer, corpus and its split, context length,
+temperature, precision) and k (``<key>-k32``; a larger k serves a smaller one, the top-k being
+sorted): ``ids.npy`` (N, T, k) uint16 (int32 for a vocabulary over 65,536), ``logprobs.npy``
+(N, T, k) float16, ``tail.npy`` (N, T) float16, memory-mapped for reading: (k x 4 + 2) bytes
+per token. The fill writes block rows into a preallocated staging folder
 with a progress file, so an interrupted fill resumes where it stopped; ``meta.json`` records
 its cost (seconds, tokens per second) and how much teacher mass the top-k holds on this text.
 """
@@ -48,30 +49,51 @@ def topk_logprobs(teacher_logits: torch.Tensor, k: int, temperature: float):
 
 @dataclass
 class TopKCache:
+    """A stored top-k, read as its first ``k`` entries (the top-k is sorted, so a cache of
+    top-128 serves top-32 too; the tail of a smaller k is the mass of everything after it)."""
+
     folder: Path
-    ids: np.ndarray  # (N, T, k)
-    logprobs: np.ndarray  # (N, T, k) float16
-    tail: np.ndarray  # (N, T) float16
+    ids: np.ndarray  # (N, T, k_stored)
+    logprobs: np.ndarray  # (N, T, k_stored) float16
+    tail: np.ndarray  # (N, T) float16, the tail of k_stored
     meta: dict
     hit: bool
+    k: int = 0  # 0: all that is stored
 
-    @property
-    def k(self) -> int:
-        return self.ids.shape[-1]
+    def __post_init__(self):
+        self.k = self.k or self.ids.shape[-1]
 
     def lookup(self, rows: torch.Tensor):
         """(ids (B, T, k) int64, log-probabilities (B, T, k) fp32, tail (B, T) fp32) of block rows."""
         index = np.sort(rows.numpy())  # sorted reads of a memory map, then back to the batch's order
         order = torch.from_numpy(np.searchsorted(index, rows.numpy()))
-        ids = torch.from_numpy(np.asarray(self.ids[index], dtype=np.int64))[order]
-        values = torch.from_numpy(np.asarray(self.logprobs[index], dtype=np.float32))[order]
-        tail = torch.from_numpy(np.asarray(self.tail[index], dtype=np.float32))[order]
+        ids = torch.from_numpy(np.asarray(self.ids[index, :, : self.k], dtype=np.int64))[order]
+        values = torch.from_numpy(np.asarray(self.logprobs[index, :, : self.k], dtype=np.float32))[order]
+        if self.k == self.ids.shape[-1]:
+            tail = torch.from_numpy(np.asarray(self.tail[index], dtype=np.float32))[order]
+        else:
+            tail = losses.log1m_sumexp(values)
         return ids, values, tail
 
 
-def cache_key(checksum: str, data, k: int, temperature: float, precision: str) -> str:
-    parts = [f"teacher={checksum}", f"data={data.source}", f"k={k}", f"T={temperature!r}", f"precision={precision}"]
+def cache_key(checksum: str, data, temperature: float, precision: str) -> str:
+    parts = [f"teacher={checksum}", f"data={data.source}", f"T={temperature!r}", f"precision={precision}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _stored(root: Path, key: str, rows: int, k: int) -> TopKCache | None:
+    """The smallest finished entry of this key holding at least the top-k, read as top-k."""
+    entries = []
+    for folder in root.glob(f"{key}-k*"):
+        suffix = folder.name.rsplit("-k", 1)[1]
+        if suffix.isdigit() and int(suffix) >= k:
+            entries.append((int(suffix), folder))
+    for _, folder in sorted(entries):
+        found = _read(folder, rows)
+        if found is not None:
+            found.k = k
+            return found
+    return None
 
 
 def _read(folder: Path, rows: int) -> TopKCache | None:
@@ -101,21 +123,21 @@ def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, ca
         raise SpecError(f"cache.max_gb: the top-{k} cache of {rows * context:,} tokens needs {needed / 1e9:.1f} GB, "
                         f"over {max_gb:g}")
     root = cache_dir or default_cache_dir()
-    key = cache_key(checksum, data, k, temperature, precision)
-    folder = root / "teacher_topk" / key
-    found = _read(folder, rows)
+    key = cache_key(checksum, data, temperature, precision)
+    folder = root / "teacher_topk" / f"{key}-k{k}"
+    found = _stored(folder.parent, key, rows, k)
     if found is not None:
-        log.info("teacher top-k: cache hit %s", folder)
+        log.info("teacher top-k: cache hit %s (top-%d of %d)", found.folder, k, found.ids.shape[-1])
         return found
-    staging = root / "teacher_topk" / f".fill-{key}"
+    staging = root / "teacher_topk" / f".fill-{key}-k{k}"
     try:
         staging.mkdir(parents=True, exist_ok=True)
-        lock = staging.parent / f".fill-{key}.lock"
+        lock = staging.parent / f".fill-{key}-k{k}.lock"
         lock.touch()
     except OSError as error:
         raise SpecError(f"cache.dir: cannot write the teacher cache under {root} ({error.strerror or error})") from None
     with _locked(lock):
-        found = _read(folder, rows)
+        found = _stored(folder.parent, key, rows, k)
         if found is not None:
             return found
         try:

@@ -82,12 +82,12 @@ class Job:
             settings=spec, task=task, strategy_cls=strategy_cls,
             params=strategy_cls.Params.model_validate(spec.strategy.params),
             build_data=lambda seed: task.build(spec.data, seed, spec),
-            build_student=lambda data: build_model(spec.student.model, data.in_shape, data.num_classes,
-                                                   spec.student.model_args),
+            build_student=lambda data: task.build_student(spec, data),
             load_teachers=lambda first, resume=False, callbacks=None: task.load_teachers(spec, first, resume,
                                                                                          callbacks),
             student_name=spec.student.model,
-            teacher_names=[t.model or t.pretrained or t.hub or t.resolved_format for t in spec.teachers],
+            teacher_names=[t.model or t.pretrained or t.hub
+                           or (t.checkpoint.name if t.is_language_model else t.resolved_format) for t in spec.teachers],
             record=spec.model_dump(mode="json"), spec=spec,
         )
 

@@ -101,8 +101,8 @@ def lm_table(report: dict) -> str:
         lines.append(
             f"| {m['name']} ({m['model']}) | {m['role']} | {_fmt(bpc['mean'], '.4f')} ± {bpc['std']:.4f} "
             f"| {_fmt(ppl['mean'], '.2f')} | {_fmt(acc['mean'] and acc['mean'] * 100, '.2f')} | {m['params']:,} "
-            f"| {m['size_mb']:.1f} | {_fmt(m.get('prefill_tokens_per_s'), ',.0f')} "
-            f"| {_fmt(m.get('decode_tokens_per_s'), ',.1f')} | {_fmt(m.get('peak_memory_mb'), ',.0f')} "
+            f"| {m['size_mb']:.4g} | {_fmt(m.get('prefill_tokens_per_s'), ',.0f')} "
+            f"| {_fmt(m.get('decode_tokens_per_s'), ',.1f')} | {_fmt(m.get('peak_memory_mb'), '.4g')} "
             f"| {_fmt(teacher['size_mb'] / m['size_mb'] if m['size_mb'] else None, '.1f')}× |")
     return "\n".join(lines)
 

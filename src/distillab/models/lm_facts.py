@@ -54,8 +54,9 @@ def lm_facts(models: dict, context_length: int, vocabulary: int, repeats: int = 
     rounds = max(2, min(repeats, 5))
     generator = torch.Generator().manual_seed(0)
     context = torch.randint(0, vocabulary, (1, context_length), generator=generator)
-    prompt = context[:, :PROMPT_TOKENS]
-    new_tokens = min(NEW_TOKENS, context_length - PROMPT_TOKENS)
+    prompt_tokens = min(PROMPT_TOKENS, context_length // 2)
+    prompt = context[:, :prompt_tokens]
+    new_tokens = min(NEW_TOKENS, context_length - prompt_tokens)
     prefill: dict[str, list[float]] = {name: [] for name in models}
     decode: dict[str, list[float]] = {name: [] for name in models}
     modes = {name: model.training for name, model in models.items()}

@@ -286,13 +286,21 @@ def _router(settings: Settings) -> APIRouter:
     def model_types(_user: CurrentUser) -> dict:
         """Model types, zoo architectures, teacher file formats and the installed data sets."""
         from distillab.data import DATASETS
+        from distillab.data.corpora import CORPORA
+        from distillab.models.hf import PRETRAINED
         from distillab.models.zoo import MODELS
+        from distillab.tasks.language_modeling import LM_STUDENTS
 
         return {
-            "model_types": [{"type": "image_classifier", "input": "(C, H, W) images", "output": "class logits"}],
+            "model_types": [{"type": "image_classifier", "input": "(C, H, W) images", "output": "class logits"},
+                            {"type": "language_model", "input": "(T,) token ids", "output": "next-token logits",
+                             "task": "language_modeling"}],
             "architectures": sorted(MODELS),
+            "language_model_students": sorted(LM_STUDENTS),
             "teacher_formats": [registry.SAFETENSORS, registry.ONNX],
+            "pretrained_teachers": {name: entry.summary for name, entry in PRETRAINED.items()},
             "datasets": sorted(name for name, info in DATASETS.items() if info.default_path or name == "digits"),
+            "text_corpora": sorted(name for name in CORPORA if name != "text_folder"),
         }
 
     # ------------------------------------------------------------ jobs
@@ -569,6 +577,14 @@ def _estimate(spec, settings: Settings, history):
     from distillab.service.estimate import estimate, model_macs
 
     try:
+        if spec.data.is_text:
+            from distillab.data.text import text_split_sizes
+            from distillab.service.estimate import lm_teacher_macs
+
+            n_train, n_val, in_shape, classes = text_split_sizes(spec.data)
+            teacher_macs = [lm_teacher_macs(teacher, in_shape[0]) for teacher in spec.teachers]
+            return estimate(spec, n_train, n_val, in_shape, classes, teacher_macs, [],
+                            settings.price_per_device_hour, history)
         n_train, n_val, in_shape, classes = data_module.split_sizes(spec.data)
         teacher_macs, untrained = [], []
         for index, teacher in enumerate(spec.teachers):

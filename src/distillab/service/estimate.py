@@ -27,6 +27,7 @@ import torch
 from distillab.models.facts import macs_per_sample
 from distillab.models.zoo import build_model
 from distillab.strategies import STRATEGIES
+from distillab.tasks.language_modeling import LM_STUDENTS
 
 _LOCK = threading.Lock()
 _TABLE: dict[str, tuple[float, float]] = {}  # "train" / "infer" -> (seconds per sample, seconds per MAC)
@@ -94,8 +95,35 @@ def cost_table() -> dict[str, tuple[float, float]]:
         return dict(_TABLE)
 
 
+def lm_teacher_macs(teacher_spec, context: int) -> int | None:
+    """MACs of a language-model teacher on one block of ``context`` tokens, about one per
+    weight per token: from the registered parameter count, or a Hugging Face folder's
+    config built on the meta device; None (not counted) for a GGUF file or a hub id."""
+    from distillab.models.hf import PRETRAINED
+
+    if teacher_spec.pretrained:
+        return PRETRAINED[teacher_spec.pretrained].parameters * context
+    if teacher_spec.resolved_format != "hf":
+        return None
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(teacher_spec.checkpoint, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError) as problem:
+        from distillab.errors import CheckpointError
+
+        raise CheckpointError(f"teacher.checkpoint: {teacher_spec.checkpoint} is not a causal LM folder "
+                              f"({str(problem)[:200]})") from None
+    return sum(p.numel() for p in model.parameters()) * context
+
+
 def model_macs(name: str, model_args: dict, in_shape, num_classes: int) -> int:
-    """MACs per sample of a zoo model, counted on the meta device."""
+    """MACs per sample of a zoo model, counted on the meta device (a language model's sample
+    is a block of token ids)."""
+    if name in LM_STUDENTS:  # built from the teacher: not counted before it is loaded
+        return 0
     with torch.device("meta"):
         model = build_model(name, tuple(in_shape), num_classes, model_args)
     return macs_per_sample(model, in_shape)

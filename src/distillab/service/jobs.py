@@ -136,10 +136,16 @@ def refuse_paths(spec: dict) -> list[dict]:
             problems.append(error(["spec", section, key], "file paths are not accepted by the service"))
     teachers = spec.get("teacher")
     for index, teacher in enumerate(teachers if isinstance(teachers, list) else [teachers]):
+        base = ["spec", "teacher", index] if isinstance(teachers, list) else ["spec", "teacher"]
         if isinstance(teacher, dict) and teacher.get("checkpoint") is not None:
-            loc = ["spec", "teacher", index, "checkpoint"] if isinstance(teachers, list) else ["spec", "teacher", "checkpoint"]
-            problems.append(error(loc, "file paths are not accepted by the service: upload the teacher "
-                                       "(POST /models) and pass its id in teacher_model_ids"))
+            problems.append(error([*base, "checkpoint"], "file paths are not accepted by the service: upload the "
+                                                         "teacher (POST /models) and pass its id in teacher_model_ids"))
+        if isinstance(teacher, dict) and teacher.get("hub") is not None:
+            problems.append(error([*base, "hub"], "the service does not download models: use a pretrained model "
+                                                  "it has installed (GET /model-types) or upload the teacher"))
+    student = spec.get("student")
+    if isinstance(student, dict) and isinstance(student.get("model_args"), dict) and "path" in student["model_args"]:
+        problems.append(error(["spec", "student", "model_args", "path"], "file paths are not accepted by the service"))
     return problems
 
 

@@ -33,7 +33,7 @@ def _teacher(report: dict) -> dict:
 
 
 def _ratio(a, b):
-    return None if not b else a / b
+    return None if not b or a is None else a / b
 
 
 def job_results(report: dict, options: dict, device_seconds: float, price: float, estimated_cost: float | None,
@@ -49,16 +49,20 @@ def job_results(report: dict, options: dict, device_seconds: float, price: float
         "seeds": len(report["seeds"]),
         "scratch_accuracy": scratch["accuracy"]["mean"],
         "teacher_accuracy": teacher["accuracy"]["mean"],
+        "metric": (report.get("task") or {}).get("metric", "accuracy"),  # the task's primary metric
+        "score": distilled.get("score", distilled["accuracy"])["mean"],
+        "scratch_score": scratch.get("score", scratch["accuracy"])["mean"],
+        "teacher_score": teacher.get("score", teacher["accuracy"])["mean"],
         "inference_speed_ms": distilled["latency_ms"],
-        "latency_ms_batch256": distilled["latency_ms_batch256"],
-        "throughput_per_s": distilled["throughput_per_s"],
+        "latency_ms_batch256": distilled.get("latency_ms_batch256"),  # absent for language models
+        "throughput_per_s": distilled.get("throughput_per_s"),
         "model_size_mb": distilled["size_mb"],
         "params": distilled["params"],
         "macs": distilled["macs"],
     }
     efficiency = {
         "speed_improvement": _ratio(teacher["latency_ms"], distilled["latency_ms"]),
-        "throughput_improvement": _ratio(distilled["throughput_per_s"], teacher["throughput_per_s"]),
+        "throughput_improvement": _ratio(distilled.get("throughput_per_s"), teacher.get("throughput_per_s")),
         "size_reduction": 1 - distilled["size_mb"] / teacher["size_mb"] if teacher["size_mb"] else None,
         "params_reduction": 1 - distilled["params"] / teacher["params"] if teacher["params"] else None,
         "macs_reduction": (1 - distilled["macs"] / teacher["macs"]) if distilled["macs"] and teacher["macs"] else None,

@@ -308,16 +308,18 @@ def package(out: Path, settings: Settings) -> None:
     the seed with the best validation accuracy as ``student.safetensors`` (+ its facts in
     ``student.json``) and, when it exports, ``student.onnx``."""
     from distillab.models.loading import load_state_into
-    from distillab.models.zoo import build_model
+    from distillab.models.zoo import MODELS, build_model
 
     if (out / "student.json").exists():
         return
     report = json.loads((out / "report.json").read_text())
     spec = parse_spec(report["spec"])
     seeds = []
+    higher_is_better = (report.get("task") or {}).get("higher_is_better", True)
     for seed in report["seeds"]:
         result = json.loads((out / f"seed_{seed}" / "distilled" / "result.json").read_text())
-        seeds.append((result["val_accuracy"], -seed, seed))
+        score = result["val_accuracy"]  # the task's primary validation metric
+        seeds.append((score if higher_is_better else -score, -seed, seed))
     seed = max(seeds)[2]
     source = out / f"seed_{seed}" / "distilled" / "student.safetensors"
     if not source.exists():
@@ -327,8 +329,9 @@ def package(out: Path, settings: Settings) -> None:
     os.replace(tmp, out / "student.safetensors")
     facts = {"model": spec.student.model, "model_args": spec.student.model_args, "seed": seed,
              "in_shape": report["dataset"]["in_shape"], "num_classes": report["dataset"]["num_classes"],
-             "normalize": report["dataset"]["normalize"], "onnx": None}
-    if spec.strategy.name != "adaptive":
+             "normalize": report["dataset"].get("normalize"), "task": spec.task, "onnx": None}
+    text = spec.task == "language_modeling"
+    if spec.strategy.name != "adaptive" and spec.student.model in MODELS:
         try:
             import torch
 
@@ -336,7 +339,8 @@ def package(out: Path, settings: Settings) -> None:
                                 spec.student.model_args)
             load_state_into(model, out / "student.safetensors", "student").eval()
             tmp_onnx = out / ".student.onnx.tmp"
-            torch.onnx.export(model, (torch.zeros(1, *facts["in_shape"]),), str(tmp_onnx), dynamo=False,
+            example = torch.zeros(1, *facts["in_shape"], dtype=torch.long if text else torch.float32)  # ids or images
+            torch.onnx.export(model, (example,), str(tmp_onnx), dynamo=False,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
             os.replace(tmp_onnx, out / "student.onnx")

@@ -6,6 +6,7 @@ from distillab.strategies.attention import Attention
 from distillab.strategies.base import Strategy
 from distillab.strategies.dkd import DKD
 from distillab.strategies.feature import Feature
+from distillab.strategies.layerwise import Layerwise
 from distillab.strategies.multi_teacher import MultiTeacher
 from distillab.strategies.none import NoDistillation
 from distillab.strategies.progressive import Progressive
@@ -29,6 +30,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "attention": Attention,
     "adaptive": Adaptive,
     "token_kd": TokenKD,
+    "layerwise": Layerwise,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

@@ -51,6 +51,12 @@ class Task:
         """The splits of a spec's ``data`` section for one seed (``spec``: the whole job spec)."""
         raise NotImplementedError
 
+    def build_student(self, spec, data):
+        """A fresh student of the spec (the caller seeds torch first)."""
+        from distillab.models.zoo import build_model
+
+        return build_model(spec.student.model, data.in_shape, data.num_classes, spec.student.model_args)
+
     def load_teachers(self, spec, data, resume: bool = False, callbacks=None) -> list[tuple]:
         """[(model, checksum, {"source": ...})] for the spec's teachers (trained when needed)."""
         from distillab.experiment.teacher import get_teachers

@@ -23,6 +23,15 @@ from distillab.tasks.base import Evaluation, Task
 
 LOGIT_BYTES_PER_CHUNK = 1 << 28  # evaluation holds at most ~256 MB of fp32 logits at once
 
+# Students built from the teacher or a folder, beside the zoo's "gpt" (name -> what model_args take).
+# A literal allow-list (design rule 2).
+LM_STUDENTS = {
+    "teacher_layers": "some of the teacher's layers, copied (DistilBERT-style): layers [indices] or keep N",
+    "teacher_width": "the teacher's architecture and tokenizer, narrower, freshly initialised: hidden_size, "
+                     "intermediate_size, heads, kv_heads, layers",
+    "hf": "a Hugging Face causal LM folder (path); it must share the teacher's tokenizer",
+}
+
 
 def _source(teacher_spec, cache_dir):
     from distillab.models.hf import resolve_source
@@ -76,6 +85,31 @@ class LanguageModeling(Task):
         teacher = load_lm_teacher(teacher_spec, spec.cache.dir)
         name = str(teacher_spec.pretrained or teacher_spec.hub or teacher_spec.checkpoint)
         return build_text(data_spec, teacher.tokenizer, name, teacher.context_length)
+
+    def build_student(self, spec, data):
+        from distillab.data.text import tokenizer_fingerprint
+        from distillab.models import hf
+        from distillab.models.zoo import build_model
+
+        name, args = spec.student.model, dict(spec.student.model_args)
+        if name not in LM_STUDENTS:
+            return build_model(name, data.in_shape, data.num_classes, args, "student")
+        if name == "hf":
+            if not isinstance(args.get("path"), str):
+                raise SpecError("student.model_args.path: give the Hugging Face folder of the student")
+            student = hf.load_causal_lm(Path(args["path"]), where="student")
+            if tokenizer_fingerprint(student.tokenizer) != tokenizer_fingerprint(data.tokenizer):
+                raise SpecError(f"student.model_args.path: the student's tokenizer ({len(student.tokenizer)} tokens) "
+                                f"differs from the teacher's ({len(data.tokenizer)}); token-level distillation needs "
+                                "one tokenizer")
+            return student
+        teacher = load_lm_teacher(spec.teachers[0], spec.cache.dir)
+        try:
+            if name == "teacher_layers":
+                return hf.teacher_subset(teacher, **args)
+            return hf.reduced_width(teacher, **args)
+        except TypeError as error:
+            raise SpecError(f"student.model_args: {name}: {error}") from None
 
     def load_teachers(self, spec, data, resume: bool = False, callbacks=None) -> list[tuple]:
         from distillab.data.text import tokenizer_fingerprint

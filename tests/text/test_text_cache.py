@@ -1,0 +1,80 @@
+"""The top-k + tail teacher cache for text: a round trip against the live teacher, resume
+after an interruption, and its limits."""
+
+import numpy as np
+import pytest
+import torch
+
+from distillab.data.text_cache import bytes_per_token, teacher_topk, topk_logprobs
+from distillab.errors import SpecError
+from distillab.spec import parse_spec
+from distillab.tasks import TASKS
+from conftest import text_spec
+
+
+@pytest.fixture
+def text_data(corpus, tiny_lm):
+    spec = parse_spec(text_spec(corpus, tiny_lm))
+    task = TASKS["language_modeling"]
+    data = task.build(spec.data, 0, spec)
+    (teacher, checksum, _), = task.load_teachers(spec, data)
+    return data, teacher, checksum
+
+
+def test_round_trip_matches_the_live_teacher_with_its_tail(text_data, tmp_path):
+    data, teacher, checksum = text_data
+    cache = teacher_topk(teacher, checksum, data, k=4, temperature=2.0, cache_dir=tmp_path, batch_size=3)
+    assert not cache.hit and cache.ids.dtype == np.uint16 and cache.logprobs.dtype == np.float16
+    rows = torch.tensor([5, 0, 2])
+    ids, values, tail = cache.lookup(rows)
+    with torch.no_grad():
+        live_ids, live_values, live_tail = topk_logprobs(teacher(data.train.tokens[rows, :-1]), 4, 2.0)
+    assert torch.equal(ids, live_ids)
+    assert torch.allclose(values, live_values, atol=2e-3)
+    assert torch.allclose(tail, live_tail, atol=5e-3)
+    assert torch.allclose(values.exp().sum(-1) + tail.exp(), torch.ones_like(tail), atol=5e-3)  # k + 1 buckets sum to 1
+    assert cache.meta["bytes_per_token"] == bytes_per_token(4, data.num_classes) == 18
+    assert 0 < cache.meta["topk_mass"] < 1 and cache.meta["tokens_per_s"] > 0
+    again = teacher_topk(teacher, checksum, data, k=4, temperature=2.0, cache_dir=tmp_path)
+    assert again.hit
+    other = teacher_topk(teacher, checksum, data, k=4, temperature=1.0, cache_dir=tmp_path)
+    assert not other.hit  # the temperature is part of the key
+
+
+def test_an_interrupted_fill_resumes_where_it_stopped(text_data, tmp_path):
+    data, teacher, checksum = text_data
+    passes = []
+    teacher.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+
+    def stop_after_two_chunks(done, total):
+        if done == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        teacher_topk(teacher, checksum, data, k=4, temperature=1.0, cache_dir=tmp_path, batch_size=3,
+                     progress=stop_after_two_chunks)
+    assert sum(passes) == 6
+    passes.clear()
+    resumed = teacher_topk(teacher, checksum, data, k=4, temperature=1.0, cache_dir=tmp_path, batch_size=3)
+    assert sum(passes) == len(data.train) - 6  # only the missing blocks
+    fresh = teacher_topk(teacher, checksum, data, k=4, temperature=1.0, cache_dir=tmp_path / "fresh", batch_size=5)
+    assert np.array_equal(resumed.ids, fresh.ids) and np.array_equal(resumed.logprobs, fresh.logprobs)
+
+
+def test_k_larger_than_the_vocabulary_is_refused(text_data, tmp_path):
+    data, teacher, checksum = text_data
+    with pytest.raises(SpecError, match=f"top_k: {data.num_classes + 1} is larger than the vocabulary"):
+        teacher_topk(teacher, checksum, data, k=data.num_classes + 1, temperature=1.0, cache_dir=tmp_path)
+
+
+def test_a_larger_top_k_serves_a_smaller_one(text_data, tmp_path):
+    data, teacher, checksum = text_data
+    large = teacher_topk(teacher, checksum, data, k=8, temperature=1.0, cache_dir=tmp_path)
+    small = teacher_topk(teacher, checksum, data, k=3, temperature=1.0, cache_dir=tmp_path)
+    assert small.hit and small.folder == large.folder and small.k == 3
+    rows = torch.tensor([1, 4])
+    ids, values, tail = small.lookup(rows)
+    with torch.no_grad():
+        live_ids, live_values, live_tail = topk_logprobs(teacher(data.train.tokens[rows, :-1]), 3, 1.0)
+    assert ids.shape == (2, data.context_length, 3) and torch.equal(ids, live_ids)
+    assert torch.allclose(tail, live_tail, atol=5e-3)

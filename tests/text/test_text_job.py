@@ -1,0 +1,78 @@
+"""A language-model job end to end on the CLI, and its bad inputs (exit 2, named, no run folder)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import text_spec, tiny_spec
+from distillab.cli import app
+
+runner = CliRunner()
+
+
+def run_cli(tmp_path, spec, *extra):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), *extra])
+    return result.exit_code, result.output, out
+
+
+def test_a_text_job_runs_end_to_end_and_reports_bits_per_character(tmp_path, corpus, tiny_lm):
+    code, output, out = run_cli(tmp_path, text_spec(corpus, tiny_lm))
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == {"name": "language_modeling", "metric": "bits_per_character", "higher_is_better": False}
+    assert report["dataset"]["tokens"]["test"] > 0 and report["dataset"]["num_classes"] == 300
+    roles = {m["role"]: m for m in report["models"]}
+    for model in roles.values():
+        assert model["score"]["mean"] == pytest.approx(model["metrics"]["bits_per_character"]["mean"])
+        assert model["prefill_tokens_per_s"] > 0 and model["decode_tokens_per_s"] > 0
+        assert model["metrics"]["perplexity"]["mean"] > 1
+    comparison = report["comparisons"][0]
+    assert comparison["metric"] == "bits_per_character" and comparison["n"] == 2
+    distilled, scratch = roles["distilled"]["score"]["per_seed"], roles["scratch"]["score"]["per_seed"]
+    assert comparison["mean_diff"] == pytest.approx(sum(distilled) / 2 - sum(scratch) / 2)
+    assert "bits per character" in report["verdict"]
+    markdown = (out / "report.md").read_text()
+    assert "| bits/char |" in markdown and "prefill tok/s" in markdown
+    assert "bits/char" in output  # the CLI prints the language-model table
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"strategy": {"name": "dkd"}}, ["strategy.name: dkd serves the task(s) image_classification, not "
+                                     "language_modeling"]),
+    ({"strategy": {"name": "token_kd", "params": {"top_k": 301}}}, ["top_k: 301 is larger than the vocabulary (300)"]),
+    ({"strategy": {"name": "token_kd", "params": {"tail": "drop", "divergence": "tvd"}}},
+     ["tail: drop is a truncated forward KL"]),
+    ({"task": "image_classification"}, ["the task image_classification needs an image or tensor dataset"]),
+    ({"teacher": {"pretrained": "gpt-17"}}, ["unknown pretrained model 'gpt-17'"]),
+    ({"data": {"context_length": 100}}, ["data.context_length: 100 tokens is longer than the teacher's context"]),
+])
+def test_bad_text_jobs_are_refused_by_name(tmp_path, corpus, tiny_lm, change, needles):
+    spec = text_spec(corpus, tiny_lm)
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if key == "data" else value
+    code, output, out = run_cli(tmp_path, spec)
+    assert code == 2, output
+    assert "Traceback" not in output
+    flat = " ".join(output.split())
+    for needle in needles:
+        assert needle in flat, output
+    assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+def test_an_empty_or_non_utf8_corpus_is_named(tmp_path, tiny_lm):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_bytes(b"caf\xe9")
+    code, output, _ = run_cli(tmp_path, text_spec(bad, tiny_lm))
+    assert code == 2 and "a.txt is not UTF-8 text (byte 3" in " ".join(output.split()), output
+
+
+def test_a_language_model_teacher_needs_the_language_modeling_task(tmp_path, blobs, tiny_lm):
+    spec = tiny_spec(blobs, tiny_lm)
+    spec["teacher"] = {"checkpoint": str(tiny_lm)}
+    code, output, _ = run_cli(tmp_path, spec)
+    assert code == 2 and "teacher: a language model teacher needs task: language_modeling" in output, output
