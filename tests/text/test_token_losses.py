@@ -108,3 +108,26 @@ def test_log1m_sumexp_and_finite_gradients():
         loss = losses.topk_divergence(student, ids, values, tail, divergence=divergence)
         (grad,) = torch.autograd.grad(loss, student)
         assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_token_kd_is_alpha_times_the_divergence_plus_the_rest_times_ce(temperature):
+    from distillab.models.zoo import build_model
+    from distillab.strategies import STRATEGIES
+
+    torch.manual_seed(0)
+    teacher, student = (build_model("gpt", (6,), V, {"layers": 1, "dim": 16, "heads": 2}) for _ in range(2))
+    cls = STRATEGIES["token_kd"]
+    strategy = cls([teacher], student, cls.Params(top_k=K, alpha=0.3, temperature=temperature), in_shape=(6,))
+    tokens = torch.randint(0, V, (4, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[2, 3:] = False
+    with torch.no_grad():
+        ids, values, tail = topk_logprobs(teacher(tokens[:, :-1]), K, temperature)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask, "teacher_topk_ids": ids[None],
+             "teacher_topk_logprobs": values[None], "teacher_tail": tail[None]}
+    out = strategy.loss(batch)
+    logits = student(tokens[:, :-1])
+    expected = (0.3 * losses.topk_divergence(logits, ids, values, tail, temperature, mask=mask)
+                + 0.7 * losses.cross_entropy(logits, tokens[:, 1:], mask=mask))
+    assert torch.allclose(out.loss, expected, atol=1e-5)

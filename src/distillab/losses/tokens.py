@@ -33,16 +33,19 @@ def log1m_sumexp(log_values: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return torch.log(-torch.expm1(total))
 
 
-def student_buckets(student_logits: torch.Tensor, topk_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(..., k + 1): the student's log-probabilities at softmax(s / T) of the teacher's ids, and its tail."""
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (..., V)
+def student_buckets(student_logits: torch.Tensor, topk_ids: torch.Tensor, temperature: float,
+                    student_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., k + 1): the student's log-probabilities at softmax(s / T) of the teacher's ids, and its tail.
+    ``student_log_probs``: log_softmax(s / T) when the caller has it already (one pass over V, not two)."""
+    log_p = (student_log_probs if student_log_probs is not None
+             else F.log_softmax(student_logits.float() / temperature, dim=-1))  # (..., V)
     picked = log_p.gather(-1, topk_ids)  # (..., k)
     return torch.cat([picked, log1m_sumexp(picked).unsqueeze(-1)], dim=-1)
 
 
 def topk_divergence(student_logits, topk_ids, topk_logprobs, tail, temperature: float = 1.0,
                     divergence: str = "forward_kl", beta: float = 0.5, mode: str = "bucket",
-                    reduction: str = "mean", mask=None):
+                    reduction: str = "mean", mask=None, student_log_probs=None):
     """A divergence between the teacher's top-k (with its tail) and the student, per token,
     times T^2 (TVD: not scaled). ``divergence``: forward_kl KL(P_t || P_s), reverse_kl
     KL(P_s || P_t), gjsd (generalized JSD(beta)) or tvd; ``mode``: bucket, drop or renormalize
@@ -51,7 +54,7 @@ def topk_divergence(student_logits, topk_ids, topk_logprobs, tail, temperature: 
         raise ValueError(f"mode must be one of {TAILS}, got {mode!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    student = student_buckets(student_logits, topk_ids, temperature)  # (..., k + 1)
+    student = student_buckets(student_logits, topk_ids, temperature, student_log_probs)  # (..., k + 1)
     teacher = torch.cat([topk_logprobs.float(), tail.float().unsqueeze(-1)], dim=-1)  # (..., k + 1)
     if mode == "drop":
         if divergence != "forward_kl":

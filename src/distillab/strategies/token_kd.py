@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from distillab import losses
@@ -51,11 +52,17 @@ class TokenKD(Strategy):
         p = self.params
         student_logits = self.student(batch["inputs"])  # (B, T, V)
         mask = batch["mask"]  # (B, T)
-        hard = losses.cross_entropy(student_logits, batch["targets"], mask=mask)
+        log_probs = None
+        if p.temperature == 1.0:  # one log-softmax over the vocabulary serves CE and the buckets
+            log_probs = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
+            nll = -log_probs.gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)  # (B, T)
+            hard = (nll * mask).sum() / mask.sum().clamp_min(1)
+        else:
+            hard = losses.cross_entropy(student_logits, batch["targets"], mask=mask)
         if "teacher_topk_ids" in batch:  # the offline cache, first teacher (one tokenizer, one distribution)
             ids, values, tail = (batch[key][0] for key in ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail"))
             soft = losses.topk_divergence(student_logits, ids, values, tail, p.temperature, p.divergence, p.beta,
-                                          p.tail, mask=mask)
+                                          p.tail, mask=mask, student_log_probs=log_probs)
         else:
             teacher_logits = self.teacher_logits(batch).mean(0)  # (B, T, V), online
             if p.top_k is None:
