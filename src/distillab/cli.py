@@ -104,17 +104,17 @@ def run(
 @app.command()
 def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec: keys, types, ranges, files, the dataset and the teacher's output size."""
-    from distillab import data as data_module
+    from distillab.experiment.job import Job
     from distillab.experiment.run import check_precision, check_strategy
-    from distillab.experiment.teacher import get_teachers
 
     _logging(False)
     try:
         job = _load(spec, set_)
         check_precision(job)
-        bundle = data_module.build(job.data, job.training.seeds[0])
-        if all(t.checkpoint is not None for t in job.teachers):
-            check_strategy(job, bundle, get_teachers(job, bundle))
+        planned = Job.from_spec(job)
+        bundle = planned.build_data(job.training.seeds[0])
+        if all(t.checkpoint is not None or t.is_language_model for t in job.teachers):
+            check_strategy(planned, bundle, planned.load_teachers(bundle))
     except DistillabError as error:
         _fail(error)
     console.print(f"{spec}: valid ({job.strategy.name}, {len(job.teachers)} teacher(s), "
@@ -142,10 +142,16 @@ def strategies(as_json: Annotated[bool, typer.Option("--json", help="machine-rea
 @app.command()
 def models() -> None:
     """List the model zoo."""
+    from distillab.models.hf import PRETRAINED
     from distillab.models.zoo import MODEL_SUMMARIES
+    from distillab.tasks.language_modeling import LM_STUDENTS
 
     for name, summary in MODEL_SUMMARIES.items():
         console.print(f"[bold]{name}[/]: {summary}")
+    for name, summary in LM_STUDENTS.items():
+        console.print(f"[bold]{name}[/]: {summary} (language-model student)")
+    for name, entry in PRETRAINED.items():
+        console.print(f"[bold]{name}[/]: {entry.summary} (teacher.pretrained; {entry.install})")
 
 
 @app.command()
@@ -188,11 +194,48 @@ def layers(
 
 @app.command()
 def datasets() -> None:
-    """List the datasets and their default locations."""
+    """List the datasets and text corpora, and their default locations."""
     from distillab.data import DATASETS
+    from distillab.data.corpora import CORPORA
 
     for name, info in DATASETS.items():
         console.print(f"[bold]{name}[/]: {info.summary} (default path: {info.default_path or '-'})")
+    for name, (_, summary) in CORPORA.items():
+        console.print(f"[bold]{name}[/]: {summary} (text, task language_modeling)")
+
+
+@app.command()
+def generate(
+    spec: SpecArg,
+    out: Annotated[Path, typer.Option(help="the JSONL file to write (a text_folder corpus)")],
+    prompts: Annotated[int, typer.Option(min=1, help="prompts, evenly spaced over the training text")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    new_tokens: Annotated[int, typer.Option(min=1, help="tokens the teacher writes per prompt")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="sampling temperature; 0 = greedy")] = 1.0,
+    keep: Annotated[float, typer.Option(help="fraction kept, lowest teacher perplexity first")] = 0.8,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    set_: SetOpt = None,
+) -> None:
+    """Sequence-level KD data: the spec's teacher continues prompts from its training text; the
+    continuations it finds most fluent are written as a corpus for data.dataset: text_folder."""
+    from distillab.data.generate import generate_corpus
+    from distillab.engine.callbacks import FillBar
+    from distillab.experiment.job import Job
+
+    _logging(False)
+    try:
+        job_spec = _load(spec, set_)
+        if job_spec.task != "language_modeling":
+            raise DistillabError(f"{spec}: generate needs a language_modeling spec (a language-model teacher)")
+        job = Job.from_spec(job_spec)
+        data = job.build_data(job_spec.training.seeds[0])
+        (teacher, _, _), *_ = job.load_teachers(data)
+        meta = generate_corpus(teacher, data, out, prompts=prompts, prompt_tokens=prompt_tokens,
+                               new_tokens=new_tokens, temperature=temperature, keep=keep, seed=seed,
+                               progress=FillBar("teacher continuations"))
+    except DistillabError as error:
+        _fail(error)
+    console.print_json(json.dumps(meta))
 
 
 @app.command()
