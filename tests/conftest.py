@@ -141,3 +141,39 @@ def text_spec(corpus_path: Path, teacher_folder: Path, **overrides) -> dict:
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return spec
+
+
+def make_tiny_encoder(folder: Path, layers: int = 4, seed: int = 0) -> Path:
+    """A 4-layer BERT (hidden 32) with the tiny BPE tokenizer, saved as a Hugging Face folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    lm = make_tiny_lm(folder.with_name(folder.name + "-tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(lm, local_files_only=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder") / "encoder")
+
+
+def embedding_spec(corpus_path: Path, encoder: Path, **overrides) -> dict:
+    spec = {
+        "name": "tiny-embeddings",
+        "task": "text_embedding",
+        "data": {"dataset": "text_folder", "path": str(corpus_path), "context_length": 24, "val_size": 0.2,
+                 "test_size": 0.2},
+        "teacher": {"checkpoint": str(encoder)},
+        "student": {"model": "teacher_layers", "model_args": {"keep": 2}},
+        "strategy": {"name": "embedding_kd"},
+        "training": {"epochs": 2, "batch_size": 8, "seeds": [0, 1], "eval_batch_size": 16, "lr": 0.001},
+        "output": {"tensorboard": False, "plots": False, "latency_repeats": 2},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec

@@ -277,7 +277,7 @@ class JobSpec(Strict):
     def _task_fits(self) -> JobSpec:
         from distillab.tasks.language_modeling import LM_STUDENTS
 
-        text_task = self.task == "language_modeling"
+        text_task = self.task in ("language_modeling", "text_embedding")
         if self.student.model in LM_STUDENTS and not text_task:
             raise ValueError(f"student.model: {self.student.model} is a language-model student (task: language_modeling)")
         if text_task != self.data.is_text:
@@ -286,10 +286,11 @@ class JobSpec(Strict):
         for index, teacher in enumerate(self.teachers):
             where = "teacher" if not isinstance(self.teacher, list) else f"teacher.{index}"
             if text_task and not teacher.is_language_model:
-                raise ValueError(f"{where}: a language model teacher needs checkpoint (GGUF file or Hugging Face "
-                                 "folder), pretrained or hub")
+                raise ValueError(f"{where}: a {self.task} teacher is a pretrained text model: give checkpoint (GGUF "
+                                 "file or Hugging Face folder), pretrained or hub")
             if not text_task and teacher.is_language_model:
-                raise ValueError(f"{where}: a language model teacher needs task: language_modeling")
+                raise ValueError(f"{where}: a pretrained text model teacher needs task: language_modeling or "
+                                 "text_embedding")
         return self
 
     @field_validator("name")

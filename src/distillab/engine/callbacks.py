@@ -48,10 +48,12 @@ class ProgressBar(Callback):
         )
 
     def on_epoch_end(self, epoch, metrics):
+        primary = metrics.get("primary", "accuracy")  # the task's metric, selected on validation
         log.info(
-            "%s epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f samples/s  %.1f s",
+            "%s epoch %d/%d  loss %.4f  train acc %.4f  val %s %.4f  %.0f samples/s  %.1f s",
             self.description, epoch + 1, self.epochs, metrics["train_loss"], metrics["train_accuracy"],
-            metrics["val_accuracy"], metrics["samples_per_s"], metrics["epoch_seconds"],
+            "acc" if primary == "accuracy" else primary.replace("_", " "), metrics[f"val_{primary}"],
+            metrics["samples_per_s"], metrics["epoch_seconds"],
         )
 
     def close(self):

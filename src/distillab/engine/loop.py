@@ -116,7 +116,7 @@ def fit(
             )
             val = task.evaluate(strategy.student, bundle, "val", training.eval_batch_size, device)
             metrics = {"epoch": epoch + 1, **metrics, **{f"val_{k}": v for k, v in val.metrics.items()},
-                       "lr": scheduler.get_last_lr()[0]}
+                       "primary": task.metric, "lr": scheduler.get_last_lr()[0]}
             history.append(metrics)
             if strategy.selectable(epoch, training.epochs) and task.better(val.value, best["val_accuracy"]):
                 best = {"epoch": epoch, "val_accuracy": val.value, "state": _cpu_state(strategy.student)}

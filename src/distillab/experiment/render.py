@@ -107,9 +107,28 @@ def lm_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def embedding_table(report: dict) -> str:
+    """The text-embedding table: agreement with the teacher on held-out sentences, size, speed."""
+    lines = ["| model | role | Spearman (pairwise cos) | cosine agreement | recall@10 | params | size MB "
+             "| latency ms (b=1) | speed-up | compression |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in derived_rows(report):
+        metrics = r.get("metrics", {})
+        spearman, cosine, recall = (metrics.get(key, {"mean": None, "std": 0}) for key in
+                                    ("spearman", "cosine_agreement", "recall_at_10"))
+        lines.append(
+            f"| {r['name']} ({r['model']}) | {r['role']} | {_fmt(spearman['mean'], '.4f')} ± {spearman['std']:.4f} "
+            f"| {_fmt(cosine['mean'], '.4f')} | {_fmt(recall['mean'], '.3f')} | {r['params']:,} | {r['size_mb']:.4g} "
+            f"| {_latency(r, 'latency_ms')} | {_fmt(r['speedup'], '.3g')}× | {_fmt(r['compression'], '.1f')}× |")
+    return "\n".join(lines)
+
+
+def _task(report: dict) -> str:
+    return (report.get("task") or {}).get("name", "image_classification")
+
+
 def summary_table(report: dict) -> str:
-    """The report's main table: models by accuracy and speed, or for a language model by bits per character."""
-    return markdown_table(report) if _metric(report)[0] == "accuracy" else lm_table(report)
+    """The report's main table: by accuracy and speed, bits per character, or agreement with the teacher."""
+    return {"language_modeling": lm_table, "text_embedding": embedding_table}.get(_task(report), markdown_table)(report)
 
 
 def _comparison_rows(report: dict) -> list[str]:
@@ -144,6 +163,17 @@ def render_markdown(report: dict) -> str:
                  "measurement so that load changes hit them alike; the scratch and distilled students are one "
                  "network, timed once. Retention is student accuracy / teacher accuracy. Efficiency is accuracy / "
                  "(size MB × latency ms)."]
+    elif _task(report) == "text_embedding":
+        intro = (f"Corpus `{dataset['name']}`, split {dataset.get('split', 'by position')}: {dataset['train']:,} train "
+                 f"/ {dataset['val']:,} val / {dataset['test']:,} test sentences. Strategy `{strategy['name']}` "
+                 f"({params or 'no parameters'}). Seeds {seeds}. Metrics compare each model's embeddings of the test "
+                 "sentences with the teacher's, mean ± sample std over seeds. The scratch twin is the student as "
+                 "initialised (this task has no labels to train it without the teacher).")
+        table = [embedding_table(report), "",
+                 "Spearman: correlation between the model's and the teacher's cosine similarities over all pairs of "
+                 "up to 500 test sentences. Cosine agreement: mean cosine between a sentence's model and teacher "
+                 "embeddings. Recall@10: the share of each sentence's 10 nearest teacher neighbours among its 10 "
+                 "nearest model neighbours. Latency: one sentence, median."]
     else:
         tokens = dataset.get("tokens", {})
         intro = (f"Corpus `{dataset['name']}`, split {dataset.get('split', 'by position')}: "

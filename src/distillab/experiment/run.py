@@ -145,6 +145,27 @@ def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline
     }
 
 
+def _untrained(job: Job, bundle, seed, phase_dir) -> dict:
+    """The scratch twin of a task without labels: the student as initialised, measured."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from distillab.engine.checkpoint import atomic_write_bytes
+
+    spec = job.settings
+    device = resolve_device(spec.training.device)
+    student = job.student_for(seed, bundle).to(device)
+    val = job.task.evaluate(student, bundle, "val", spec.training.eval_batch_size, device)
+    test = job.task.evaluate(student, bundle, "test", spec.training.eval_batch_size, device)
+    phase_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(phase_dir / "student.safetensors", safetensors_bytes(
+        {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}))
+    log.info("seed %d scratch: the student as initialised (the task has no labels): test %s %.4f", seed,
+             job.task.metric, test.value)
+    return {"test_score": test.value, "test_accuracy": test.metrics.get("accuracy", test.value),
+            "test_metrics": test.metrics, "val_accuracy": val.value, "best_epoch": 0, "seconds_per_epoch": 0.0,
+            "extra_training_params": 0, "history": [], "student": student, "untrained": True}
+
+
 def _stage_teachers(stage, teachers, caches, previous, scratch_student):
     """(teacher models, caches) for one stage of a multi-stage strategy."""
     if stage.teacher == "spec":
@@ -179,7 +200,9 @@ def _phase(job: Job, bundle, seed, role, teachers, caches, phase_dir, resume, de
         log.info("teacher outputs: running the teacher online (%s)", reason)
     cbs = callbacks(role, seed) if callbacks else ()
     label = f"seed {seed} {role}"
-    if not stages:
+    if role == "scratch" and not job.task.trains_scratch:
+        summary = _untrained(job, bundle, seed, phase_dir)
+    elif not stages:
         student = job.student_for(seed, bundle)
         teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
         strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
@@ -319,7 +342,8 @@ def partial_summary(folder: Path, reason: str) -> dict:
                            for line in path.read_text().splitlines() if line.strip()]
                 students = sorted(phase_dir.rglob("student.safetensors"))
                 entry.update(complete=False, epochs_done=len(history),
-                             best_val_accuracy=max((h["val_accuracy"] for h in history), default=None),
+                             best_val_accuracy=max((h["val_accuracy"] for h in history if "val_accuracy" in h),
+                                                   default=None),
                              student=str(students[-1].relative_to(folder)) if students else None)
             phases.append(entry)
     return {"stopped": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "phases": phases}

@@ -51,11 +51,7 @@ def macs_per_sample(model: nn.Module, in_shape) -> int | None:
     torch (an ONNX teacher) and cannot be counted."""
     if isinstance(model, OnnxTeacher):
         return None
-    if len(tuple(in_shape)) == 1 and hasattr(model, "vocab_size"):  # a language model: one block of token ids
-        device = next(model.parameters()).device
-        x = torch.zeros(1, *in_shape, dtype=torch.long, device=device)
-    else:
-        x = _example_input(model, in_shape, batch_size=1)
+    x = _example_input(model, in_shape, batch_size=1)  # token ids for a text model
     counter = FlopCounterMode(display=False)
     with _eval_mode(model), torch.no_grad(), counter:
         model(x)
@@ -163,6 +159,8 @@ def _example_input(model: nn.Module, in_shape, batch_size: int) -> torch.Tensor:
     device = tensors[0].device if tensors else torch.device("cpu")
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
     generator = torch.Generator().manual_seed(0)
+    if len(tuple(in_shape)) == 1 and hasattr(model, "vocab_size"):  # a text model: token ids (B, T)
+        return torch.randint(1, model.vocab_size, (batch_size, *in_shape), generator=generator).to(device)
     x = torch.randn(batch_size, *in_shape, generator=generator)  # (B, C, H, W)
     return x.to(device=device, dtype=dtype)
 

@@ -201,29 +201,12 @@ def teacher_subset(teacher: CausalLM, layers: list[int] | None = None, keep: int
     Sanh et al. 2019 keep one layer in two): the embeddings, final norm and head are copied,
     and ``layers`` (0-based indices) or ``keep`` evenly spaced layers (first and last included)."""
     config = copy.deepcopy(teacher.model.config)
-    total = config.num_hidden_layers
-    if layers is None:
-        if keep is None or not 1 <= keep <= total:
-            raise SpecError(f"{where}: give layers (a list of 0-based indices) or keep (1-{total})")
-        layers = sorted({round(i * (total - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
-    bad = [index for index in layers if not 0 <= index < total]
-    if bad or not layers or len(set(layers)) != len(layers):
-        raise SpecError(f"{where}.layers: {layers} must be distinct indices in 0-{total - 1}")
+    layers = _chosen_layers(config.num_hidden_layers, layers, keep, where)
     config.num_hidden_layers = len(layers)
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[index] for index in layers]
     model = type(teacher.model)(config)
-    state = teacher.model.state_dict()
-    inner = next(name for name, _ in teacher.model.named_children() if name != "lm_head")  # "model" for Llama
-    renamed = {}
-    for key, value in state.items():
-        prefix = f"{inner}.layers."
-        if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
-            if int(index) in layers:
-                renamed[f"{prefix}{layers.index(int(index))}.{rest}"] = value.clone()
-        else:
-            renamed[key] = value.clone()
+    renamed = _renumbered(teacher.model, layers)
     model.load_state_dict(renamed, strict=False)
     model.tie_weights()
     return CausalLM(model, teacher.tokenizer)
@@ -246,3 +229,79 @@ def reduced_width(teacher: CausalLM, hidden_size: int, intermediate_size: int, h
         if getattr(config, "layer_types", None):
             config.layer_types = config.layer_types[:layers]
     return CausalLM(type(teacher.model)(config), teacher.tokenizer)
+
+
+class SentenceEncoder(nn.Module):
+    """A transformers encoder as a sentence-embedding model, as sentence-transformers runs
+    all-MiniLM-L6-v2: mean pooling over real tokens, then L2 normalisation (its modules.json).
+    ``forward(ids)`` (B, T) with the tokenizer's pad id as padding -> embeddings (B, D)."""
+
+    def __init__(self, model, tokenizer, normalize: bool = True):
+        super().__init__()
+        self.model, self.tokenizer, self.normalize = model, tokenizer, normalize
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.vocab_size = len(tokenizer)
+
+    def forward(self, ids, hidden_states: bool = False):
+        mask = (ids != self.pad_id).long()  # (B, T)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_states)
+        weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
+        pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, D)
+        embeddings = torch.nn.functional.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
+        return (embeddings, {"hidden_states": list(out.hidden_states)}) if hidden_states else embeddings
+
+
+def load_encoder(source, local_only: bool = True, where: str = "teacher") -> SentenceEncoder:
+    """A ``SentenceEncoder`` from a Hugging Face folder (or hub id) of a BERT-like encoder."""
+    _quiet()
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(source, None, local_only, where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModel.from_pretrained(source, local_files_only=local_only, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{where}: {source} does not load as a text encoder: {str(error)[:300]}") from None
+    return SentenceEncoder(model, tokenizer)
+
+
+def encoder_subset(teacher: SentenceEncoder, layers: list[int] | None = None, keep: int | None = None,
+                   where: str = "student.model_args") -> SentenceEncoder:
+    """A student encoder of some of the teacher's layers (embeddings and the chosen layers copied)."""
+    config = copy.deepcopy(teacher.model.config)
+    total = config.num_hidden_layers
+    layers = _chosen_layers(total, layers, keep, where)
+    config.num_hidden_layers = len(layers)
+    model = type(teacher.model)(config)
+    model.load_state_dict(_renumbered(teacher.model, layers), strict=False)
+    return SentenceEncoder(model, teacher.tokenizer, teacher.normalize)
+
+
+def _chosen_layers(total: int, layers: list[int] | None, keep: int | None, where: str) -> list[int]:
+    if layers is None:
+        if keep is None or not 1 <= keep <= total:
+            raise SpecError(f"{where}: give layers (a list of 0-based indices) or keep (1-{total})")
+        layers = sorted({round(i * (total - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
+    if not layers or len(set(layers)) != len(layers) or any(not 0 <= index < total for index in layers):
+        raise SpecError(f"{where}.layers: {layers} must be distinct indices in 0-{total - 1}")
+    return list(layers)
+
+
+def _renumbered(model: nn.Module, layers: list[int]) -> dict[str, torch.Tensor]:
+    """The model's state dict with only ``layers`` of its layer list, renumbered 0.. in order.
+    The layer list is the ModuleList with one entry per hidden layer (``model.layers`` in
+    Llama, ``encoder.layer`` in BERT)."""
+    total = model.config.num_hidden_layers
+    prefix = next(name for name, module in model.named_modules()
+                  if isinstance(module, nn.ModuleList) and len(module) == total) + "."
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            if int(index) in layers:
+                out[f"{prefix}{layers.index(int(index))}.{rest}"] = value.clone()
+        else:
+            out[key] = value.clone()
+    return out

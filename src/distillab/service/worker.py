@@ -120,7 +120,9 @@ class JobProgress(Callback):
 
     def on_epoch_end(self, epoch, metrics):
         with self.lock:
-            self.metrics.update(val_accuracy=metrics["val_accuracy"], val_loss=metrics["val_loss"],
+            primary = metrics.get("primary", "accuracy")
+            self.metrics.update(val_accuracy=metrics.get("val_accuracy"), val_loss=metrics.get("val_loss"),
+                                val_metric=primary, val_score=metrics.get(f"val_{primary}"),
                                 epoch_seconds=metrics["epoch_seconds"])
 
     def _check(self) -> None:

@@ -5,6 +5,7 @@ from distillab.strategies.adversarial import Adversarial
 from distillab.strategies.attention import Attention
 from distillab.strategies.base import Strategy
 from distillab.strategies.dkd import DKD
+from distillab.strategies.embedding_kd import EmbeddingKD
 from distillab.strategies.feature import Feature
 from distillab.strategies.layerwise import Layerwise
 from distillab.strategies.multi_teacher import MultiTeacher
@@ -31,6 +32,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "adaptive": Adaptive,
     "token_kd": TokenKD,
     "layerwise": Layerwise,
+    "embedding_kd": EmbeddingKD,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

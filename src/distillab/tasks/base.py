@@ -46,6 +46,9 @@ class Task:
     metric: ClassVar[str]  # the primary metric: model selection on validation and the report's tables
     higher_is_better: ClassVar[bool] = True
     cache_kind: ClassVar[str] = "dense_logits"  # what the teacher-output cache stores
+    # False when the task has no labels to train a student without its teacher (embeddings):
+    # the scratch twin is then the student as initialised, evaluated untrained.
+    trains_scratch: ClassVar[bool] = True
 
     def build(self, data_spec, seed: int, spec=None):
         """The splits of a spec's ``data`` section for one seed (``spec``: the whole job spec)."""

@@ -1,0 +1,187 @@
+"""Sentences for text-embedding distillation: a corpus split by position (as for language
+models), each split cut into sentences and tokenised by the teacher's tokenizer, padded to
+``context_length``. The teacher's embeddings of the training sentences are cached once.
+
+``data.limit_train`` keeps that many training sentences (evenly spaced); validation and test
+keep at most ``EVAL_SENTENCES`` each, evenly spaced, so that pairwise metrics stay cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillab.data.corpora import CORPORA
+from distillab.data.text import SPLITS, cut_documents, tokenizer_fingerprint
+from distillab.data.transforms import Augment
+from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json
+from distillab.errors import DataError
+
+EVAL_SENTENCES = 2000
+MIN_CHARACTERS = 20
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences_of(text: str) -> list[str]:
+    """Sentences of a text: split after . ! ? and whitespace; line breaks joined; short ones dropped."""
+    flat = " ".join(text.split())
+    return [s for s in SENTENCE_END.split(flat) if len(s) >= MIN_CHARACTERS]
+
+
+@dataclass
+class SentenceSplit:
+    ids: torch.Tensor  # (N, T) int64, padded with the tokenizer's pad id
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class SentenceData:
+    name: str
+    source: str
+    train: SentenceSplit
+    val: SentenceSplit
+    test: SentenceSplit
+    context_length: int
+    tokenizer: object
+    num_classes: int = 0  # no classes: the outputs are embeddings
+    augment: Augment = Augment()
+    teacher: object = None  # the encoder whose embeddings the metrics compare with (set by the task)
+
+    cacheable = True
+
+    @property
+    def in_shape(self) -> tuple[int]:
+        return (self.context_length,)
+
+    @property
+    def train_index(self) -> torch.Tensor:
+        return torch.arange(len(self.train))
+
+    def split(self, name: str) -> SentenceSplit:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def size(self, split: str) -> int:
+        return len(self.split(split))
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, -(-len(self.train) // batch_size))
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, caches=(), order=None):
+        """Shuffled sentences; with a cache, ``teacher_embeddings`` (n_teachers, B, D)."""
+        order = torch.randperm(len(self.train), generator=generator) if order is None else order
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self._batch(self.train, rows)
+            if caches:
+                batch["teacher_embeddings"] = torch.stack([cache.lookup(rows) for cache in caches])
+            yield batch
+
+    def eval_batches(self, split: str, batch_size: int):
+        sentences = self.split(split)
+        for start in range(0, len(sentences), batch_size):
+            yield self._batch(sentences, torch.arange(start, min(start + batch_size, len(sentences))))
+
+    @staticmethod
+    def _batch(split: SentenceSplit, rows: torch.Tensor) -> dict:
+        # ``targets`` is the row: there are no labels, only the teacher's embeddings
+        return {"inputs": split.ids[rows], "targets": rows.clone(), "index": rows}
+
+    def example_inputs(self, n: int = 2) -> torch.Tensor:
+        return self.train.ids[:n]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "num_classes": 0, "in_shape": [self.context_length],
+                "split": "by position inside each document, then into sentences",
+                "units": "sentences"}
+
+
+def build_sentences(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> SentenceData:
+    context = data_spec.context_length
+    if max_context is not None and context > max_context:
+        raise DataError(f"data.context_length: {context} tokens is longer than the teacher's context of {max_context}")
+    return _build(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
+                  data_spec.test_size, context, data_spec.limit_train, tokenizer_name,
+                  tokenizer_fingerprint(tokenizer), _Tok(tokenizer))
+
+
+class _Tok:
+    """The tokenizer, hashed by identity of its fingerprint (passed beside it) for lru_cache."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return isinstance(other, _Tok)
+
+
+@lru_cache(maxsize=2)
+def _build(dataset: str, path: str | None, val_size: float, test_size: float, context: int, limit: int | None,
+           tokenizer_name: str, fingerprint: str, tok: _Tok) -> SentenceData:
+    reader, _ = CORPORA[dataset]
+    parts = cut_documents(reader(Path(path) if path else None, "data"), val_size, test_size)
+    tokenizer = tok.tokenizer
+    splits = {}
+    for split in SPLITS:
+        texts = [s for piece in parts[split] for s in sentences_of(piece)]
+        cap = limit if split == "train" else EVAL_SENTENCES
+        if cap is not None and len(texts) > cap:
+            keep = np.linspace(0, len(texts) - 1, cap).round().astype(int)
+            texts = [texts[i] for i in sorted(set(keep.tolist()))]
+        if len(texts) < 2:
+            raise DataError(f"data: the {split} split of {dataset} has fewer than 2 sentences of {MIN_CHARACTERS}+ "
+                            "characters")
+        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=context, return_tensors="pt")
+        splits[split] = SentenceSplit(encoded["input_ids"].long(), texts)
+    source = f"sentences:{dataset}:{path}:{fingerprint}:ctx{context}:val{val_size}:test{test_size}:lim{limit}"
+    return SentenceData(dataset, source, splits["train"], splits["val"], splits["test"], context, tokenizer)
+
+
+@dataclass
+class EmbeddingCache:
+    embeddings: np.ndarray  # (N, D) float16
+    hit: bool
+    meta: dict
+
+    def lookup(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.embeddings[rows.numpy()], dtype=np.float32))
+
+
+@torch.no_grad()
+def teacher_embeddings(teacher, checksum: str, data: SentenceData, cache_dir: Path, batch_size: int = 64,
+                       device="cpu") -> EmbeddingCache:
+    """The teacher's embeddings of every training sentence, computed once (fp16 .npy, atomic)."""
+    key = hashlib.sha256(f"teacher={checksum}|data={data.source}".encode()).hexdigest()[:24]
+    path = cache_dir / "teacher_embeddings" / f"{key}.npy"
+    if path.is_file():
+        meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+        return EmbeddingCache(np.load(path, mmap_mode="r"), True, meta)
+    import io
+    import time
+
+    teacher.eval().to(device)
+    started, out = time.perf_counter(), []
+    for start in range(0, len(data.train), batch_size):
+        out.append(teacher(data.train.ids[start : start + batch_size].to(device)).float().cpu())
+    embeddings = torch.cat(out).numpy().astype(np.float16)
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    meta = {"sentences": len(data.train), "seconds": round(time.perf_counter() - started, 2), "dimension":
+            int(embeddings.shape[1])}
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return EmbeddingCache(np.load(path, mmap_mode="r"), False, meta)
