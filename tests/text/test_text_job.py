@@ -76,3 +76,18 @@ def test_a_language_model_teacher_needs_the_language_modeling_task(tmp_path, blo
     spec["teacher"] = {"checkpoint": str(tiny_lm)}
     code, output, _ = run_cli(tmp_path, spec)
     assert code == 2 and "teacher: a language model teacher needs task: language_modeling" in output, output
+
+
+def test_a_sweep_of_a_text_job_minimises_bits_per_character(tmp_path, corpus, tiny_lm):
+    from distillab.experiment.sweep import sweep
+
+    spec = text_spec(corpus, tiny_lm, training={"epochs": 1, "seeds": [0]})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    best = sweep(path, tmp_path / "sweep", {"strategy.params.alpha": [0.2, 0.8],
+                                            "strategy.params.top_k": [2, 4]}, {})
+    assert best["metric"] == "bits_per_character" and best["trials"] == 4
+    table = (tmp_path / "sweep" / "trials.md").read_text()
+    values = [float(line.rsplit("|", 2)[1]) for line in table.splitlines()[2:]]
+    assert values == sorted(values)  # best (lowest) first
+    assert best["val_bits_per_character"] == pytest.approx(values[0], abs=1e-4)
