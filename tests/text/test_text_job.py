@@ -75,7 +75,7 @@ def test_a_language_model_teacher_needs_the_language_modeling_task(tmp_path, blo
     spec = tiny_spec(blobs, tiny_lm)
     spec["teacher"] = {"checkpoint": str(tiny_lm)}
     code, output, _ = run_cli(tmp_path, spec)
-    assert code == 2 and "teacher: a language model teacher needs task: language_modeling" in output, output
+    assert code == 2 and "teacher: a pretrained text model teacher needs task: language_modeling or text_embedding" in output, output
 
 
 def test_a_sweep_of_a_text_job_minimises_bits_per_character(tmp_path, corpus, tiny_lm):

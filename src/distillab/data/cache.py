@@ -181,6 +181,20 @@ class _Array:
             os.fsync(handle.fileno())
 
 
+def staging_folder(parent: Path, name: str) -> tuple[Path, Path]:
+    """(``parent/.fill-<name>``, its lock file), created; an unwritable cache folder is a
+    SpecError naming cache.dir."""
+    staging = parent / f".fill-{name}"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        lock = parent / f".fill-{name}.lock"
+        lock.touch()
+    except OSError as error:
+        raise SpecError(f"cache.dir: cannot write the teacher cache under {parent.parent} "
+                        f"({error.strerror or error})") from None
+    return staging, lock
+
+
 @contextmanager
 def _locked(path: Path):
     with open(path, "a") as handle:
@@ -230,14 +244,7 @@ def teacher_outputs(
     if max_gb is not None and needed > max_gb * 1e9:
         raise SpecError(f"cache.views: {count} views x {bundle.n_rows} samples x {classes} classes need "
                         f"{needed / 1e9:.1f} GB, over cache.max_gb ({max_gb:g})")
-    staging = root / "teacher_outputs" / f".fill-{key}"
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-        lock = staging.parent / f".fill-{key}.lock"
-        lock.touch()
-    except OSError as error:
-        raise SpecError(f"cache.dir: cannot write the teacher-output cache under {root} "
-                        f"({error.strerror or error})") from None
+    staging, lock = staging_folder(root / "teacher_outputs", key)
     with _locked(lock):
         found = _read(folder, count, bundle.n_rows)  # another process finished it while we waited
         if found is not None:

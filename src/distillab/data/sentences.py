@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from distillab.data.corpora import CORPORA
-from distillab.data.text import SPLITS, cut_documents, tokenizer_fingerprint
+from distillab.data.text import SPLITS, SplitData, cut_documents, tokenizer_fingerprint
 from distillab.data.transforms import Augment
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json
 from distillab.errors import DataError
@@ -45,7 +45,7 @@ class SentenceSplit:
 
 
 @dataclass
-class SentenceData:
+class SentenceData(SplitData):
     name: str
     source: str
     train: SentenceSplit
@@ -56,25 +56,6 @@ class SentenceData:
     num_classes: int = 0  # no classes: the outputs are embeddings
     augment: Augment = Augment()
     teacher: object = None  # the encoder whose embeddings the metrics compare with (set by the task)
-
-    cacheable = True
-
-    @property
-    def in_shape(self) -> tuple[int]:
-        return (self.context_length,)
-
-    @property
-    def train_index(self) -> torch.Tensor:
-        return torch.arange(len(self.train))
-
-    def split(self, name: str) -> SentenceSplit:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
-
-    def size(self, split: str) -> int:
-        return len(self.split(split))
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return max(1, -(-len(self.train) // batch_size))
 
     def train_batches(self, batch_size: int, generator: torch.Generator, caches=(), order=None):
         """Shuffled sentences; with a cache, ``teacher_embeddings`` (n_teachers, B, D)."""

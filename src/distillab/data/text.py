@@ -126,8 +126,31 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(repr(vocabulary).encode()).hexdigest()[:16]
 
 
+class SplitData:
+    """What the text data objects share: three splits addressed by row, a context length."""
+
+    cacheable = True  # samples are addressed by row
+
+    @property
+    def in_shape(self) -> tuple[int]:
+        return (self.context_length,)
+
+    @property
+    def train_index(self) -> torch.Tensor:
+        return torch.arange(len(self.train))
+
+    def split(self, name: str):
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def size(self, split: str) -> int:
+        return len(self.split(split))
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, -(-len(self.train) // batch_size))
+
+
 @dataclass
-class TextData:
+class TextData(SplitData):
     """The engine's data object for a language model (the same methods as a ``DataBundle``)."""
 
     name: str
@@ -139,25 +162,6 @@ class TextData:
     context_length: int
     tokenizer: object
     augment: Augment = Augment()
-
-    cacheable = True  # blocks are addressed by row
-
-    @property
-    def in_shape(self) -> tuple[int]:
-        return (self.context_length,)
-
-    @property
-    def train_index(self) -> torch.Tensor:
-        return torch.arange(len(self.train))
-
-    def split(self, name: str) -> TokenBlocks:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
-
-    def size(self, split: str) -> int:
-        return len(self.split(split))
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return max(1, -(-len(self.train) // batch_size))
 
     def train_batches(self, batch_size: int, generator: torch.Generator, caches=(), order=None) -> Iterator[dict]:
         """Shuffled blocks; with a cache, each carries the teacher's top-k log-probabilities

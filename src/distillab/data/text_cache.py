@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from distillab import losses
-from distillab.data.cache import _Array, _locked, _publish, default_cache_dir
+from distillab.data.cache import _Array, _locked, _publish, default_cache_dir, staging_folder
 from distillab.engine.precision import autocast
 from distillab.errors import DiskFull, SpecError, is_disk_full
 
@@ -129,13 +129,7 @@ def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, ca
     if found is not None:
         log.info("teacher top-k: cache hit %s (top-%d of %d)", found.folder, k, found.ids.shape[-1])
         return found
-    staging = root / "teacher_topk" / f".fill-{key}-k{k}"
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-        lock = staging.parent / f".fill-{key}-k{k}.lock"
-        lock.touch()
-    except OSError as error:
-        raise SpecError(f"cache.dir: cannot write the teacher cache under {root} ({error.strerror or error})") from None
+    staging, lock = staging_folder(root / "teacher_topk", f"{key}-k{k}")
     with _locked(lock):
         found = _stored(folder.parent, key, rows, k)
         if found is not None:
