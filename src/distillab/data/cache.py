@@ -181,6 +181,26 @@ class _Array:
             os.fsync(handle.fileno())
 
 
+@contextmanager
+def full_disk_removes(staging: Path, need: str):
+    """A full disk during a fill removes the staging folder (nothing half-written stays
+    behind) and becomes a DiskFull naming cache.dir and ``need``; other errors pass."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error, staging):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DiskFull(f"cache.dir: the disk is full: {need} ({error})") from None
+
+
+def publish_fill(staging: Path, folder: Path, meta: dict) -> None:
+    """A finished fill: its meta written, its progress file dropped, renamed into place."""
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    (staging / "progress.json").unlink(missing_ok=True)
+    _publish(staging, folder)
+
+
 def staging_folder(parent: Path, name: str) -> tuple[Path, Path]:
     """(``parent/.fill-<name>``, its lock file), created; an unwritable cache folder is a
     SpecError naming cache.dir."""
@@ -249,20 +269,12 @@ def teacher_outputs(
         found = _read(folder, count, bundle.n_rows)  # another process finished it while we waited
         if found is not None:
             return found
-        try:
+        with full_disk_removes(staging, f"the teacher-output cache needs {needed / 1e6:.0f} MB under {root}"):
             meta = _fill(teacher, bundle, staging, count, views, fp16, classes, batch_size, device, precision,
                          progress)
             meta.update(teacher_checksum=checksum, source=bundle.source, views=count, fp16=fp16,
                         augment=bundle.augment.describe(), normalize=bundle.normalize.describe())
-            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-            (staging / "progress.json").unlink(missing_ok=True)
-            _publish(staging, folder)
-        except (OSError, RuntimeError) as error:
-            if not is_disk_full(error, staging):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
-            raise DiskFull(f"cache.dir: the disk is full: the teacher-output cache needs {needed / 1e6:.0f} MB "
-                           f"under {root} ({error})") from None
+            publish_fill(staging, folder, meta)
     lock.unlink(missing_ok=True)
     computed = _read(folder, count, bundle.n_rows) or _fail(folder)
     computed.hit = False

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ import numpy as np
 import torch
 
 from distillab import losses
-from distillab.data.cache import _Array, _locked, _publish, default_cache_dir, staging_folder
+from distillab.data.cache import _Array, _locked, default_cache_dir, full_disk_removes, publish_fill, staging_folder
 from distillab.engine.precision import autocast
-from distillab.errors import DiskFull, SpecError, is_disk_full
+from distillab.errors import SpecError
 
 log = logging.getLogger("distillab")
 
@@ -134,19 +133,11 @@ def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, ca
         found = _stored(folder.parent, key, rows, k)
         if found is not None:
             return found
-        try:
+        with full_disk_removes(staging, f"the teacher cache needs {needed / 1e6:.0f} MB under {root}"):
             meta = _fill(teacher, data, staging, k, temperature, batch_size, device, precision, progress)
             meta.update(teacher_checksum=checksum, source=data.source, k=k, temperature=temperature,
                         bytes_per_token=bytes_per_token(k, data.num_classes), bytes=needed)
-            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-            (staging / "progress.json").unlink(missing_ok=True)
-            _publish(staging, folder)
-        except (OSError, RuntimeError) as error:
-            if not is_disk_full(error, staging):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-            raise DiskFull(f"cache.dir: the disk is full: the teacher cache needs {needed / 1e6:.0f} MB under {root} "
-                           f"({error})") from None
+            publish_fill(staging, folder, meta)
     lock.unlink(missing_ok=True)
     computed = _read(folder, rows)
     if computed is None:
