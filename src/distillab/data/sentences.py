@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from distillab.data.corpora import CORPORA
-from distillab.data.text import SPLITS, SplitData, cut_documents, tokenizer_fingerprint
+from distillab.data.text import SPLITS, SplitData, checked_context, cut_documents, tokenizer_fingerprint
 from distillab.data.transforms import Augment
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json
 from distillab.errors import DataError
@@ -88,9 +88,7 @@ class SentenceData(SplitData):
 
 
 def build_sentences(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> SentenceData:
-    context = data_spec.context_length
-    if max_context is not None and context > max_context:
-        raise DataError(f"data.context_length: {context} tokens is longer than the teacher's context of {max_context}")
+    context = checked_context(data_spec, max_context)
     return _build(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                   data_spec.test_size, context, data_spec.limit_train, tokenizer_name,
                   tokenizer_fingerprint(tokenizer), _Tok(tokenizer))

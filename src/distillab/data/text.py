@@ -201,11 +201,17 @@ class TextData(SplitData):
                 "split": "by position inside each document (the last part of each is test, the part before it val)"}
 
 
-def build_text(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> TextData:
-    """The splits of a text ``data`` spec, tokenised by the teacher's ``tokenizer``."""
+def checked_context(data_spec, max_context: int | None) -> int:
+    """The spec's context length, refused when it is longer than the teacher's."""
     context = data_spec.context_length
     if max_context is not None and context > max_context:
         raise DataError(f"data.context_length: {context} tokens is longer than the teacher's context of {max_context}")
+    return context
+
+
+def build_text(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> TextData:
+    """The splits of a text ``data`` spec, tokenised by the teacher's ``tokenizer``."""
+    context = checked_context(data_spec, max_context)
     return _build_text(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                        data_spec.test_size, context, data_spec.limit_tokens, data_spec.limit_eval_tokens,
                        _Hashable(tokenizer, tokenizer_name))
