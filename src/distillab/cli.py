@@ -278,7 +278,10 @@ def sweep(
     except DistillabError as error:
         _fail(error)
     console.print((out / "trials.md").read_text(), markup=False, highlight=False)
-    console.print(f"best (validation): {json.dumps(best['params'])} -> {best['val_accuracy'] * 100:.2f}%", markup=False)
+    metric = best["metric"]
+    value = best[f"val_{metric}"]
+    shown = f"{value * 100:.2f}%" if metric == "accuracy" else f"{value:.4f} {metric.replace('_', ' ')}"
+    console.print(f"best (validation): {json.dumps(best['params'])} -> {shown}", markup=False)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")

@@ -79,15 +79,27 @@ def test_a_language_model_teacher_needs_the_language_modeling_task(tmp_path, blo
 
 
 def test_a_sweep_of_a_text_job_minimises_bits_per_character(tmp_path, corpus, tiny_lm):
-    from distillab.experiment.sweep import sweep
-
     spec = text_spec(corpus, tiny_lm, training={"epochs": 1, "seeds": [0]})
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    best = sweep(path, tmp_path / "sweep", {"strategy.params.alpha": [0.2, 0.8],
-                                            "strategy.params.top_k": [2, 4]}, {})
+    result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "sweep"),
+                                 "--grid", "strategy.params.alpha=0.2,0.8", "--grid", "strategy.params.top_k=2,4"])
+    assert result.exit_code == 0, result.output
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
     assert best["metric"] == "bits_per_character" and best["trials"] == 4
     table = (tmp_path / "sweep" / "trials.md").read_text()
     values = [float(line.rsplit("|", 2)[1]) for line in table.splitlines()[2:]]
     assert values == sorted(values)  # best (lowest) first
     assert best["val_bits_per_character"] == pytest.approx(values[0], abs=1e-4)
+    assert f"-> {values[0]:.4f} bits per character" in result.output
+
+
+def test_sweep_overrides_change_the_spec_for_every_trial(tmp_path, corpus, tiny_lm):
+    from distillab.experiment.sweep import sweep
+
+    spec = text_spec(corpus, tiny_lm, training={"epochs": 1, "seeds": [0, 1]})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    best = sweep(path, tmp_path / "sweep", {"strategy.params.alpha": [0.5]}, {}, overrides=["training.seeds=[1]"])
+    assert best["trials"] == 1
+    assert [p.name for p in (tmp_path / "sweep" / "trials" / "0000").iterdir()] == ["seed_1"]

@@ -32,7 +32,9 @@ EPS = 1e-8
 
 def weight_statistics(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """(B, 6) differentiable statistics of (B, N) weight values; ``scale`` (a scalar, the
-    reference mean |w|) makes them unit-free."""
+    reference mean |w|) makes them unit-free. Computed in fp32: under bf16 autocast the
+    generated weights arrive in bf16, which ``quantile`` refuses and which is too coarse here."""
+    values = values.float()
     magnitude = values.abs()
     mean_abs = magnitude.mean(1)
     std = values.std(1)
@@ -48,10 +50,13 @@ def weight_statistics(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
 
 def singular_values(matrices: torch.Tensor) -> torch.Tensor:
     """(B, min(O, I)) singular values of (B, O, I) matrices, from the eigenvalues of the
-    smaller Gram matrix (several times faster than an SVD on the CPU)."""
-    gram = matrices @ matrices.transpose(1, 2) if matrices.shape[1] <= matrices.shape[2] \
-        else matrices.transpose(1, 2) @ matrices
-    return torch.linalg.eigvalsh(gram).clamp_min(0).add(EPS).sqrt()
+    smaller Gram matrix (several times faster than an SVD on the CPU). In fp32 even under
+    bf16 autocast: ``eigvalsh`` has no bf16 kernel."""
+    matrices = matrices.float()
+    with torch.autocast(matrices.device.type, enabled=False):
+        gram = matrices @ matrices.transpose(1, 2) if matrices.shape[1] <= matrices.shape[2] \
+            else matrices.transpose(1, 2) @ matrices
+        return torch.linalg.eigvalsh(gram).clamp_min(0).add(EPS).sqrt()
 
 
 def complexity_statistics(matrices: torch.Tensor, fro_scale: torch.Tensor, rank_scale: torch.Tensor) -> torch.Tensor:

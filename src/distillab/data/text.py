@@ -237,25 +237,51 @@ def _build_text(dataset: str, path: str | None, val_size: float, test_size: floa
 
     reader, _ = CORPORA[dataset]
     documents = reader(Path(path) if path else None, "data")
+    source = (f"text:{dataset}:{path}:{tokenizer.key[1]}:ctx{context}:val{val_size}:test{test_size}"
+              f":lim{limit_tokens}:{limit_eval_tokens}")
+    return _text_data(dataset, source, documents, val_size, test_size, context, limit_tokens, limit_eval_tokens,
+                      tokenizer.tokenizer, "data")
+
+
+def text_from_documents(documents, tokenizer, context: int, val_size: float = 0.05, test_size: float = 0.05,
+                        limit_tokens: int | None = None, limit_eval_tokens: int | None = None,
+                        where: str = "train_data") -> TextData:
+    """Splits of the user's own documents (a list of strings, from Python), cut by position
+    inside each document like a registered corpus; the source key hashes the text itself,
+    so the teacher cache serves the same documents again and never different ones."""
+    if isinstance(documents, str) or not isinstance(documents, (list, tuple)) or not documents:
+        raise DataError(f"{where}: give the documents as a non-empty list of strings")
+    for index, text in enumerate(documents):
+        if not isinstance(text, str):
+            raise DataError(f"{where}[{index}]: expected a string, got {type(text).__name__}")
+    kept = [Document(f"document {index}", text) for index, text in enumerate(documents) if text.strip()]
+    if not kept:
+        raise DataError(f"{where}: every document is empty")
+    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()[:16]
+    source = (f"text:python:{digest}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}:test{test_size}"
+              f":lim{limit_tokens}:{limit_eval_tokens}")
+    return _text_data("documents", source, kept, val_size, test_size, context, limit_tokens, limit_eval_tokens,
+                      tokenizer, where)
+
+
+def _text_data(name: str, source: str, documents: list[Document], val_size: float, test_size: float, context: int,
+               limit_tokens: int | None, limit_eval_tokens: int | None, tok, where: str) -> TextData:
     parts = cut_documents(documents, val_size, test_size)
-    tok = tokenizer.tokenizer
     separator = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (separator or 0)
     splits = {}
     for split in SPLITS:
         if not parts[split]:
-            raise DataError(f"data: the {split} split of {dataset} is empty; raise data.val_size / data.test_size "
-                            "or give longer documents")
+            knobs = "data.val_size / data.test_size" if where == "data" else "val_size / test_size"
+            raise DataError(f"{where}: the {split} split of {name} is empty; raise {knobs} or give longer documents")
         ids, chars, total = token_stream(parts[split], tok, separator)
         if len(ids) < 2:
-            raise DataError(f"data: the {split} split of {dataset} has fewer than 2 tokens")
+            raise DataError(f"{where}: the {split} split of {name} has fewer than 2 tokens")
         limit = limit_tokens if split == "train" else limit_eval_tokens
         splits[split] = blocks(ids, chars, total, context, pad, separator, limit)
-    source = (f"text:{dataset}:{path}:{tokenizer.key[1]}:ctx{context}:val{val_size}:test{test_size}"
-              f":lim{limit_tokens}:{limit_eval_tokens}")
-    log.info("text %s: %s", dataset, ", ".join(f"{s} {len(b)} blocks / {b.counted_tokens} tokens"
-                                                for s, b in splits.items()))
-    return TextData(dataset, source, splits["train"], splits["val"], splits["test"], len(tok), context, tok)
+    log.info("text %s: %s", name, ", ".join(f"{s} {len(b)} blocks / {b.counted_tokens} tokens"
+                                             for s, b in splits.items()))
+    return TextData(name, source, splits["train"], splits["val"], splits["test"], len(tok), context, tok)
 
 
 CHARACTERS_PER_TOKEN = 4.0  # English under a byte-level BPE: a planning figure, not a measurement

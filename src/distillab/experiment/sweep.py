@@ -59,11 +59,15 @@ def _spec_with(base: dict, assignments: dict):
     return parse_spec(data)
 
 
-def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, trials: int | None = None) -> dict:
+def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, trials: int | None = None,
+          overrides: list[str] | tuple = ()) -> dict:
     """Run (or resume) the study; write study.db, trials.md, best.json and, for two grid
     parameters, heatmap.png. Returns the best trial's parameters and validation score (the
-    task's primary metric: accuracy, or bits per character for a language model)."""
+    task's primary metric: accuracy, or bits per character for a language model).
+    ``overrides`` ("key.path=value") change the spec file for the whole sweep."""
     base = read_spec_file(spec_path)
+    for override in overrides:
+        apply_override(base, override)
     if not grid and not ranges:
         raise SpecError("give at least one --grid or --range")
     for key in [*grid, *ranges]:
