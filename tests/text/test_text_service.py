@@ -1,14 +1,18 @@
-"""A language-model job over HTTP: submitted to a real uvicorn server as a spec, run by a
-worker process, its progress streamed and its results read back (SQLite)."""
+"""Language models over HTTP: a teacher uploaded as a tar of a Hugging Face folder (or as
+GGUF), a text job submitted to a real uvicorn server as a spec, run by a worker process, its
+progress streamed and its results read back (SQLite); and the bad uploads, each a clean 4xx."""
 
+import io
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
-from service_processes import PREFIX, running_service  # noqa: E402
+from conftest import make_tiny_lm  # noqa: E402
+from service_processes import PREFIX, digits_teacher, running_service  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (Path("/usr/lib/R/site-library/janeaustenr/data").is_dir()),
                                 reason="r-cran-janeaustenr is not installed")
@@ -16,17 +20,17 @@ pytestmark = pytest.mark.skipif(not (Path("/usr/lib/R/site-library/janeaustenr/d
 
 @pytest.fixture(scope="module", params=["sqlite"])
 def service(request, tmp_path_factory):
-    with running_service(request, tmp_path_factory) as running:
+    with running_service(request, tmp_path_factory, {"DISTILLAB_MAX_UPLOAD_MB": "1"}) as running:
         yield running
 
 
-def text_job_spec(tiny_lm_name="smollm2-135m-instruct") -> dict:
+def text_job_spec(**teacher) -> dict:
     return {
         "name": "austen over http",
         "task": "language_modeling",
         "data": {"dataset": "austen", "context_length": 32, "val_size": 0.02, "test_size": 0.02,
                  "limit_tokens": 512, "limit_eval_tokens": 256},
-        "teacher": {"pretrained": tiny_lm_name},
+        "teacher": teacher or {"pretrained": "smollm2-135m-instruct"},
         "student": {"model": "gpt", "model_args": {"layers": 1, "dim": 32, "heads": 2}},
         "strategy": {"name": "token_kd", "params": {"top_k": 8}},
         "training": {"epochs": 1, "batch_size": 8, "seeds": [0, 1], "eval_batch_size": 8},
@@ -34,16 +38,40 @@ def text_job_spec(tiny_lm_name="smollm2-135m-instruct") -> dict:
     }
 
 
-def test_a_text_job_over_http(service):
+def tar_of(folder: Path, arcname: str = "my-lm", gz: bool = True, extra=()) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as archive:
+        archive.add(folder, arcname=arcname)
+        for info, data in extra:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_tar(tmp_path_factory) -> bytes:
+    return tar_of(make_tiny_lm(tmp_path_factory.mktemp("upload_lm")))
+
+
+def test_an_uploaded_language_model_teaches_a_text_job_over_http(service, tiny_lm_tar):
     with service.client() as client:
         types = client.get("/model-types").json()
         assert "smollm2-135m-instruct" in types["pretrained_teachers"] and "austen" in types["text_corpora"]
+        assert "gguf" in types["teacher_formats"]
         refused = client.post("/jobs", json={"spec": {**text_job_spec(), "teacher": {"hub": "org/model"}}})
         assert refused.status_code == 422 and "does not download models" in refused.text
-        created = client.post("/jobs", json={"spec": text_job_spec()})
+        pretrained = client.post("/jobs", json={"spec": text_job_spec()})  # the installed SmolLM2 is accepted
+        assert pretrained.status_code == 201 and pretrained.json()["estimated_duration_seconds"] > 0
+        assert client.delete(f"/jobs/{pretrained.json()['job_id']}").status_code == 200  # not run here
+        upload = client.post("/models", content=tiny_lm_tar, params={"name": "tiny llama", "task": "language_modeling"})
+        assert upload.status_code == 201, upload.text
+        model = upload.json()
+        assert model["task"] == "language_modeling" and model["format"] == "hf"
+        assert model["architecture"] == "causal_lm" and model["model_args"]["parameters"] > 0
+        spec = text_job_spec()
+        del spec["teacher"]
+        created = client.post("/jobs", json={"spec": spec, "teacher_model_ids": [model["model_id"]]})
         assert created.status_code == 201, created.text
         job = created.json()
-        assert job["estimated_duration_seconds"] > 0
         service.start_worker()
         status = service.wait(job["job_id"], lambda s: s["status"] in ("completed", "failed"), timeout=600)
         assert status["status"] == "completed", service.worker_logs()
@@ -51,6 +79,40 @@ def test_a_text_job_over_http(service):
         report = client.get(results["artifacts"]["report.json"].removeprefix(PREFIX)).json()
         assert report["task"]["metric"] == "bits_per_character"
         teacher = next(m for m in report["models"] if m["role"] == "teacher")
-        assert 1.0 < teacher["score"]["mean"] < 3.0  # SmolLM2 on Austen: about 1.5 bits per character
+        assert teacher["score"]["mean"] > 0 and teacher["params"] == model["model_args"]["parameters"]
         assert report["comparisons"][0]["metric"] == "bits_per_character"
         assert json.dumps(results)  # the results document is built for a text job too
+
+
+def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path):
+    lm = {"name": "lm", "task": "language_modeling"}
+
+    def post(content, params=lm):
+        with service.client() as client:
+            return client.post("/models", content=content, params=params)
+
+    def entry(name, kind=tarfile.REGTYPE, data=b"x", link=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.linkname = kind, len(data) if kind == tarfile.REGTYPE else 0, link
+        return info, data if kind == tarfile.REGTYPE else None
+
+    folder = make_tiny_lm(tmp_path / "lm")
+    cases = [
+        (post(b"GGUF" + b"\0" * 64), 400, "is GGUF v0; this reader handles v2 and v3"),
+        (post(tar_of(folder, extra=[entry("my-lm/pytorch_model.bin")])), 400, "pickle"),
+        (post(tar_of(folder, extra=[entry("my-lm/evil", tarfile.SYMTYPE, link="/etc/passwd")])), 400,
+         "not a plain file or folder"),
+        (post(tar_of(tmp_path, arcname="a", extra=[entry("b/config.json")])), 400, "no config.json"),
+        (post(tiny_lm_tar[: len(tiny_lm_tar) // 2]), 400, "tar"),
+        (post(tar_of(folder, extra=[entry("my-lm/zeros.txt", data=b"\0" * 2**21)])), 413, "unpacks to"),
+        (post(digits_teacher(tmp_path / "t.safetensors").read_bytes()), 400, "this is safetensors"),
+        (post(tiny_lm_tar, {"name": "lm", "architecture": "mlp", "dataset": "digits"}), 400,
+         "upload it with task=language_modeling"),
+        (post(tiny_lm_tar, {**lm, "architecture": "mlp"}), 422, "brings its own architecture"),
+        (post(tiny_lm_tar, {"name": "x"}), 422, "Field required"),
+    ]
+    for response, status, text in cases:
+        assert response.status_code == status and text in response.text, (status, text, response.text)
+        assert response.json()["detail"]  # a JSON body, never a traceback
+    assert not list((service.data_dir / "models").glob(".staging-*"))  # refused uploads leave nothing behind
+    assert not list((service.data_dir / "models").glob(".upload-*"))

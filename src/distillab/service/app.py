@@ -297,7 +297,7 @@ def _router(settings: Settings) -> APIRouter:
                              "task": "language_modeling"}],
             "architectures": sorted(MODELS),
             "language_model_students": sorted(LM_STUDENTS),
-            "teacher_formats": [registry.SAFETENSORS, registry.ONNX],
+            "teacher_formats": [registry.SAFETENSORS, registry.ONNX, registry.GGUF, "hf (tar archive)"],
             "pretrained_teachers": {name: entry.summary for name, entry in PRETRAINED.items()},
             "datasets": sorted(name for name, info in DATASETS.items() if info.default_path or name == "digits"),
             "text_corpora": sorted(name for name in CORPORA if name != "text_folder"),
@@ -317,10 +317,12 @@ def _router(settings: Settings) -> APIRouter:
                     model = session.get(RegisteredModel, model_id) if len(model_id) <= 32 else None
                     if model is None or model.owner_id != user.id:
                         raise BodyError([error(["teacher_model_ids", index], f"no registered model {model_id!r}")])
-                    teachers.append({"model": model.architecture, "model_args": model.model_args,
-                                     "format": model.file_format,
-                                     "checkpoint": str(registry.model_path(models_dir, model.id, model.file_format)),
-                                     "_dataset": model.dataset})
+                    path = str(registry.model_path(models_dir, model.id, model.file_format))
+                    if model.file_format in registry.LANGUAGE_MODEL_FORMATS:  # its own architecture and tokenizer
+                        teachers.append({"checkpoint": path, "format": model.file_format, "_dataset": ""})
+                    else:
+                        teachers.append({"model": model.architecture, "model_args": model.model_args,
+                                         "format": model.file_format, "checkpoint": path, "_dataset": model.dataset})
         dataset_of = {i: t.pop("_dataset") for i, t in enumerate(teachers or [])}
         spec = validate_spec(build_spec(body, teachers), seed_shaped)
         for index, dataset in dataset_of.items():
@@ -448,15 +450,29 @@ def _router(settings: Settings) -> APIRouter:
     @router.post("/models", status_code=201, tags=["models"], responses=_errors(400, 422))
     async def upload_model(request: Request, user: CurrentUser,
                            name: Annotated[str, Query(min_length=1, max_length=200)],
-                           architecture: Annotated[str, Query(description="zoo name (GET /model-types)")],
-                           dataset: Annotated[str, Query(description="the data set it classifies")],
+                           task: Annotated[Literal["image_classification", "language_modeling"],
+                                           Query(description="what the teacher does")] = "image_classification",
+                           architecture: Annotated[str | None, Query(description="zoo name (GET /model-types); "
+                                                                                 "image classifiers")] = None,
+                           dataset: Annotated[str | None, Query(description="the data set it classifies")] = None,
                            model_args: Annotated[str, Query(description="JSON object of zoo arguments")] = "{}",
                            ) -> dict:
-        """Upload a teacher: the request body is the safetensors or ONNX file."""
+        """Upload a teacher. An image classifier: the request body is the safetensors or ONNX
+        file, with its zoo ``architecture`` and ``dataset``. A language model
+        (``task=language_modeling``): a GGUF file, or a tar(.gz) of a Hugging Face folder; it
+        brings its own architecture and tokenizer and serves any text corpus."""
+        if task == "language_modeling":
+            return await _upload_language_model(request, user, name, architecture, dataset)
         from distillab.data import DATASETS
         from distillab.models.zoo import MODELS, parameter_count_on_meta
 
         problems = []
+        for key, value in (("architecture", architecture), ("dataset", dataset)):
+            if value is None:
+                problems.append({"loc": ["query", key], "msg": "Field required (image classifiers)",
+                                 "type": "missing"})
+        if problems:
+            raise RequestValidationError(problems)
         if architecture not in MODELS:
             problems.append({"loc": ["query", "architecture"], "msg": f"unknown architecture {architecture!r}",
                              "type": "value_error"})
@@ -489,10 +505,40 @@ def _router(settings: Settings) -> APIRouter:
             raise RequestValidationError(problems)
         tmp, sha256, size, fmt = await registry.receive(request, models_dir, int(settings.max_upload_mb * 2**20))
         try:
+            if fmt in registry.LANGUAGE_MODEL_FORMATS:
+                raise registry.UploadError(400, f"a {'GGUF file' if fmt == registry.GGUF else 'tar archive'} is a "
+                                                "language model: upload it with task=language_modeling")
             model_id, _ = await asyncio.to_thread(registry.validate_and_store, tmp, fmt, architecture, args,
                                                   dataset, models_dir)
         finally:
             tmp.unlink(missing_ok=True)
+        return _register(user, name, architecture, args, fmt, sha256, size, dataset, model_id, request)
+
+    async def _upload_language_model(request: Request, user, name: str, architecture, dataset) -> dict:
+        problems = [{"loc": ["query", key], "type": "value_error",
+                     "msg": f"a language model brings its own {what}; leave {key} unset"}
+                    for key, value, what in (("architecture", architecture, "architecture and tokenizer"),
+                                             ("dataset", dataset, "tokenizer and serves any corpus"))
+                    if value is not None]
+        if text_problem(name):
+            problems.append({"loc": ["query", "name"], "msg": text_problem(name), "type": "value_error"})
+        if problems:
+            raise RequestValidationError(problems)
+        limit = int(settings.max_upload_mb * 2**20)
+        tmp, sha256, size, fmt = await registry.receive(request, models_dir, limit)
+        try:
+            if fmt not in registry.LANGUAGE_MODEL_FORMATS:
+                raise registry.UploadError(400, f"a language model upload is a GGUF file or a tar archive of a "
+                                                f"Hugging Face folder; this is {fmt}")
+            model_id, _, parameters = await asyncio.to_thread(
+                registry.validate_and_store_language_model, tmp, fmt, models_dir, limit,
+                settings.data_dir.absolute() / "cache")
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _register(user, name, "causal_lm", {"parameters": parameters}, fmt, sha256, size, "", model_id,
+                         request)
+
+    def _register(user, name, architecture, args, fmt, sha256, size, dataset, model_id, request) -> dict:
         model = RegisteredModel(id=model_id, owner_id=user.id, name=name, architecture=architecture, model_args=args,
                                 file_format=fmt, sha256=sha256, size_bytes=size, dataset=dataset, created_at=utcnow())
         with request.app.state.write_sessions.begin() as session:
@@ -563,7 +609,8 @@ def _router(settings: Settings) -> APIRouter:
 
 
 def _model_public(model: RegisteredModel) -> dict:
-    return {"model_id": model.id, "name": model.name, "architecture": model.architecture,
+    task = "language_modeling" if model.file_format in registry.LANGUAGE_MODEL_FORMATS else "image_classification"
+    return {"model_id": model.id, "name": model.name, "task": task, "architecture": model.architecture,
             "model_args": model.model_args, "format": model.file_format, "dataset": model.dataset,
             "sha256": model.sha256, "size_bytes": model.size_bytes, "created_at": _iso(model.created_at)}
 
