@@ -89,3 +89,12 @@ def test_language_model_bad_inputs_are_named(hf_teacher):
                 strategy="token_kd")
     with pytest.raises(SpecError, match="text_embedding runs from a spec"):
         Distiller(model, student, "embedding_kd", task="text_embedding")
+
+
+def test_on_policy_steps_mix_with_cached_ones_in_a_fit(hf_teacher):
+    model, tokenizer = hf_teacher
+    distiller = Distiller(model, small_gpt(len(tokenizer)), "token_kd", task="language_modeling", tokenizer=tokenizer,
+                          strategy_params={"top_k": 4, "on_policy": 0.5}, lr=0.01, batch_size=4)
+    history = distiller.fit(DOCUMENTS, epochs=1, context_length=16, val_size=0.15, test_size=0.15)
+    share = history.epochs[0]["on_policy"]  # the share of samples that were on-policy
+    assert 0 < share < 1 and history.epochs[0]["train_accuracy"] > 0

@@ -190,9 +190,10 @@ def _train_epoch(
         b = len(batch["targets"])
         seen += b
         total_loss += out.loss.item() * b
-        right, counted = task.correct(out.student_logits, batch)
-        total_correct += right
-        counted_total += counted
+        if out.scored:  # an on-policy step's logits are of the student's own samples, not the batch
+            right, counted = task.correct(out.student_logits, batch)
+            total_correct += right
+            counted_total += counted
         for key, value in out.logs.items():
             extra[key] = extra.get(key, 0.0) + value * b
         elapsed = time.perf_counter() - started

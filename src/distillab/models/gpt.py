@@ -128,9 +128,9 @@ class GPT(nn.Module):
         return logits, {"hidden_states": states if hidden_states else [], "attentions": maps}
 
     @torch.no_grad()
-    def generate(self, ids, new_tokens: int):
-        """Greedy continuation of ids (B, T0) by ``new_tokens`` tokens, one position per step
-        with a key/value cache (B, T0 + new_tokens)."""
+    def generate(self, ids, new_tokens: int, temperature: float | None = None, generator=None):
+        """Continuation of ids (B, T0) by ``new_tokens`` tokens, one position per step with a
+        key/value cache (B, T0 + new_tokens): greedy, or sampled at ``temperature``."""
         past = [None] * len(self.blocks)
         x, start = ids, 0
         for _ in range(new_tokens):
@@ -141,7 +141,11 @@ class GPT(nn.Module):
             cos, sin = self.cos[start : start + T], self.sin[start : start + T]
             for index, block in enumerate(self.blocks):
                 h, past[index] = block(h, cos, sin, past[index])[:2]
-            next_token = self.head(self.norm(h[:, -1])).argmax(-1, keepdim=True)  # (B, 1)
+            logits = self.head(self.norm(h[:, -1])).float()  # (B, V)
+            if temperature is None:
+                next_token = logits.argmax(-1, keepdim=True)  # (B, 1)
+            else:
+                next_token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)
             ids = torch.cat([ids, next_token], dim=1)
             start, x = start + T, next_token
         return ids

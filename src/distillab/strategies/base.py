@@ -24,6 +24,7 @@ class StepOutput:
     loss: torch.Tensor  # scalar
     student_logits: torch.Tensor  # (B, K), for running accuracy
     logs: dict[str, float] = field(default_factory=dict)  # extra scalars for the metrics log
+    scored: bool = True  # False: the logits are not of this batch's inputs (the student's own samples)
 
 
 @dataclass(frozen=True)

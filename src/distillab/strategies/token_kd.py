@@ -23,6 +23,10 @@ class TokenKDParams(Params):
         "bucket", description="the mass outside the top-k: its own bucket (a true divergence), dropped, or "
                               "renormalised away (misleading; for comparison only)")
 
+    on_policy: float = Field(0.0, ge=0, le=1, description="GKD's lambda: the share of steps trained on the "
+                                                          "student's own continuations, scored by the online teacher")
+    sample_temperature: float = Field(1.0, gt=0, le=10, description="temperature of the student's on-policy samples")
+
     @model_validator(mode="after")
     def _tail_fits(self):
         if self.tail == "drop" and self.divergence != "forward_kl":
@@ -40,6 +44,11 @@ class TokenKD(Strategy):
     D = T^2 KL(P_t || P_s) (forward), T^2 KL(P_s || P_t) (reverse), T^2 JSD_beta, or TVD. With
     ``top_k`` the teacher's distribution is its top-k plus a tail bucket, read from the offline
     cache (or taken from the online teacher's logits when the cache is off).
+
+    On-policy (GKD's lambda = ``on_policy``): on that share of steps the student continues the
+    first half of each block by sampling, the teacher scores the whole sequence online, and the
+    loss is D over the sampled positions only (full vocabulary; no CE: the samples have no
+    true next token). The other steps are the off-policy loss above, from the cache.
     """
 
     summary = "token-level KD for language models: forward/reverse KL, generalized JSD or TVD over top-k + tail"
@@ -50,6 +59,8 @@ class TokenKD(Strategy):
 
     def loss(self, batch):
         p = self.params
+        if p.on_policy and self.teachers and float(torch.rand(())) < p.on_policy:
+            return self._on_policy_loss(batch)
         student_logits = self.student(batch["inputs"])  # (B, T, V)
         mask = batch["mask"]  # (B, T)
         log_probs = None
@@ -76,3 +87,40 @@ class TokenKD(Strategy):
                                               p.tail, mask=mask)
         loss = p.alpha * soft + (1 - p.alpha) * hard
         return StepOutput(loss, student_logits, {"soft": soft.item(), "hard": hard.item()})
+
+    def _on_policy_loss(self, batch) -> StepOutput:
+        p = self.params
+        ids = batch["inputs"]  # (B, T)
+        T = ids.shape[1]
+        prompt = max(1, T // 2)
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            sequence = sample_continuations(self.student, ids[:, :prompt], T - prompt, p.sample_temperature)  # (B, T)
+            teacher_logits = self.teachers[0](sequence).float()  # (B, T, V), online
+        self.student.train(was_training)
+        student_logits = self.student(sequence)  # (B, T, V)
+        mask = torch.zeros_like(batch["mask"])
+        mask[:, prompt - 1 : T - 1] = batch["mask"][:, prompt - 1 : prompt]  # positions that predict a sample
+        soft = losses.dense_divergence(student_logits, teacher_logits[..., : student_logits.shape[-1]],
+                                       p.temperature, p.divergence, p.beta, mask=mask)
+        return StepOutput(soft, student_logits, {"soft": soft.item(), "on_policy": 1.0}, scored=False)
+
+
+def sample_continuations(model, prompt: torch.Tensor, new_tokens: int, temperature: float) -> torch.Tensor:
+    """``prompt`` (B, P) continued by ``new_tokens`` sampled tokens: with the key/value cache of
+    the zoo GPT or transformers' generate, else any module over the whole prefix each step."""
+    from distillab.models.gpt import GPT
+    from distillab.models.hf import CausalLM
+
+    if new_tokens <= 0:
+        return prompt
+    if isinstance(model, GPT):
+        return model.generate(prompt, new_tokens, temperature=temperature)
+    if isinstance(model, CausalLM):
+        return model.generate(prompt, new_tokens, do_sample=True, temperature=temperature)
+    ids = prompt
+    for _ in range(new_tokens):
+        logits = model(ids)[:, -1].float() / temperature  # (B, V)
+        ids = torch.cat([ids, torch.multinomial(torch.softmax(logits, -1), 1)], dim=1)
+    return ids
