@@ -48,6 +48,7 @@ from distillab.models.loading import state_checksum
 from distillab.spec import CacheSpec, OutputSpec, TrainingSpec
 from distillab.strategies import STRATEGIES
 from distillab.strategies.base import Params, StepOutput, Strategy
+from distillab.api_text import TEXT_TASKS, as_text_model, name_of, task_of, text_data, tokenizer_of
 from distillab.tasks import TASKS
 
 DatasetLike = object  # (inputs, targets) tensors, a torch Dataset, a DataLoader, or a registered dataset name
@@ -155,7 +156,8 @@ def _training(**values) -> TrainingSpec:
         raise SpecError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
-def _check_outputs(teachers: list[nn.Module], student: nn.Module, data, device: torch.device) -> None:
+def _check_outputs(teachers: list[nn.Module], student: nn.Module, data, device: torch.device,
+                   task: str = "image_classification") -> None:
     """Teacher and student agree on the output size (one forward pass on two training inputs)."""
     inputs = data.example_inputs(2)
     sizes = []
@@ -177,92 +179,10 @@ def _check_outputs(teachers: list[nn.Module], student: nn.Module, data, device: 
     (teacher_where, expected) = sizes[0]
     for where, size in sizes[1:]:
         if size != expected:
+            what = ("give embeddings of the same size as" if task == "text_embedding"
+                    else "predict the same classes (or tokens) as")
             raise DataError(f"{where}: outputs {size} values per sample but {teacher_where} outputs {expected}; "
-                            "a student must predict the same classes as its teacher")
-
-TEXT_TASKS = ("language_modeling",)
-
-
-def _task(name: str):
-    if name not in TASKS:
-        raise SpecError(f"task: unknown task {name!r}; known: {', '.join(TASKS)}")
-    if name == "text_embedding":
-        raise SpecError("task: text_embedding runs from a spec (distillab run) for now; the Python API serves "
-                        "image_classification and language_modeling")
-    return TASKS[name]
-
-
-def _as_language_model(model: nn.Module, tokenizer, where: str) -> nn.Module:
-    """A ``transformers`` causal LM wrapped to return logits (B, T, V) cut to its tokenizer;
-    any other module is taken as it is (it must return such logits)."""
-    from distillab.models.hf import CausalLM
-
-    if isinstance(model, CausalLM) or not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
-        return model
-    if tokenizer is None:
-        raise SpecError(f"{where}: a transformers model needs its tokenizer; pass tokenizer=...")
-    return CausalLM(model, tokenizer)
-
-
-def _tokenizer_of(teachers: list[nn.Module], tokenizer):
-    """The tokenizer of the text: the argument, else the first teacher's own."""
-    tokenizer = tokenizer if tokenizer is not None else getattr(teachers[0], "tokenizer", None)
-    if tokenizer is None or not callable(getattr(tokenizer, "__call__", None)) or not hasattr(tokenizer, "__len__"):
-        raise SpecError("tokenizer: a language model's text is tokenised with the teacher's tokenizer; pass "
-                        "tokenizer=... (a transformers tokenizer)")
-    return tokenizer
-
-
-def _text_data(train_data, tokenizer, context_length: int, val_size: float, test_size: float,
-               limit_tokens: int | None, max_context: int | None):
-    """TextData from a list of documents, a registered corpus name or a spec's data section."""
-    from distillab.data.text import build_text, text_from_documents
-    from distillab.spec import DataSpec
-
-    def checked(context: int, where: str) -> int:
-        if max_context is not None and context > max_context:
-            raise DataError(f"{where}: {context} tokens is longer than the teacher's context of {max_context}")
-        return context
-
-    if context_length is None:  # 128 tokens, or the teacher's whole context when it is shorter
-        context_length = min(128, max_context or 128)
-    if isinstance(train_data, (list, tuple)) and any(isinstance(item, str) for item in train_data):
-        return text_from_documents(list(train_data), tokenizer, checked(context_length, "context_length"), val_size,
-                                   test_size, limit_tokens)
-    if isinstance(train_data, (str, dict)):
-        section = ({"dataset": train_data, "context_length": context_length, "val_size": val_size,
-                    "test_size": test_size, "limit_tokens": limit_tokens}
-                   if isinstance(train_data, str) else train_data)
-        try:
-            data_spec = DataSpec.model_validate(section)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise SpecError(f"train_data.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        from distillab.data.corpora import CORPORA
-
-        if data_spec.dataset not in CORPORA:
-            raise SpecError(f"train_data: {data_spec.dataset!r} is not a text corpus; known: {', '.join(CORPORA)}, "
-                            "or a list of documents")
-        checked(data_spec.context_length, "train_data.context_length" if isinstance(train_data, dict) else "context_length")
-        return build_text(data_spec, tokenizer, f"python:{type(tokenizer).__name__}")
-    kind = type(train_data).__name__
-    if isinstance(train_data, (list, tuple)):
-        kind = f"a {kind} of {', '.join(type(item).__name__ for item in train_data[:3]) or 'nothing'}"
-    raise DataError(f"train_data: a language model trains on text: a list of documents (strings), a corpus name "
-                    f"or a spec's data section; got {kind}")
-
-
-def _name_of(model: nn.Module) -> str:
-    """The class name a report shows: a wrapped transformers model's own (LlamaForCausalLM)."""
-    from distillab.models.hf import CausalLM
-
-    return type(model.model if isinstance(model, CausalLM) else model).__name__
-
-
-def _context_of(teachers: list[nn.Module]) -> int | None:
-    lengths = [getattr(t, "context_length", None) for t in teachers]
-    return min((n for n in lengths if n), default=None)
-
+                            f"a student must {what} its teacher")
 
 class Distiller:
     """Distil ``teacher`` (an nn.Module, or a list for multi-teacher strategies) into ``student``.
@@ -279,16 +199,15 @@ class Distiller:
                  optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4, batch_size: int = 128,
                  schedule: str = "cosine", device: str = "auto", precision: str = "auto", cache: bool = True,
                  cache_dir: str | Path | None = None, task: str = "image_classification", tokenizer=None):
-        self.task = _task(task)
+        self.task = task_of(task)
         self.teachers = _teachers(teacher)
         self.student = _check_module(student, "student")
         self.tokenizer = None
         if self.task.name in TEXT_TASKS:
-            self.teachers = [_as_language_model(t, tokenizer, f"teacher[{i}]" if len(self.teachers) > 1 else "teacher")
-                             for i, t in enumerate(self.teachers)]
-            self.student = _as_language_model(self.student, tokenizer or getattr(self.teachers[0], "tokenizer", None),
-                                              "student")
-            self.tokenizer = _tokenizer_of(self.teachers, tokenizer)
+            self.teachers = [as_text_model(t, tokenizer, f"teacher[{i}]" if len(self.teachers) > 1 else "teacher",
+                                           task) for i, t in enumerate(self.teachers)]
+            self.tokenizer = tokenizer_of(self.teachers, tokenizer)
+            self.student = as_text_model(self.student, self.tokenizer, "student", task)
         self.strategy_cls, self.params, self._extra = _strategy(strategy, loss, temperature, alpha, strategy_params)
         tasks = self.strategy_cls.tasks
         if tasks is not None and self.task.name not in tasks:
@@ -329,29 +248,30 @@ class Distiller:
     def fit(self, train_data: DatasetLike, val_data: DatasetLike = None, epochs: int = 10, *, seed: int = 0,
             run_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence = (),
             progress: bool = False, val_size: float = 0.1, context_length: int | None = None, test_size: float = 0.05,
-            limit_tokens: int | None = None) -> History:
+            limit: int | None = None) -> History:
         """Train the student; keep the epoch best on validation (``val_data``, or ``val_size`` of
         ``train_data`` held out by ``seed``). ``run_dir`` keeps the epoch checkpoints, so
         ``resume=True`` continues an interrupted fit; without it they go to a temporary folder.
 
-        Language models: ``train_data`` is text (documents or a corpus name), cut by position
-        into train, validation (``val_size``) and test (``test_size``) parts of each document,
-        in blocks of ``context_length`` tokens (default 128, or the teacher's context when
-        shorter); ``limit_tokens`` trains on fewer."""
+        Language models and text encoders: ``train_data`` is text (documents or a corpus name),
+        cut by position into train, validation (``val_size``) and test (``test_size``) parts of
+        each document, in blocks (or sentences) of at most ``context_length`` tokens (default
+        128, or the teacher's context when shorter); ``limit`` trains on that many tokens (or
+        sentences)."""
         if self.strategy_cls.stages(self.params):
             raise SpecError(f"strategy: {self.strategy_cls.__name__} trains several models in stages; use compare(), "
                             "which builds each one")
         training = _training(**{**self._training, "device": self._device.type}, epochs=epochs, seeds=[seed])
         if self.task.name in TEXT_TASKS:
             if val_data is not None:
-                raise SpecError("val_data: a language model's validation text is the val_size part of each document "
-                                "of train_data; leave val_data unset")
-            data = _text_data(train_data, self.tokenizer, context_length, val_size, test_size, limit_tokens,
-                              _context_of(self.teachers))
+                raise SpecError("val_data: the validation text is the val_size part of each document of train_data; "
+                                "leave val_data unset")
+            data = text_data(self.task.name, train_data, self.tokenizer, context_length, val_size, test_size, limit,
+                             self.teachers)
             self.data = data
         else:
             data = user_data(train_data, val_data, None, seed, val_size)
-        _check_outputs(self.teachers, self.student, data, self._device)
+        _check_outputs(self.teachers, self.student, data, self._device, self.task.name)
         strategy = self._strategy(data)
         caches = []
         if self.cache.enabled and data.cacheable and self.strategy_cls.uses_teacher and self.strategy_cls.logits_only:
@@ -368,7 +288,7 @@ class Distiller:
         language model, on the test part of the text ``fit`` read (bits per character, ...)."""
         if self.task.name in TEXT_TASKS:
             if data is not None:
-                raise SpecError("data: a language model is evaluated on the test part of the text given to fit(); "
+                raise SpecError("data: a text model is evaluated on the test part of the text given to fit(); "
                                 "call evaluate() without data")
             if self.data is None:
                 raise SpecError("evaluate: call fit() first; it reads the text and holds out its test part")
@@ -426,7 +346,7 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
             schedule: str = "cosine", device: str = "auto", precision: str = "auto", cache: bool = True,
             cache_views: int | str = 4, plots: bool = True, latency_repeats: int = 50,
             task: str = "image_classification", tokenizer=None, student_args: dict | None = None,
-            context_length: int | None = None, test_size: float = 0.05, limit_tokens: int | None = None):
+            context_length: int | None = None, test_size: float = 0.05, limit: int | None = None):
     """Teacher, scratch student and distilled student over ``seeds``, with the paired test:
     ``distillab run``'s experiment on your own models. Returns the Report; report.md, report.json
     and the plots are written to ``out_dir`` (default runs/<name>).
@@ -437,22 +357,24 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
     alike; or a registered dataset name (``"digits"``) or a spec's ``data`` section as a dict,
     whose own splits are used.
 
-    Language models (``task="language_modeling"``): ``train_data`` is text, a list of documents
-    or a corpus name, cut by position into train, validation and test parts of each document
-    (``val_size``, ``test_size``; ``context_length`` tokens per block), tokenised by
-    ``tokenizer`` (default: the teacher's own); ``test_data`` and ``val_data`` stay unset.
+    Language models (``task="language_modeling"``) and text encoders (``"text_embedding"``):
+    ``train_data`` is text, a list of documents or a corpus name, cut by position into train,
+    validation and test parts of each document (``val_size``, ``test_size``; ``context_length``
+    tokens per block or sentence; ``limit`` training tokens or sentences), tokenised by
+    ``tokenizer`` (default: the teacher's own); ``test_data`` and ``val_data`` stay unset. An
+    encoder's scratch twin is the student as initialised (there are no labels to train it on).
     ``student_args`` go to a zoo student (``student="gpt", student_args={"layers": 4, ...}``).
     """
     from distillab.experiment.run import run_job
     from distillab.models.zoo import MODELS, build_model
 
-    task = _task(task)
+    task = task_of(task)
     teachers = _teachers(teacher)
     text = task.name in TEXT_TASKS
     if text:
-        teachers = [_as_language_model(t, tokenizer, f"teacher[{i}]" if len(teachers) > 1 else "teacher")
+        teachers = [as_text_model(t, tokenizer, f"teacher[{i}]" if len(teachers) > 1 else "teacher", task.name)
                     for i, t in enumerate(teachers)]
-        tokenizer = _tokenizer_of(teachers, tokenizer)
+        tokenizer = tokenizer_of(teachers, tokenizer)
     strategy_cls, params, extra = _strategy(strategy, loss, temperature, alpha, strategy_params)
     if isinstance(student, str):
         if student not in MODELS:
@@ -470,19 +392,18 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
 
         def build_student(data):
             model = _check_module(student(), "student()")
-            return _as_language_model(model, tokenizer, "student()") if text else model
+            return as_text_model(model, tokenizer, "student()", task.name) if text else model
 
-        student_name = _name_of(build_student(None))
+        student_name = name_of(build_student(None))
 
     if text:
         if test_data is not None or val_data is not None:
-            raise SpecError("test_data: a language model's validation and test text are the val_size and test_size "
-                            "parts of each document of train_data; leave test_data and val_data unset")
-        text_data = _text_data(train_data, tokenizer, context_length, val_size, test_size, limit_tokens,
-                               _context_of(teachers))
-        build_data = lambda seed: text_data  # noqa: E731  (the split is by position: the same for every seed)
-        data_record = {"dataset": text_data.name if isinstance(train_data, (list, tuple)) else train_data,
-                       "context_length": text_data.context_length}
+            raise SpecError("test_data: the validation and test text are the val_size and test_size parts of each "
+                            "document of train_data; leave test_data and val_data unset")
+        splits = text_data(task.name, train_data, tokenizer, context_length, val_size, test_size, limit, teachers)
+        build_data = lambda seed: splits  # noqa: E731  (the split is by position: the same for every seed)
+        data_record = {"dataset": splits.name if isinstance(train_data, (list, tuple)) else train_data,
+                       "context_length": splits.context_length}
     elif isinstance(train_data, (str, dict)):  # a registered dataset, or a spec's data section
         from distillab.spec import DataSpec
 
@@ -512,16 +433,16 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
 
     def load_teachers(first, resume=False, callbacks=None):
         device_ = resolve_device(training.device)
-        _check_outputs(teachers, build_student(first).to(device_), first, device_)
-        return [(t, checksum, {"source": f"Python object ({_name_of(t)})"})
+        _check_outputs(teachers, build_student(first).to(device_), first, device_, task.name)
+        return [(t, checksum, {"source": f"Python object ({name_of(t)})"})
                 for t, checksum in zip(teachers, checksums)]
 
     job_cls = strategy_cls if not extra else _bound(strategy_cls, extra)
     job = Job(settings=settings, task=task, strategy_cls=job_cls, params=params, build_data=build_data,
               build_student=build_student, load_teachers=load_teachers, student_name=student_name,
-              teacher_names=[_name_of(t) for t in teachers],
+              teacher_names=[name_of(t) for t in teachers],
               record={**settings.model_dump(), "task": task.name, "data": data_record,
-                      "teacher": [_name_of(t) for t in teachers], "student": student_name})
+                      "teacher": [name_of(t) for t in teachers], "student": student_name})
     bars = (lambda role, seed: [ProgressBar(f"seed {seed} {role}", epochs)]) if progress else None
     return run_job(job, out_dir, resume=resume, overwrite=overwrite, callbacks=bars)
 

@@ -87,8 +87,49 @@ def test_language_model_bad_inputs_are_named(hf_teacher):
     with pytest.raises(SpecError, match="train_data: 'digits' is not a text corpus"):
         compare(model, lambda: small_gpt(len(tokenizer)), "digits", task="language_modeling", tokenizer=tokenizer,
                 strategy="token_kd")
-    with pytest.raises(SpecError, match="text_embedding runs from a spec"):
-        Distiller(model, student, "embedding_kd", task="text_embedding")
+    with pytest.raises(SpecError, match="task: unknown task 'texts'"):
+        Distiller(model, student, "token_kd", task="texts")
+    with pytest.raises(SpecError, match="strategy: TokenKD serves language_modeling, not text_embedding"):
+        Distiller(model, student, "token_kd", task="text_embedding", tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_encoder):
+    from distillab.models.hf import load_encoder
+
+    return load_encoder(tiny_encoder)
+
+
+def test_a_text_encoder_is_distilled_from_python_on_documents(encoder, private_cache):
+    from distillab.models.hf import encoder_subset
+
+    torch.manual_seed(0)
+    student = encoder_subset(encoder, keep=2)
+    before = [p.detach().clone() for p in student.parameters()]
+    distiller = Distiller(encoder, student, "embedding_kd", task="text_embedding", lr=1e-3, batch_size=8)
+    history = distiller.fit(DOCUMENTS, epochs=2, context_length=24, val_size=0.2, test_size=0.2)
+    assert "val_spearman" in history.history and history.best_val == max(history.history["val_spearman"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert list((private_cache / "teacher_embeddings").glob("*.npy"))  # the teacher's embeddings, cached once
+    metrics = distiller.evaluate()
+    assert set(metrics) >= {"spearman", "cosine_agreement", "recall_at_10"}
+    assert -1 <= metrics["spearman"] <= 1 and 0 <= metrics["recall_at_10"] <= 1
+    teacher_itself = Distiller(encoder, encoder, "embedding_kd", task="text_embedding")
+    teacher_itself.data = distiller.data  # the teacher scored against itself on the same test sentences
+    assert teacher_itself.evaluate()["spearman"] == pytest.approx(1.0)
+
+
+def test_compare_on_a_text_encoder_has_an_untrained_scratch_twin(encoder, tmp_path):
+    from distillab.models.hf import encoder_subset
+
+    report = compare(encoder, lambda: encoder_subset(encoder, keep=2), DOCUMENTS, task="text_embedding",
+                     strategy="embedding_kd", seeds=[0, 1], epochs=1, context_length=24, val_size=0.2, test_size=0.2,
+                     batch_size=8, lr=1e-3, plots=False, latency_repeats=2, out_dir=tmp_path / "run")
+    assert report.data["task"]["metric"] == "spearman"
+    roles = {m["role"]: m for m in report.data["models"]}
+    assert roles["teacher"]["model"] == "BertModel"
+    assert roles["teacher"]["score"]["mean"] == pytest.approx(1.0)  # the teacher against itself
+    assert roles["distilled"]["params"] < roles["teacher"]["params"]
 
 
 def test_on_policy_steps_mix_with_cached_ones_in_a_fit(hf_teacher):

@@ -111,8 +111,28 @@ class _Tok:
 def _build(dataset: str, path: str | None, val_size: float, test_size: float, context: int, limit: int | None,
            tokenizer_name: str, fingerprint: str, tok: _Tok) -> SentenceData:
     reader, _ = CORPORA[dataset]
-    parts = cut_documents(reader(Path(path) if path else None, "data"), val_size, test_size)
-    tokenizer = tok.tokenizer
+    documents = reader(Path(path) if path else None, "data")
+    source = f"sentences:{dataset}:{path}:{fingerprint}:ctx{context}:val{val_size}:test{test_size}:lim{limit}"
+    return _sentence_data(dataset, source, documents, val_size, test_size, context, limit, tok.tokenizer, "data")
+
+
+def sentences_from_documents(documents: list[str], tokenizer, context: int, val_size: float = 0.05,
+                             test_size: float = 0.05, limit: int | None = None,
+                             where: str = "train_data") -> SentenceData:
+    """Sentence splits of the user's own documents (strings, from Python), cut by position
+    inside each like a corpus; the source key hashes the text, for the embedding cache."""
+    from distillab.data.text import user_documents
+
+    kept = user_documents(documents, where)
+    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()[:16]
+    source = (f"sentences:python:{digest}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}"
+              f":test{test_size}:lim{limit}")
+    return _sentence_data("documents", source, kept, val_size, test_size, context, limit, tokenizer, where)
+
+
+def _sentence_data(name: str, source: str, documents, val_size: float, test_size: float, context: int,
+                   limit: int | None, tokenizer, where: str) -> SentenceData:
+    parts = cut_documents(documents, val_size, test_size)
     splits = {}
     for split in SPLITS:
         texts = [s for piece in parts[split] for s in sentences_of(piece)]
@@ -121,12 +141,11 @@ def _build(dataset: str, path: str | None, val_size: float, test_size: float, co
             keep = np.linspace(0, len(texts) - 1, cap).round().astype(int)
             texts = [texts[i] for i in sorted(set(keep.tolist()))]
         if len(texts) < 2:
-            raise DataError(f"data: the {split} split of {dataset} has fewer than 2 sentences of {MIN_CHARACTERS}+ "
+            raise DataError(f"{where}: the {split} split of {name} has fewer than 2 sentences of {MIN_CHARACTERS}+ "
                             "characters")
         encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=context, return_tensors="pt")
         splits[split] = SentenceSplit(encoded["input_ids"].long(), texts)
-    source = f"sentences:{dataset}:{path}:{fingerprint}:ctx{context}:val{val_size}:test{test_size}:lim{limit}"
-    return SentenceData(dataset, source, splits["train"], splits["val"], splits["test"], context, tokenizer)
+    return SentenceData(name, source, splits["train"], splits["val"], splits["test"], context, tokenizer)
 
 
 @dataclass

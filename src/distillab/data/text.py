@@ -249,6 +249,16 @@ def text_from_documents(documents, tokenizer, context: int, val_size: float = 0.
     """Splits of the user's own documents (a list of strings, from Python), cut by position
     inside each document like a registered corpus; the source key hashes the text itself,
     so the teacher cache serves the same documents again and never different ones."""
+    kept = user_documents(documents, where)
+    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()[:16]
+    source = (f"text:python:{digest}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}:test{test_size}"
+              f":lim{limit_tokens}:{limit_eval_tokens}")
+    return _text_data("documents", source, kept, val_size, test_size, context, limit_tokens, limit_eval_tokens,
+                      tokenizer, where)
+
+
+def user_documents(documents, where: str) -> list[Document]:
+    """The non-empty documents of a list of strings, or a DataError naming ``where``."""
     if isinstance(documents, str) or not isinstance(documents, (list, tuple)) or not documents:
         raise DataError(f"{where}: give the documents as a non-empty list of strings")
     for index, text in enumerate(documents):
@@ -257,11 +267,7 @@ def text_from_documents(documents, tokenizer, context: int, val_size: float = 0.
     kept = [Document(f"document {index}", text) for index, text in enumerate(documents) if text.strip()]
     if not kept:
         raise DataError(f"{where}: every document is empty")
-    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()[:16]
-    source = (f"text:python:{digest}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}:test{test_size}"
-              f":lim{limit_tokens}:{limit_eval_tokens}")
-    return _text_data("documents", source, kept, val_size, test_size, context, limit_tokens, limit_eval_tokens,
-                      tokenizer, where)
+    return kept
 
 
 def _text_data(name: str, source: str, documents: list[Document], val_size: float, test_size: float, context: int,

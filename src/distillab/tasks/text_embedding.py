@@ -137,10 +137,11 @@ _REFERENCES: dict = {}
 
 
 def _teacher_embeddings(data, split: str, batch_size: int, device) -> torch.Tensor:
-    """The teacher's embeddings of a held-out split (computed once per data object)."""
-    key = (data.source, split)
+    """The teacher's embeddings of a held-out split (computed once per teacher and split). The
+    entry holds the teacher, so its id is not reused while the entry lives."""
+    teacher = data.teacher
+    key = (data.source, split, id(teacher))
     if key not in _REFERENCES:
-        teacher = data.teacher
         outputs = [teacher(batch["inputs"].to(device)).float().cpu() for batch in data.eval_batches(split, batch_size)]
-        _REFERENCES[key] = torch.cat(outputs)
-    return _REFERENCES[key]
+        _REFERENCES[key] = (teacher, torch.cat(outputs))
+    return _REFERENCES[key][1]
