@@ -9,6 +9,7 @@ character on held-out text (the last 5 % of each novel).
    (distilled bits per character at least 3 % below scratch, p < 0.05).
 3. tails: on a smaller run (one seed), how the teacher's distribution is cut: top-k with a
    tail bucket for k = 8, 32, 128, top-32 dropping the tail, top-32 renormalised inside the k,
+   32 tokens drawn from the teacher's distribution (Sparse Logit Sampling's unbiased estimate),
    and the full vocabulary from the online teacher; each student's test bits per character
    beside the scratch twin's.
 
@@ -48,6 +49,7 @@ TAIL_VARIANTS = [  # (name, strategy params); the largest k first, so one fill s
     ("top-8 + tail bucket", {"top_k": 8, "tail": "bucket"}),
     ("top-32, tail dropped", {"top_k": 32, "tail": "drop"}),
     ("top-32, renormalised inside the k", {"top_k": 32, "tail": "renormalize"}),
+    ("32 draws from the teacher (random-sampling KD)", {"top_k": 32, "selection": "sampled"}),
     ("full vocabulary (online teacher)", {"top_k": None}),
 ]
 

@@ -78,3 +78,32 @@ def test_a_larger_top_k_serves_a_smaller_one(text_data, tmp_path):
         live_ids, live_values, live_tail = topk_logprobs(teacher(data.train.tokens[rows, :-1]), 3, 1.0)
     assert ids.shape == (2, data.context_length, 3) and torch.equal(ids, live_ids)
     assert torch.allclose(tail, live_tail, atol=5e-3)
+
+
+def test_a_sampled_cache_draws_from_the_teacher_and_resumes_to_the_same_draws(text_data, tmp_path):
+    fill = teacher_topk
+    data, teacher, checksum = text_data
+
+    def stop(done, total):
+        if done == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fill(teacher, checksum, data, k=64, temperature=1.0, cache_dir=tmp_path, batch_size=3, progress=stop,
+             selection="sampled")
+    resumed = fill(teacher, checksum, data, k=64, temperature=1.0, cache_dir=tmp_path, batch_size=3,
+                   selection="sampled")
+    fresh = fill(teacher, checksum, data, k=64, temperature=1.0, cache_dir=tmp_path / "fresh", batch_size=5,
+                 selection="sampled")
+    assert np.array_equal(resumed.ids, fresh.ids)  # seeded per block row: batching and resuming change nothing
+    top = fill(teacher, checksum, data, k=4, temperature=1.0, cache_dir=tmp_path, selection="top_k")
+    assert not top.hit and top.folder != resumed.folder  # the selection is part of the key
+    rows = torch.arange(len(data.train))
+    ids, values, _ = resumed.lookup(rows)
+    with torch.no_grad():
+        probs = torch.softmax(teacher(data.train.tokens[rows, :-1]).float(), -1)  # (N, T, V)
+    p_max, argmax = probs.max(-1)
+    drawn_share = (ids == argmax.unsqueeze(-1)).float().mean(-1)  # how often the top token was drawn
+    mask = data.train.mask[rows]
+    assert drawn_share[mask].mean().item() == pytest.approx(p_max[mask].mean().item(), abs=0.03)
+    assert torch.allclose(values, probs.log().gather(-1, ids), atol=2e-2)  # the teacher's log-probabilities of the draws

@@ -131,3 +131,32 @@ def test_token_kd_is_alpha_times_the_divergence_plus_the_rest_times_ce(temperatu
     expected = (0.3 * losses.topk_divergence(logits, ids, values, tail, temperature, mask=mask)
                 + 0.7 * losses.cross_entropy(logits, tokens[:, 1:], mask=mask))
     assert torch.allclose(out.loss, expected, atol=1e-5)
+
+
+def test_sampled_kl_is_an_unbiased_estimate_of_the_forward_kl_and_its_gradient():
+    from distillab.data.text_cache import sampled_logprobs
+
+    torch.manual_seed(0)
+    teacher, student = torch.randn(1, 3, 8) * 2, torch.randn(1, 3, 8, requires_grad=True)
+    exact = losses.dense_divergence(student, teacher, 2.0, "forward_kl")
+    exact_grad, = torch.autograd.grad(exact, student)
+    ids, values, tail = sampled_logprobs(teacher, 200_000, 2.0, torch.Generator().manual_seed(1))
+    estimate = losses.sampled_kl(student, ids, values, 2.0)
+    estimate_grad, = torch.autograd.grad(estimate, student)
+    assert estimate.item() == pytest.approx(exact.item(), rel=0.02)
+    assert torch.allclose(estimate_grad, exact_grad, atol=5e-3)
+    assert (tail.exp() < 1e-6).all()  # 200k draws of 8 tokens: every token drawn, no teacher mass left outside
+    few = sampled_logprobs(teacher, 2, 2.0, torch.Generator().manual_seed(1))[2]
+    assert (few.exp() > 0.01).all()  # two draws leave the other tokens' mass in the tail
+    assert losses.sampled_kl(teacher, ids[..., :50], values[..., :50], 2.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sampled_selection_takes_the_forward_kl_only():
+    from pydantic import ValidationError
+
+    from distillab.strategies.token_kd import TokenKDParams
+
+    with pytest.raises(ValidationError, match="selection: sampled estimates the forward KL"):
+        TokenKDParams(selection="sampled", divergence="reverse_kl")
+    with pytest.raises(ValidationError, match="selection: sampled"):
+        TokenKDParams(selection="sampled", top_k=None)

@@ -46,6 +46,20 @@ def topk_logprobs(teacher_logits: torch.Tensor, k: int, temperature: float):
     return ids, values, losses.log1m_sumexp(values)
 
 
+def sampled_logprobs(teacher_logits: torch.Tensor, k: int, temperature: float, generator=None):
+    """k token ids drawn with replacement from softmax(logits / T) per position (Sparse Logit
+    Sampling's random-sampling KD: an unbiased estimate of the forward KL and its gradient),
+    their log-probabilities, and the tail: log(1 - the mass of the distinct ids drawn).
+    Shapes as ``topk_logprobs``; the first k' of the k draws are themselves a sample of k'."""
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (..., V)
+    shape = log_p.shape
+    ids = torch.multinomial(log_p.reshape(-1, shape[-1]).exp(), k, replacement=True, generator=generator)
+    ids = ids.reshape(*shape[:-1], k)
+    values = log_p.gather(-1, ids)  # (..., k)
+    distinct = torch.zeros_like(log_p).scatter_(-1, ids, values.exp()).sum(-1)  # duplicates written once
+    return ids, values, torch.log1p(-distinct.clamp(max=1 - 1e-7))
+
+
 @dataclass
 class TopKCache:
     """A stored top-k, read as its first ``k`` entries (the top-k is sorted, so a cache of
@@ -75,8 +89,10 @@ class TopKCache:
         return ids, values, tail
 
 
-def cache_key(checksum: str, data, temperature: float, precision: str) -> str:
+def cache_key(checksum: str, data, temperature: float, precision: str, selection: str = "top_k") -> str:
     parts = [f"teacher={checksum}", f"data={data.source}", f"T={temperature!r}", f"precision={precision}"]
+    if selection != "top_k":  # top-k keys are those of earlier versions: their entries stay valid
+        parts.append(f"selection={selection}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -111,9 +127,10 @@ def _read(folder: Path, rows: int) -> TopKCache | None:
 
 def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, cache_dir: Path | None,
                  batch_size: int = 8, device="cpu", precision: str = "fp32", max_gb: float | None = None,
-                 progress=None) -> TopKCache:
-    """The cached top-k of ``teacher`` on every training block of ``data``, computed once.
-    ``progress(done_rows, rows)`` follows a fill."""
+                 progress=None, selection: str = "top_k") -> TopKCache:
+    """The cached top-k of ``teacher`` on every training block of ``data``, computed once
+    (``selection="sampled"``: k draws from the teacher instead, seeded by block row, so a
+    resumed fill draws what an uninterrupted one would). ``progress(done_rows, rows)`` follows a fill."""
     if k > data.num_classes:
         raise SpecError(f"strategy.params.top_k: {k} is larger than the vocabulary ({data.num_classes})")
     rows, context = len(data.train), data.context_length
@@ -122,7 +139,7 @@ def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, ca
         raise SpecError(f"cache.max_gb: the top-{k} cache of {rows * context:,} tokens needs {needed / 1e9:.1f} GB, "
                         f"over {max_gb:g}")
     root = cache_dir or default_cache_dir()
-    key = cache_key(checksum, data, temperature, precision)
+    key = cache_key(checksum, data, temperature, precision, selection)
     folder = root / "teacher_topk" / f"{key}-k{k}"
     found = _stored(folder.parent, key, rows, k)
     if found is not None:
@@ -134,8 +151,8 @@ def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, ca
         if found is not None:
             return found
         with full_disk_removes(staging, f"the teacher cache needs {needed / 1e6:.0f} MB under {root}"):
-            meta = _fill(teacher, data, staging, k, temperature, batch_size, device, precision, progress)
-            meta.update(teacher_checksum=checksum, source=data.source, k=k, temperature=temperature,
+            meta = _fill(teacher, data, staging, k, temperature, batch_size, device, precision, progress, selection)
+            meta.update(teacher_checksum=checksum, source=data.source, k=k, temperature=temperature, selection=selection,
                         bytes_per_token=bytes_per_token(k, data.num_classes), bytes=needed)
             publish_fill(staging, folder, meta)
     lock.unlink(missing_ok=True)
@@ -147,7 +164,7 @@ def teacher_topk(teacher, checksum: str, data, *, k: int, temperature: float, ca
 
 
 def _fill(teacher, data, staging: Path, k: int, temperature: float, batch_size: int, device, precision: str,
-          progress) -> dict:
+          progress, selection: str = "top_k") -> dict:
     rows, context = len(data.train), data.context_length
     id_type = np.uint16 if data.num_classes <= 65_536 else np.int32
     ids_out = _Array(staging / "ids.npy", (rows, context, k), id_type)
@@ -168,12 +185,17 @@ def _fill(teacher, data, staging: Path, k: int, temperature: float, batch_size: 
         batch = data._batch(data.train, chunk)
         with torch.no_grad(), autocast(device, precision):
             logits = teacher(batch["inputs"].to(device))  # (B, T, V)
-        ids, values, tail = topk_logprobs(logits, k, temperature)
+        if selection == "sampled":  # each block's draws seeded by its row: the same whatever the batching
+            ids, values, tail = (torch.cat(parts) for parts in zip(*(
+                sampled_logprobs(logits[i : i + 1], k, temperature, torch.Generator(device).manual_seed(int(row)))
+                for i, row in enumerate(chunk))))
+        else:
+            ids, values, tail = topk_logprobs(logits, k, temperature)
         mask = batch["mask"].to(device)
         ids_out.write_rows(start, ids.cpu().numpy().astype(id_type))
         values_out.write_rows(start, values.cpu().numpy())
         tail_out.write_rows(start, tail.cpu().numpy())
-        covered = values.exp().sum(-1)  # (B, T) teacher mass inside the top-k
+        covered = -torch.expm1(tail.float())  # (B, T) teacher mass inside the top-k (the distinct ids drawn)
         state = {"rows_done": int(chunk[-1]) + 1, "seconds": state["seconds"] + time.perf_counter() - started,
                  "mass": state["mass"] + float((covered * mask).sum()), "tokens": state["tokens"] + int(mask.sum())}
         tmp = state_path.with_suffix(".tmp")

@@ -42,6 +42,7 @@ from distillab.losses.adversarial import (
 from distillab.losses.tokens import (
     dense_divergence,
     log1m_sumexp,
+    sampled_kl,
     student_buckets,
     topk_divergence,
 )
@@ -49,6 +50,7 @@ from distillab.losses.tokens import (
 __all__ = [
     "dense_divergence",
     "log1m_sumexp",
+    "sampled_kl",
     "student_buckets",
     "topk_divergence",
     "soft_kl",

@@ -74,6 +74,17 @@ def topk_divergence(student_logits, topk_ids, topk_logprobs, tail, temperature: 
     return generalized_jsd(student, teacher, beta, 1.0, reduction, mask) * scale
 
 
+def sampled_kl(student_logits, sampled_ids, sampled_logprobs, temperature: float = 1.0, reduction: str = "mean",
+               mask=None, student_log_probs=None):
+    """Random-sampling KD (Sparse Logit Sampling, Anshumann et al., ACL 2025): with k ids drawn
+    from the teacher's softmax(t / T), (1/k) sum_i [log P_t(x_i) - log P_s(x_i)] is an unbiased
+    estimate of KL(P_t || P_s) per token, and its gradient of the full one's; times T^2."""
+    log_p = (student_log_probs if student_log_probs is not None
+             else F.log_softmax(student_logits.float() / temperature, dim=-1))  # (..., V)
+    per_token = (sampled_logprobs.float() - log_p.gather(-1, sampled_ids)).mean(-1)  # (...,)
+    return _reduce(per_token * temperature**2, reduction, mask)
+
+
 def dense_divergence(student_logits, teacher_logits, temperature: float = 1.0, divergence: str = "forward_kl",
                      beta: float = 0.5, reduction: str = "mean", mask=None):
     """The same divergences over the full vocabulary (an online teacher, no top-k)."""

@@ -23,9 +23,19 @@ class TokenKDParams(Params):
         "bucket", description="the mass outside the top-k: its own bucket (a true divergence), dropped, or "
                               "renormalised away (misleading; for comparison only)")
 
+    selection: Literal["top_k", "sampled"] = Field(
+        "top_k", description="which k teacher tokens are kept: its top-k, or k draws from its distribution "
+                             "(Sparse Logit Sampling's random-sampling KD: unbiased, forward KL only)")
     on_policy: float = Field(0.0, ge=0, le=1, description="GKD's lambda: the share of steps trained on the "
                                                           "student's own continuations, scored by the online teacher")
     sample_temperature: float = Field(1.0, gt=0, le=10, description="temperature of the student's on-policy samples")
+
+    @model_validator(mode="after")
+    def _sampled_fits(self):
+        if self.selection == "sampled" and (self.divergence != "forward_kl" or self.top_k is None):
+            raise ValueError("selection: sampled estimates the forward KL from top_k draws; use divergence "
+                             "forward_kl and a top_k")
+        return self
 
     @model_validator(mode="after")
     def _tail_fits(self):
@@ -43,7 +53,9 @@ class TokenKD(Strategy):
 
     D = T^2 KL(P_t || P_s) (forward), T^2 KL(P_s || P_t) (reverse), T^2 JSD_beta, or TVD. With
     ``top_k`` the teacher's distribution is its top-k plus a tail bucket, read from the offline
-    cache (or taken from the online teacher's logits when the cache is off).
+    cache (or taken from the online teacher's logits when the cache is off). With
+    ``selection: sampled``, the k tokens are draws from the teacher's distribution instead, and
+    the loss is their unbiased estimate of the forward KL (Sparse Logit Sampling).
 
     On-policy (GKD's lambda = ``on_policy``): on that share of steps the student continues the
     first half of each block by sampling, the teacher scores the whole sequence online, and the
@@ -72,21 +84,27 @@ class TokenKD(Strategy):
             hard = losses.cross_entropy(student_logits, batch["targets"], mask=mask)
         if "teacher_topk_ids" in batch:  # the offline cache, first teacher (one tokenizer, one distribution)
             ids, values, tail = (batch[key][0] for key in ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail"))
-            soft = losses.topk_divergence(student_logits, ids, values, tail, p.temperature, p.divergence, p.beta,
-                                          p.tail, mask=mask, student_log_probs=log_probs)
+            soft = self._soft(student_logits, ids, values, tail, mask, log_probs)
         else:
             teacher_logits = self.teacher_logits(batch).mean(0)  # (B, T, V), online
             if p.top_k is None:
                 soft = losses.dense_divergence(student_logits, teacher_logits, p.temperature, p.divergence, p.beta,
                                                mask=mask)
             else:
-                from distillab.data.text_cache import topk_logprobs
+                from distillab.data.text_cache import sampled_logprobs, topk_logprobs
 
-                ids, values, tail = topk_logprobs(teacher_logits, p.top_k, p.temperature)
-                soft = losses.topk_divergence(student_logits, ids, values, tail, p.temperature, p.divergence, p.beta,
-                                              p.tail, mask=mask)
+                pick = sampled_logprobs if p.selection == "sampled" else topk_logprobs
+                ids, values, tail = pick(teacher_logits, p.top_k, p.temperature)
+                soft = self._soft(student_logits, ids, values, tail, mask, None)
         loss = p.alpha * soft + (1 - p.alpha) * hard
         return StepOutput(loss, student_logits, {"soft": soft.item(), "hard": hard.item()})
+
+    def _soft(self, student_logits, ids, values, tail, mask, log_probs):
+        p = self.params
+        if p.selection == "sampled":
+            return losses.sampled_kl(student_logits, ids, values, p.temperature, mask=mask, student_log_probs=log_probs)
+        return losses.topk_divergence(student_logits, ids, values, tail, p.temperature, p.divergence, p.beta, p.tail,
+                                      mask=mask, student_log_probs=log_probs)
 
     def _on_policy_loss(self, batch) -> StepOutput:
         p = self.params

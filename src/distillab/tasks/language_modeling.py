@@ -177,4 +177,5 @@ class LanguageModeling(Task):
         return [teacher_topk(model, checksum, data, k=k, temperature=params.temperature, cache_dir=settings.cache.dir,
                              batch_size=rows, device=device,
                              precision=resolve_precision(requested_precision(settings.training), device),
-                             max_gb=settings.cache.max_gb, progress=progress)]
+                             max_gb=settings.cache.max_gb, progress=progress,
+                             selection=getattr(params, "selection", "top_k"))]
