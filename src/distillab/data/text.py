@@ -293,14 +293,25 @@ def _text_data(name: str, source: str, documents: list[Document], val_size: floa
 CHARACTERS_PER_TOKEN = 4.0  # English under a byte-level BPE: a planning figure, not a measurement
 
 
+def corpus_characters(dataset: str, path: str | None) -> int:
+    """Characters of a corpus; an installed one (no path) is read once per process (the
+    service estimates every text job from it)."""
+    if path is None:
+        return _installed_corpus_characters(dataset)
+    from pathlib import Path
+
+    return sum(len(d.text) for d in CORPORA[dataset][0](Path(path), "data"))
+
+
+@lru_cache(maxsize=8)
+def _installed_corpus_characters(dataset: str) -> int:
+    return sum(len(d.text) for d in CORPORA[dataset][0](None, "data"))
+
+
 def text_split_sizes(data_spec) -> tuple[int, int, tuple[int], int]:
     """(train blocks, validation blocks, (context,), an estimate of the vocabulary) of a text
     spec without tokenising it: tokens ~ characters / 4, or the spec's token limits."""
-    from pathlib import Path
-
-    reader, _ = CORPORA[data_spec.dataset]
-    documents = reader(Path(data_spec.path) if data_spec.path else None, "data")
-    characters = sum(len(d.text) for d in documents)
+    characters = corpus_characters(data_spec.dataset, str(data_spec.path) if data_spec.path else None)
     context = data_spec.context_length
     train_tokens = characters * (1 - data_spec.val_size - data_spec.test_size) / CHARACTERS_PER_TOKEN
     val_tokens = characters * data_spec.val_size / CHARACTERS_PER_TOKEN
