@@ -38,6 +38,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from distillab.api_text import TEXT_TASKS, as_text_model, name_of, task_of, text_data, tokenizer_of
 from distillab.data.user import LoaderData, user_data
 from distillab.engine.callbacks import ProgressBar
 from distillab.engine.evaluate import resolve_device
@@ -48,7 +49,6 @@ from distillab.models.loading import state_checksum
 from distillab.spec import CacheSpec, OutputSpec, TrainingSpec
 from distillab.strategies import STRATEGIES
 from distillab.strategies.base import Params, StepOutput, Strategy
-from distillab.api_text import TEXT_TASKS, as_text_model, name_of, task_of, text_data, tokenizer_of
 from distillab.tasks import TASKS
 
 DatasetLike = object  # (inputs, targets) tensors, a torch Dataset, a DataLoader, or a registered dataset name
@@ -184,6 +184,7 @@ def _check_outputs(teachers: list[nn.Module], student: nn.Module, data, device: 
             raise DataError(f"{where}: outputs {size} values per sample but {teacher_where} outputs {expected}; "
                             f"a student must {what} its teacher")
 
+
 class Distiller:
     """Distil ``teacher`` (an nn.Module, or a list for multi-teacher strategies) into ``student``.
 
@@ -217,7 +218,7 @@ class Distiller:
         _training(**self._training)  # bad settings fail here, naming the argument
         self.cache = CacheSpec(enabled=cache, dir=Path(cache_dir) if cache_dir else None)
         self.history: History | None = None
-        self.data = None  # a language model's text, once fit() has read it
+        self.data = None  # the splits of a text task's text, once fit() has read it
         self.deployed: nn.Module | None = None
         self._device = self._common_device(device)
 
@@ -285,7 +286,7 @@ class Distiller:
 
     def evaluate(self, data: DatasetLike = None, batch_size: int = 1024) -> dict[str, float]:
         """Every metric of the student on ``data`` (tensors, a Dataset or a DataLoader); for a
-        language model, on the test part of the text ``fit`` read (bits per character, ...)."""
+        text task, on the test part of the text ``fit`` read (bits per character, Spearman, ...)."""
         if self.task.name in TEXT_TASKS:
             if data is not None:
                 raise SpecError("data: a text model is evaluated on the test part of the text given to fit(); "

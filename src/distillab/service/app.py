@@ -462,7 +462,7 @@ def _router(settings: Settings) -> APIRouter:
         (``task=language_modeling``): a GGUF file, or a tar(.gz) of a Hugging Face folder; it
         brings its own architecture and tokenizer and serves any text corpus."""
         if task == "language_modeling":
-            return await _upload_language_model(request, user, name, architecture, dataset)
+            return await _upload_language_model(request, user, name, architecture, dataset, model_args)
         from distillab.data import DATASETS
         from distillab.models.zoo import MODELS, parameter_count_on_meta
 
@@ -514,11 +514,12 @@ def _router(settings: Settings) -> APIRouter:
             tmp.unlink(missing_ok=True)
         return _register(user, name, architecture, args, fmt, sha256, size, dataset, model_id, request)
 
-    async def _upload_language_model(request: Request, user, name: str, architecture, dataset) -> dict:
+    async def _upload_language_model(request: Request, user, name: str, architecture, dataset, model_args) -> dict:
         problems = [{"loc": ["query", key], "type": "value_error",
                      "msg": f"a language model brings its own {what}; leave {key} unset"}
                     for key, value, what in (("architecture", architecture, "architecture and tokenizer"),
-                                             ("dataset", dataset, "tokenizer and serves any corpus"))
+                                             ("dataset", dataset, "tokenizer and serves any corpus"),
+                                             ("model_args", None if model_args == "{}" else model_args, "config"))
                     if value is not None]
         if text_problem(name):
             problems.append({"loc": ["query", "name"], "msg": text_problem(name), "type": "value_error"})
