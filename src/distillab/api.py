@@ -303,17 +303,30 @@ def train(model: nn.Module, train_data: DatasetLike, val_data: DatasetLike = Non
           seed: int = 0, optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4,
           batch_size: int = 128, schedule: str = "cosine", device: str = "auto", precision: str = "auto",
           label_smoothing: float = 0.0, run_dir: str | Path | None = None, resume: bool = False,
-          callbacks: Sequence = (), progress: bool = False, val_size: float = 0.1) -> History:
+          callbacks: Sequence = (), progress: bool = False, val_size: float = 0.1,
+          task: str = "image_classification", tokenizer=None, context_length: int | None = None,
+          test_size: float = 0.05, limit: int | None = None) -> History:
     """Train ``model`` on its labels alone (a teacher, or a baseline) with the same engine; it
-    keeps the epoch best on validation, like ``Distiller.fit``."""
+    keeps the epoch best on validation, like ``Distiller.fit``. A language model
+    (``task="language_modeling"``) trains on next-token CE over text, as ``Distiller.fit`` reads it."""
     _check_module(model, "model")
+    task_ = task_of(task)
     training = _training(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                          schedule=schedule, device=device, precision=precision, epochs=epochs, seeds=[seed])
-    data = user_data(train_data, val_data, None, seed, val_size)
+    if task_.name == "text_embedding":
+        raise SpecError("task: a text encoder has no labels to train on alone; distil it (Distiller)")
+    if task_.name in TEXT_TASKS:
+        if val_data is not None:
+            raise SpecError("val_data: the validation text is the val_size part of each document of train_data; "
+                            "leave val_data unset")
+        model = as_text_model(model, tokenizer, "model", task_.name)
+        data = text_data(task_.name, train_data, tokenizer_of([model], tokenizer), context_length, val_size,
+                         test_size, limit, [model])
+    else:
+        data = user_data(train_data, val_data, None, seed, val_size)
     none = STRATEGIES["none"]
     strategy = none([], model, none.Params(label_smoothing=label_smoothing), in_shape=data.in_shape)
-    return _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, "train",
-                       TASKS["image_classification"])
+    return _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, "train", task_)
 
 
 def _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, description, task,

@@ -139,3 +139,19 @@ def test_on_policy_steps_mix_with_cached_ones_in_a_fit(hf_teacher):
     history = distiller.fit(DOCUMENTS, epochs=1, context_length=16, val_size=0.15, test_size=0.15)
     share = history.epochs[0]["on_policy"]  # the share of samples that were on-policy
     assert 0 < share < 1 and history.epochs[0]["train_accuracy"] > 0
+
+
+def test_train_fits_a_language_model_on_next_token_ce_alone(hf_teacher):
+    from distillab import train
+
+    _, tokenizer = hf_teacher
+    torch.manual_seed(0)
+    model = small_gpt(len(tokenizer))
+    history = train(model, DOCUMENTS, epochs=3, task="language_modeling", tokenizer=tokenizer, context_length=16,
+                    val_size=0.15, test_size=0.15, lr=0.01, batch_size=8)
+    bpc = history.history["val_bits_per_character"]
+    assert len(bpc) == 3 and bpc[-1] < bpc[0]  # it learns the text
+    with pytest.raises(SpecError, match="tokenizer"):
+        train(small_gpt(len(tokenizer)), DOCUMENTS, task="language_modeling")
+    with pytest.raises(SpecError, match="no labels to train on alone"):
+        train(small_gpt(len(tokenizer)), DOCUMENTS, task="text_embedding", tokenizer=tokenizer)
