@@ -19,7 +19,8 @@ character on held-out text (the last 5 % of each novel).
         # -> benchmarks/results/llm_kd/tails/ (tails.json, tails.md)
 
 Every part resumes: the sweep from its Optuna study, the comparison from ``comparison.partial``
-(finished phases are kept), the tails from each variant's ``result.json``. Nothing is chosen on
+(finished phases are kept; ``--seeds 0,1,2,3,4`` extends a finished 3-seed comparison by training
+only the new seeds), the tails from each variant's ``result.json``. Nothing is chosen on
 test: alpha comes from the validation sweep, the rest is fixed in the spec.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -62,10 +64,18 @@ def chosen(spec_path: str, out: Path) -> dict:
     return best
 
 
-def comparison(spec_path: str, out: Path, best: dict | None) -> dict:
+def comparison(spec_path: str, out: Path, best: dict | None, seeds: list[int] | None = None) -> dict:
     overrides = [f"{key}={json.dumps(value)}" for key, value in (best or {}).get("params", {}).items()]
+    if seeds:
+        overrides.append(f"training.seeds={json.dumps(seeds)}")
     spec = load_spec(spec_path, overrides)
     partial = out.with_name(out.name + ".partial")
+    finished = out / "report.json"
+    if finished.exists() and not partial.exists():
+        done = json.loads(finished.read_text())["seeds"]
+        if set(done) < set(spec.training.seeds):  # more seeds asked for: train only the new ones
+            shutil.copytree(out, partial, ignore=shutil.ignore_patterns("report.*", "*.png", "targets.json"))
+            print(f"extending the finished seeds {done} to {spec.training.seeds}", flush=True)
     report = distillab.run(spec, out, resume=partial.exists(), overwrite=True)
     c = report.data["comparisons"][0]
     distilled = report.model("distilled")["score"]["mean"]
@@ -126,6 +136,8 @@ def main() -> None:
     parser.add_argument("--spec", default=str(ROOT / "configs" / "austen_smollm2_kd.yaml"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--part", choices=["all", "sweep", "comparison", "tails"], default="all")
+    parser.add_argument("--seeds", default=None, help="comparison seeds, e.g. 0,1,2,3,4 (default: the spec's); "
+                                                       "a finished run with fewer seeds is extended, not redone")
     parser.add_argument("--tail-tokens", type=int, default=60_000, help="training tokens of each tails run")
     parser.add_argument("--tail-epochs", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
@@ -137,7 +149,8 @@ def main() -> None:
     if args.part in ("all", "sweep", "comparison"):
         best = chosen(args.spec, out / "sweep")
     if args.part in ("all", "comparison"):
-        print(json.dumps(comparison(args.spec, out / "comparison", best), indent=2), flush=True)
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+        print(json.dumps(comparison(args.spec, out / "comparison", best, seeds), indent=2), flush=True)
     if args.part in ("all", "tails"):
         tails(args.spec, out / "tails", args.tail_tokens, args.tail_epochs)
         print((out / "tails" / "tails.md").read_text(), flush=True)
