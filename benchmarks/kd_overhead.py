@@ -174,7 +174,7 @@ def main() -> None:
            f"an epoch {parity['seconds_per_epoch']['fp32'] / parity['seconds_per_epoch']['bf16']:.2f}x faster in bf16."]
           if parity else []),
         *([f"\nTarget (issue 11): a full-data cached-KD epoch >= 1.7x faster in bf16: "
-           f"{out['bf16_target']['speedup']['measured']:.2f}x on {len(bundle.train)} images "
+           f"{out['bf16_target']['speedup']['measured']:.3f}x on {len(bundle.train)} images "
            f"({'met' if out['bf16_target']['speedup']['met'] else 'missed'})."] if "bf16_target" in out else []),
         *[f"\n{r['mode']} under torch.compile: its first epoch, compilation included, took "
           f"{r['first_epoch_with_compilation']:.1f} s (the median above leaves it out)."
