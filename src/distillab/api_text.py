@@ -74,18 +74,14 @@ def text_data(task: str, train_data, tokenizer, context_length: int | None, val_
     from distillab.data.corpora import CORPORA
     from distillab.spec import DataSpec
 
+    from distillab.data.text import checked_context
+
     embedding = task == "text_embedding"
     max_context = context_of(teachers)
-
-    def checked(context: int, where: str) -> int:
-        if max_context is not None and context > max_context:
-            raise DataError(f"{where}: {context} tokens is longer than the teacher's context of {max_context}")
-        return context
-
     if context_length is None:  # 128 tokens, or the teacher's whole context when it is shorter
         context_length = min(128, max_context or 128)
     if isinstance(train_data, (list, tuple)) and any(isinstance(item, str) for item in train_data):
-        context = checked(context_length, "context_length")
+        context = checked_context(context_length, max_context, "context_length")
         if embedding:
             from distillab.data.sentences import sentences_from_documents
 
@@ -106,8 +102,8 @@ def text_data(task: str, train_data, tokenizer, context_length: int | None, val_
         if data_spec.dataset not in CORPORA:
             raise SpecError(f"train_data: {data_spec.dataset!r} is not a text corpus; known: {', '.join(CORPORA)}, "
                             "or a list of documents")
-        checked(data_spec.context_length, "train_data.context_length" if isinstance(train_data, dict)
-                else "context_length")
+        checked_context(data_spec.context_length, max_context,
+                        "train_data.context_length" if isinstance(train_data, dict) else "context_length")
         name = f"python:{type(tokenizer).__name__}"
         if embedding:
             from distillab.data.sentences import build_sentences

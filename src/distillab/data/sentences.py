@@ -88,7 +88,7 @@ class SentenceData(SplitData):
 
 
 def build_sentences(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> SentenceData:
-    context = checked_context(data_spec, max_context)
+    context = checked_context(data_spec.context_length, max_context)
     return _build(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                   data_spec.test_size, context, data_spec.limit_train, tokenizer_name,
                   tokenizer_fingerprint(tokenizer), _Tok(tokenizer))

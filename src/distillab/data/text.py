@@ -201,17 +201,16 @@ class TextData(SplitData):
                 "split": "by position inside each document (the last part of each is test, the part before it val)"}
 
 
-def checked_context(data_spec, max_context: int | None) -> int:
-    """The spec's context length, refused when it is longer than the teacher's."""
-    context = data_spec.context_length
+def checked_context(context: int, max_context: int | None, where: str = "data.context_length") -> int:
+    """A context length, refused (naming ``where``) when it is longer than the teacher's."""
     if max_context is not None and context > max_context:
-        raise DataError(f"data.context_length: {context} tokens is longer than the teacher's context of {max_context}")
+        raise DataError(f"{where}: {context} tokens is longer than the teacher's context of {max_context}")
     return context
 
 
 def build_text(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> TextData:
     """The splits of a text ``data`` spec, tokenised by the teacher's ``tokenizer``."""
-    context = checked_context(data_spec, max_context)
+    context = checked_context(data_spec.context_length, max_context)
     return _build_text(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                        data_spec.test_size, context, data_spec.limit_tokens, data_spec.limit_eval_tokens,
                        _Hashable(tokenizer, tokenizer_name))
