@@ -72,9 +72,8 @@ def text_data(task: str, train_data, tokenizer, context_length: int | None, val_
     teacher) from documents, a corpus name or a spec's data section. ``limit``: training tokens,
     or training sentences."""
     from distillab.data.corpora import CORPORA
-    from distillab.spec import DataSpec
-
     from distillab.data.text import checked_context
+    from distillab.spec import DataSpec
 
     embedding = task == "text_embedding"
     max_context = context_of(teachers)

@@ -121,11 +121,10 @@ def sentences_from_documents(documents: list[str], tokenizer, context: int, val_
                              where: str = "train_data") -> SentenceData:
     """Sentence splits of the user's own documents (strings, from Python), cut by position
     inside each like a corpus; the source key hashes the text, for the embedding cache."""
-    from distillab.data.text import user_documents
+    from distillab.data.text import documents_digest, user_documents
 
     kept = user_documents(documents, where)
-    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()[:16]
-    source = (f"sentences:python:{digest}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}"
+    source = (f"sentences:python:{documents_digest(kept)}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}"
               f":test{test_size}:lim{limit}")
     return _sentence_data("documents", source, kept, val_size, test_size, context, limit, tokenizer, where)
 

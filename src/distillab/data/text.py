@@ -249,8 +249,7 @@ def text_from_documents(documents, tokenizer, context: int, val_size: float = 0.
     inside each document like a registered corpus; the source key hashes the text itself,
     so the teacher cache serves the same documents again and never different ones."""
     kept = user_documents(documents, where)
-    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()[:16]
-    source = (f"text:python:{digest}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}:test{test_size}"
+    source = (f"text:python:{documents_digest(kept)}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}:test{test_size}"
               f":lim{limit_tokens}:{limit_eval_tokens}")
     return _text_data("documents", source, kept, val_size, test_size, context, limit_tokens, limit_eval_tokens,
                       tokenizer, where)
@@ -267,6 +266,11 @@ def user_documents(documents, where: str) -> list[Document]:
     if not kept:
         raise DataError(f"{where}: every document is empty")
     return kept
+
+
+def documents_digest(documents: list[Document]) -> str:
+    """A short hash of the documents' text: the part of a cache key that names user text."""
+    return hashlib.sha256("\0".join(d.text for d in documents).encode()).hexdigest()[:16]
 
 
 def _text_data(name: str, source: str, documents: list[Document], val_size: float, test_size: float, context: int,
@@ -295,16 +299,18 @@ CHARACTERS_PER_TOKEN = 4.0  # English under a byte-level BPE: a planning figure,
 def corpus_characters(dataset: str, path: str | None) -> int:
     """Characters of a corpus; an installed one (no path) is read once per process (the
     service estimates every text job from it)."""
-    if path is None:
-        return _installed_corpus_characters(dataset)
+    return _installed_corpus_characters(dataset) if path is None else _characters(dataset, path)
+
+
+def _characters(dataset: str, path: str | None) -> int:
     from pathlib import Path
 
-    return sum(len(d.text) for d in CORPORA[dataset][0](Path(path), "data"))
+    return sum(len(d.text) for d in CORPORA[dataset][0](Path(path) if path else None, "data"))
 
 
 @lru_cache(maxsize=8)
 def _installed_corpus_characters(dataset: str) -> int:
-    return sum(len(d.text) for d in CORPORA[dataset][0](None, "data"))
+    return _characters(dataset, None)
 
 
 def text_split_sizes(data_spec) -> tuple[int, int, tuple[int], int]:
