@@ -262,6 +262,57 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run folder")
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    out: Annotated[Path, typer.Option(help="folder to write the model and export.json into")],
+    format_: Annotated[str, typer.Option("--format", help="onnx, torchscript, or adaptive (an adaptive run's "
+                                         "generator and student as safetensors)")] = "onnx",
+    quantize: Annotated[Optional[str], typer.Option(help="int8 (static, calibrated) or int8-dynamic")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="largest |delta logit| allowed (default 1e-3; "
+                                                       "unbounded with --quantize)")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="smallest argmax agreement allowed (default "
+                                                           "0.999; 0.97 with --quantize)")] = None,
+    parity_samples: Annotated[int, typer.Option(help="held-out test inputs the parity check runs on")] = 1000,
+    calibration_samples: Annotated[int, typer.Option(help="training inputs that calibrate int8")] = 512,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Export a run's distilled student, checked for parity with the eager model (exit 2 when it fails)."""
+    from distillab.compress.export import Tolerance, default_tolerance
+    from distillab.compress.runs import export_run
+
+    _logging(False)
+    if format_ == "adaptive":
+        _export_adaptive(run_dir, out, seed)
+        return
+    try:
+        base = default_tolerance(quantize)
+        limits = Tolerance(base.max_abs_logit if tolerance is None else tolerance,
+                           base.min_agreement if min_agreement is None else min_agreement)
+        record = export_run(run_dir, out, fmt=format_, quantize=quantize, seed=seed, tolerance=limits,
+                            parity_samples=parity_samples, calibration_samples=calibration_samples,
+                            overwrite=overwrite)
+    except DistillabError as error:
+        _fail(error)
+    parity = record["parity"]
+    console.print(f"wrote {out / record['file']} (seed {record['seed']}, {record['bytes'] / 1e3:.1f} kB); parity on "
+                  f"{parity['samples']} held-out inputs: max |delta logit| {parity['max_abs_logit_diff']:.2e}, "
+                  f"argmax agreement {parity['argmax_agreement']:.4f}", markup=False, highlight=False)
+
+
+def _export_adaptive(run_dir: Path, out: Path, seed: int | None) -> None:
+    """The generator G and the student of an adaptive run, without the teacher."""
+    from distillab.adaptive.export import export_run
+
+    try:
+        path = export_run(run_dir, out, seed)
+    except DistillabError as error:
+        _fail(error)
+    for name in ("adaptive.json", "generator.safetensors", "student.safetensors"):
+        console.print(str(path / name), markup=False)
+
+
+@app.command()
 def sweep(
     spec: SpecArg,
     out: Annotated[Path, typer.Option(help="sweep folder (study.db, trials.md, best.json, heatmap.png)")],
@@ -304,27 +355,6 @@ def data_fetch(
         _fail(error)
     for path in paths:
         console.print(str(path), markup=False)
-
-
-export_app = typer.Typer(no_args_is_help=True, help="Export trained models for deployment.")
-app.add_typer(export_app, name="export")
-
-
-@export_app.command("adaptive")
-def export_adaptive(
-    run_dir: Annotated[Path, typer.Argument(help="a finished run of the 'adaptive' strategy")],
-    out: Annotated[Path, typer.Option(help="folder for adaptive.json, generator.safetensors, student.safetensors")],
-    seed: Annotated[Optional[int], typer.Option(help="which seed's model (default: the run's first)")] = None,
-) -> None:
-    """Write the generator G and the student of an adaptive run, without the teacher."""
-    from distillab.adaptive.export import export_run
-
-    try:
-        path = export_run(run_dir, out, seed)
-    except DistillabError as error:
-        _fail(error)
-    for name in ("adaptive.json", "generator.safetensors", "student.safetensors"):
-        console.print(str(path / name), markup=False)
 
 
 users_app = typer.Typer(no_args_is_help=True, help="Accounts of the job service.")
@@ -377,6 +407,57 @@ def serve(
     except Exception as error:  # a bad DATABASE_URL or data dir is a configuration mistake
         _fail(f"cannot start the service: {error}")
     uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def package(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    out: Annotated[Path, typer.Option(help="the package folder to write")],
+    quantize: Annotated[Optional[str], typer.Option(help="int8 (static, calibrated) or int8-dynamic")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    name: Annotated[Optional[str], typer.Option(help="the package's name (default: run-seedN)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """A deployable folder: the parity-checked ONNX student, its manifest, model card, server and Dockerfile."""
+    from distillab.deploy.package import package_run
+
+    _logging(False)
+    try:
+        manifest = package_run(run_dir, out, quantize=quantize, seed=seed, name=name, overwrite=overwrite)
+    except DistillabError as error:
+        _fail(error)
+    console.print(f"wrote package {manifest['name']!r} to {out}: {', '.join(manifest['files'])}, package.json",
+                  markup=False, highlight=False)
+
+
+@app.command("serve-model")
+def serve_model(
+    package_dir: Annotated[Path, typer.Argument(help="a package folder written by `distillab package`")],
+    candidate: Annotated[Optional[Path], typer.Option(help="a second package, tried on --fraction of requests")] = None,
+    mode: Annotated[str, typer.Option(help="shadow (the candidate is only compared) or canary (it answers)")] = "shadow",
+    fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of requests for the candidate")] = 0.1,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8080,
+    max_batch: Annotated[int, typer.Option(min=1, help="samples per model call, at most")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch waits for more requests")] = 5.0,
+    max_body_mb: Annotated[float, typer.Option(help="largest request body (413 above)")] = 8.0,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per package")] = 1,
+) -> None:
+    """Serve a package: /predict with micro-batching, /healthz, /metrics (Prometheus), /stats."""
+    import argparse
+
+    import uvicorn
+
+    from distillab.deploy.server import PackageError, build
+
+    args = argparse.Namespace(package=str(package_dir), candidate=str(candidate) if candidate else None, mode=mode,
+                              fraction=fraction, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                              max_body_mb=max_body_mb, threads=threads)
+    try:
+        application = build(args)
+    except PackageError as error:
+        _fail(error)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""``adaptive`` through the one entry point, then ``distillab export adaptive``: the exported
+"""``adaptive`` through the one entry point, then ``distillab export --format adaptive``: the exported
 pipeline runs without the teacher and predicts what the trained model predicted."""
 
 import json
@@ -36,7 +36,7 @@ def test_run_reports_the_generator_in_the_deployed_model(adaptive_run):
 def test_cli_export_runs_without_the_teacher_and_predicts_the_same(adaptive_run, tmp_path):
     report, blobs = adaptive_run
     out = tmp_path / "export"
-    result = runner.invoke(app, ["export", "adaptive", str(report.out_dir), "--out", str(out)])
+    result = runner.invoke(app, ["export", str(report.out_dir), "--format", "adaptive", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert not any("teacher" in p.name for p in out.iterdir())
     exported = AdaptivePipeline.load(out)
@@ -50,11 +50,11 @@ def test_cli_export_runs_without_the_teacher_and_predicts_the_same(adaptive_run,
 
 def test_export_of_a_non_adaptive_run_or_wrong_seed_is_a_clear_error(adaptive_run, tmp_path, blobs, tiny_teacher):
     report, _ = adaptive_run
-    result = runner.invoke(app, ["export", "adaptive", str(report.out_dir), "--out", str(tmp_path / "x"),
+    result = runner.invoke(app, ["export", str(report.out_dir), "--format", "adaptive", "--out", str(tmp_path / "x"),
                                  "--seed", "7"])
     assert result.exit_code == 2 and "--seed 7" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["export", "adaptive", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--format", "adaptive", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "not a finished run" in result.output
     other = run(tiny_spec(blobs, tiny_teacher, training={"epochs": 1, "seeds": [0]}), tmp_path / "response")
-    result = runner.invoke(app, ["export", "adaptive", str(other.out_dir), "--out", str(tmp_path / "x")])
+    result = runner.invoke(app, ["export", str(other.out_dir), "--format", "adaptive", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "'response'" in result.output

@@ -1,4 +1,4 @@
-"""``distillab export adaptive RUN_DIR --out DIR``: G and the student of a finished
+"""``distillab export RUN_DIR --format adaptive --out DIR``: G and the student of a finished
 ``adaptive`` run, for deployment without the teacher."""
 
 from __future__ import annotations

@@ -43,6 +43,15 @@ DATASETS = {
     "image_folder": DatasetInfo(read_image_folder, None, "folder/{train,test}/<class>/<image> via Pillow"),
 }
 
+# What each class index means, for a deployed model's labels (datasets not named here: "0", "1", ...)
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "digits": tuple(str(digit) for digit in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
 
 @dataclass
 class DataBundle:

@@ -308,21 +308,15 @@ def summary(out: Path) -> dict:
 def package(out: Path, settings: Settings) -> None:
     """Put the deployable student at the top of a finished run: the distilled student of
     the seed with the best validation accuracy as ``student.safetensors`` (+ its facts in
-    ``student.json``) and, when it exports, ``student.onnx``."""
-    from distillab.models.loading import load_state_into
-    from distillab.models.zoo import MODELS, build_model
+    ``student.json``) and, when it exports with parity (the one exporter,
+    ``compress.export``), ``student.onnx``."""
+    from distillab.compress.runs import best_seed, export_run, read_report
 
     if (out / "student.json").exists():
         return
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     spec = parse_spec(report["spec"])
-    seeds = []
-    higher_is_better = (report.get("task") or {}).get("higher_is_better", True)
-    for seed in report["seeds"]:
-        result = json.loads((out / f"seed_{seed}" / "distilled" / "result.json").read_text())
-        score = result["val_accuracy"]  # the task's primary validation metric
-        seeds.append((score if higher_is_better else -score, -seed, seed))
-    seed = max(seeds)[2]
+    seed = best_seed(out, report)
     source = out / f"seed_{seed}" / "distilled" / "student.safetensors"
     if not source.exists():
         return  # multi-stage strategies keep their students per stage; the report is still complete
@@ -332,22 +326,15 @@ def package(out: Path, settings: Settings) -> None:
     facts = {"model": spec.student.model, "model_args": spec.student.model_args, "seed": seed,
              "in_shape": report["dataset"]["in_shape"], "num_classes": report["dataset"]["num_classes"],
              "normalize": report["dataset"].get("normalize"), "task": spec.task, "onnx": None}
-    text = spec.task == "language_modeling"
-    if spec.strategy.name != "adaptive" and spec.student.model in MODELS:
+    if spec.strategy.name != "adaptive" and spec.task != "text_embedding":
+        staging = out / ".export"
         try:
-            import torch
-
-            model = build_model(spec.student.model, tuple(facts["in_shape"]), facts["num_classes"],
-                                spec.student.model_args)
-            load_state_into(model, out / "student.safetensors", "student").eval()
-            tmp_onnx = out / ".student.onnx.tmp"
-            example = torch.zeros(1, *facts["in_shape"], dtype=torch.long if text else torch.float32)  # ids or images
-            torch.onnx.export(model, (example,), str(tmp_onnx), dynamo=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-            os.replace(tmp_onnx, out / "student.onnx")
-            facts["onnx"] = "student.onnx"
+            record = export_run(out, staging, fmt="onnx", seed=seed, parity_samples=256, overwrite=True)
+            os.replace(staging / "model.onnx", out / "student.onnx")
+            facts["onnx"], facts["onnx_parity"] = "student.onnx", record["parity"]
         except Exception as problem:  # ONNX export is a convenience; the safetensors student stands
             log.warning("ONNX export failed: %s", problem)
             facts["onnx_error"] = str(problem)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     atomic_write_json(out / "student.json", facts)
