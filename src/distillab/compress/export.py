@@ -48,6 +48,7 @@ def default_tolerance(quantize: str | None) -> Tolerance:
     return Tolerance(1e-3, 0.999) if quantize is None else Tolerance(None, 0.97)
 
 
+@torch.no_grad()
 def parity(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Callable[[torch.Tensor], torch.Tensor],
            inputs: Sequence[torch.Tensor]) -> dict:
     """Logit differences and argmax agreement of ``candidate`` against ``reference`` over the
