@@ -430,6 +430,36 @@ def package(
                   markup=False, highlight=False)
 
 
+@app.command()
+def prune(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    out: Annotated[Path, typer.Option(help="the pruned run folder to write")],
+    method: Annotated[str, typer.Option(help="channels (rebuilt smaller CNN) or magnitude (unstructured)")] = "channels",
+    ratio: Annotated[float, typer.Option(help="share of channels (or weights) to remove in the end")] = 0.5,
+    steps: Annotated[int, typer.Option(help="pruning steps of the gradual (cubic) schedule")] = 4,
+    epochs_per_step: Annotated[int, typer.Option(help="fine-tuning epochs after each step")] = 2,
+    kd: Annotated[bool, typer.Option("--kd/--no-kd", help="fine-tune with the teacher's KD loss, or labels only")] = True,
+    importance: Annotated[str, typer.Option(help="channel ranking: l1 (filter norm) or bn (|BN scale|)")] = "l1",
+    stage: Annotated[Optional[list[int]], typer.Option(help="prune only these stages (repeat the option)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="fine-tuning learning rate (default: the run's / 4)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Prune a run's student on a gradual schedule, fine-tuning with KD between steps."""
+    from distillab.compress.prune_run import prune_run
+
+    _logging(False)
+    try:
+        record = prune_run(run_dir, out, method=method, ratio=ratio, steps=steps, epochs_per_step=epochs_per_step,
+                           kd=kd, importance=importance, stages=stage, seed=seed, lr=lr, overwrite=overwrite)
+    except DistillabError as error:
+        _fail(error)
+    first, last = record["history"][0], record["history"][-1]
+    console.print(f"pruned seed {record['seed']}: test accuracy {100 * first['test_accuracy']:.2f} -> "
+                  f"{100 * last['test_accuracy']:.2f} %, MACs {first['macs']} -> {last['macs']}, params "
+                  f"{first['params']} -> {last['params']}, weight sparsity {100 * last['sparsity']:.0f} %; wrote {out}", markup=False, highlight=False)
+
+
 @app.command("serve-model")
 def serve_model(
     package_dir: Annotated[Path, typer.Argument(help="a package folder written by `distillab package`")],
