@@ -460,6 +460,50 @@ def prune(
                   f"{first['params']} -> {last['params']}, weight sparsity {100 * last['sparsity']:.0f} %; wrote {out}", markup=False, highlight=False)
 
 
+@app.command("serve-teacher")
+def serve_teacher(
+    spec: SpecArg,
+    index: Annotated[int, typer.Option(help="which teacher of the spec")] = 0,
+    k: Annotated[int, typer.Option(help="probabilities revealed per input")] = 5,
+    temperature: Annotated[float, typer.Option(help="the fixed softmax temperature of the answers")] = 1.0,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the API key")] = "DISTILLAB_TEACHER_KEY",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8090,
+    set_: SetOpt = None,
+) -> None:
+    """Serve the spec's teacher over HTTP, answering only top-k probabilities to holders of the API key."""
+    import uvicorn
+
+    from distillab.deploy.teacher_server import create_teacher_app
+
+    _logging(False)
+    try:
+        job = _load(spec, set_)
+        if index >= len(job.teachers):
+            raise DistillabError(f"--index {index}: the spec has {len(job.teachers)} teacher(s)")
+        if job.task != "image_classification":
+            raise DistillabError(f"task: serve-teacher serves image classifiers, not {job.task}")
+        if job.teachers[index].url is not None:
+            raise DistillabError(f"teacher.url: {job.teachers[index].url} is itself a served teacher")
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise DistillabError(f"--api-key-env: set the API key in the environment variable {api_key_env}")
+        from distillab.experiment.job import Job
+
+        one = job.model_copy(update={"teacher": job.teachers[index]})
+        data = Job.from_spec(one).build_data(job.training.seeds[0])
+        from distillab.experiment.teacher import get_teachers
+
+        model, checksum, _ = get_teachers(one, data)[0]
+        application = create_teacher_app(model, k=k, temperature=temperature, api_key=api_key,
+                                          in_shape=data.in_shape, num_classes=data.num_classes, checksum=checksum)
+    except DistillabError as error:
+        _fail(error)
+    except ValueError as error:
+        _fail(error)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
 @app.command("serve-model")
 def serve_model(
     package_dir: Annotated[Path, typer.Argument(help="a package folder written by `distillab package`")],

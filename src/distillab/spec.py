@@ -146,6 +146,10 @@ class TeacherSpec(Strict):
     pretrained: str | None = Field(None, description="a language model installed by a Python package (distillab models)")
     hub: str | None = Field(None, max_length=200, description="a Hugging Face hub id, downloaded by transformers "
                                                               "(needs a network)")
+    url: str | None = Field(None, max_length=500, description="a teacher served by `distillab serve-teacher` "
+                                                              "(top-k probabilities only), http(s)://host:port")
+    api_key_env: str = Field("DISTILLAB_TEACHER_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="the environment variable that holds the served teacher's API key")
     training: TrainingSpec | None = Field(None, description="how to train the teacher when checkpoint is null")
 
     @field_validator("model")
@@ -176,14 +180,21 @@ class TeacherSpec(Strict):
             raise ValueError(f"{name!r} is not a hub id (owner/name)")
         return name
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
+
     @model_validator(mode="after")
     def _complete(self) -> TeacherSpec:
         fmt = self.resolved_format
-        sources = [key for key in ("checkpoint", "pretrained", "hub") if getattr(self, key) is not None]
+        sources = [key for key in ("checkpoint", "pretrained", "hub", "url") if getattr(self, key) is not None]
         if len(sources) > 1:
-            raise ValueError(f"give one of checkpoint, pretrained and hub, not {' and '.join(sources)}")
+            raise ValueError(f"give one of checkpoint, pretrained, hub and url, not {' and '.join(sources)}")
         if not sources and self.model is None:
-            raise ValueError("give a checkpoint, pretrained or hub, or a model to train")
+            raise ValueError("give a checkpoint, pretrained, hub or url, or a model to train")
         if self.checkpoint is not None and self.checkpoint.is_dir() and fmt != "hf":
             raise ValueError(f"checkpoint: {self.checkpoint} is a folder; only a Hugging Face folder (format hf) "
                              "may be one")

@@ -9,6 +9,7 @@ container runs it with numpy, onnxruntime, fastapi, uvicorn, prometheus-client a
     python serve.py PKG [--candidate PKG2 --mode shadow|canary --fraction 0.1] [--port 8080]
 """
 
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at run time.
 import argparse
 import asyncio
 import hashlib

@@ -86,7 +86,7 @@ class Job:
             load_teachers=lambda first, resume=False, callbacks=None: task.load_teachers(spec, first, resume,
                                                                                          callbacks),
             student_name=spec.student.model,
-            teacher_names=[t.model or t.pretrained or t.hub
+            teacher_names=[t.model or t.pretrained or t.hub or t.url
                            or (t.checkpoint.name if t.is_language_model else t.resolved_format) for t in spec.teachers],
             record=spec.model_dump(mode="json"), spec=spec,
         )

@@ -92,6 +92,15 @@ def get_teachers(spec, bundle, *, resume: bool = False, callbacks=None) -> list[
     out = []
     for index, teacher_spec in enumerate(spec.teachers):
         where = "teacher" if len(spec.teachers) == 1 else f"teacher.{index}"
+        if teacher_spec.url is not None:
+            import os
+
+            from distillab.models.remote import RemoteTeacher
+
+            model = RemoteTeacher(teacher_spec.url, os.environ.get(teacher_spec.api_key_env), bundle.in_shape,
+                                  bundle.num_classes, where)
+            out.append((model, model.fingerprint, {"source": teacher_spec.url, "top_k": model.top_k}))
+            continue
         if teacher_spec.checkpoint is not None:
             model, checksum = load_teacher(teacher_spec, bundle.in_shape, bundle.num_classes, where)
             out.append((model, checksum, {"source": str(teacher_spec.checkpoint)}))

@@ -24,6 +24,7 @@ from distillab.losses.logits import (
     ensemble_targets,
     performance_weights,
     confidence_weights,
+    topk_bucket_kl,
 )
 from distillab.losses.features import (
     rkd_distance,
@@ -69,6 +70,7 @@ __all__ = [
     "ensemble_targets",
     "performance_weights",
     "confidence_weights",
+    "topk_bucket_kl",
     "rkd_distance",
     "rkd_angle",
     "hint_mse",

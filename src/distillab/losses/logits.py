@@ -208,3 +208,18 @@ def confidence_weights(teacher_logits, temperature: float = 1.0):
     """
     confidence = F.softmax(teacher_logits.float() / temperature, dim=-1).amax(-1)  # (N, B), >= 1/K > 0
     return confidence / confidence.sum(0, keepdim=True)  # (N, B)
+
+
+def topk_bucket_kl(student_logits, teacher_logits, k: int, temperature: float = 1.0, reduction: str = "mean",
+                   mask=None):
+    """T^2 * KL between the teacher's k most likely classes plus one tail bucket (the rest of its
+    mass) and the student's probabilities of the same k classes plus its own tail, both at
+    softmax(z / T). For a teacher that reveals only its top-k (a served teacher): what lies
+    outside the k enters as one number, never as a per-class target. (B, K) or (B, T, V) -> scalar."""
+    from distillab.losses.tokens import log1m_sumexp, topk_divergence
+
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    top = teacher.topk(k, dim=-1)
+    return topk_divergence(student_logits, top.indices, top.values, log1m_sumexp(top.values), temperature,
+                           "forward_kl", mode="bucket", reduction=reduction, mask=mask)
+

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from distillab.models.loading import OnnxTeacher
+from distillab.models.remote import RemoteTeacher
 
 BYTES_PER_MB = 1_000_000  # decimal megabytes, as file sizes are usually quoted (not MiB)
 THROUGHPUT_BATCH = 256
@@ -31,6 +32,8 @@ def parameter_count(model: nn.Module) -> int:
     """Trainable-shaped weights: parameters of a torch module (shared ones once); for an ONNX
     teacher, the elements of its floating-point initializers (BatchNorm may have been folded
     into the convolutions by the exporter, so this can differ from the torch count)."""
+    if isinstance(model, RemoteTeacher):
+        return 0  # a black box behind HTTP: nothing about it is known here
     if isinstance(model, OnnxTeacher):
         return sum(math.prod(init.dims) for init in _onnx_float_initializers(Path(model.path)))
     return sum(p.numel() for p in model.parameters())
@@ -49,7 +52,7 @@ def macs_per_sample(model: nn.Module, in_shape) -> int | None:
     that ``torch.utils.flop_counter`` counts (matmuls and convolutions; 2 per MAC), halved.
     Elementwise ops, norms and pooling are not counted. None when the model runs outside
     torch (an ONNX teacher) and cannot be counted."""
-    if isinstance(model, OnnxTeacher):
+    if isinstance(model, (OnnxTeacher, RemoteTeacher)):
         return None
     x = _example_input(model, in_shape, batch_size=1)  # token ids for a text model
     counter = FlopCounterMode(display=False)
@@ -69,6 +72,8 @@ def runtime_of(model: nn.Module) -> str:
     """What executes the model: "onnxruntime", "torchscript" or "torch" (eager)."""
     if isinstance(model, OnnxTeacher):
         return "onnxruntime"
+    if isinstance(model, RemoteTeacher):
+        return "http (top-k)"
     return "torchscript" if isinstance(model, torch.jit.ScriptModule) else "torch"
 
 

@@ -143,6 +143,9 @@ def refuse_paths(spec: dict) -> list[dict]:
         if isinstance(teacher, dict) and teacher.get("hub") is not None:
             problems.append(error([*base, "hub"], "the service does not download models: use a pretrained model "
                                                   "it has installed (GET /model-types) or upload the teacher"))
+        if isinstance(teacher, dict) and teacher.get("url") is not None:
+            problems.append(error([*base, "url"], "the service does not call other servers: upload the teacher "
+                                                  "(POST /models) or run the job with the CLI"))
     student = spec.get("student")
     if isinstance(student, dict) and isinstance(student.get("model_args"), dict) and "path" in student["model_args"]:
         problems.append(error(["spec", "student", "model_args", "path"], "file paths are not accepted by the service"))
