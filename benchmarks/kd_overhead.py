@@ -75,7 +75,7 @@ def main() -> None:
                              ["bf16 (emulated)"] if args.emulated_bf16 else [])
 
     limit = f"data.limit_train={args.limit_train}" if args.limit_train else "data.limit_train=null"
-    spec = load_spec(args.spec, [limit, f"training.epochs={args.epochs}", "training.seeds=[0]"])
+    spec = load_spec(args.spec, [limit, f"training.epochs={args.epochs}", "training.seeds=[0]", "cache.views=2"])
     bundle = data_module.build(spec.data, 0)
     (teacher, checksum, _), = get_teachers(spec, bundle)
     with tempfile.TemporaryDirectory() as scratch:
