@@ -78,9 +78,15 @@ class Connection:
         self.reader = self.writer = None
 
     async def get(self, path: str) -> int:
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.extra}\r\n".encode())
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.extra}"
+        if body:
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(f"{head}\r\n".encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
