@@ -85,7 +85,8 @@ def write(results: dict, seeds, work: Path, args) -> None:
     lines = ["| pruned | channels left | MACs | params | unpruned (%) | pruned, KD (%) | pruned, labels only (%) "
              "| KD − labels (points, p) |", "|---|---|---:|---:|---|---|---|---|"]
     for row in rows:
-        cells = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in map(_mean_std, (row["unpruned"], row["kd"], row["labels"]))]
+        cells = [f"{100 * m:.2f} ± {100 * s:.2f}"
+                 for m, s in map(_mean_std, (row["unpruned"], row["kd"], row["labels"]))]
         gain = row["kd_vs_labels"]
         lines.append(f"| {row['setting']} | {row['channels_after']} | {row['macs_after'] / 1e6:.2f} M "
                      f"(of {row['macs_before'] / 1e6:.2f} M) | {row['params_after']:,} | {cells[0]} | {cells[1]} | "

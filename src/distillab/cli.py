@@ -434,15 +434,16 @@ def package(
 def prune(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
     out: Annotated[Path, typer.Option(help="the pruned run folder to write")],
-    method: Annotated[str, typer.Option(help="channels (rebuilt smaller CNN) or magnitude (unstructured)")] = "channels",
+    method: Annotated[str, typer.Option(help="channels (smaller CNN) or magnitude")] = "channels",
     ratio: Annotated[float, typer.Option(help="share of channels (or weights) to remove in the end")] = 0.5,
     steps: Annotated[int, typer.Option(help="pruning steps of the gradual (cubic) schedule")] = 4,
     epochs_per_step: Annotated[int, typer.Option(help="fine-tuning epochs after each step")] = 2,
-    kd: Annotated[bool, typer.Option("--kd/--no-kd", help="fine-tune with the teacher's KD loss, or labels only")] = True,
+    kd: Annotated[bool, typer.Option("--kd/--no-kd", help="fine-tune with KD, or labels only")] = True,
     importance: Annotated[str, typer.Option(help="channel ranking: l1 (filter norm) or bn (|BN scale|)")] = "l1",
     stage: Annotated[Optional[list[int]], typer.Option(help="prune only these stages (repeat the option)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="fine-tuning learning rate (default: the run's / 4)")] = None,
+    round_to: Annotated[int, typer.Option(help="channel counts in multiples of this")] = 1,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
     """Prune a run's student on a gradual schedule, fine-tuning with KD between steps."""
@@ -451,13 +452,15 @@ def prune(
     _logging(False)
     try:
         record = prune_run(run_dir, out, method=method, ratio=ratio, steps=steps, epochs_per_step=epochs_per_step,
-                           kd=kd, importance=importance, stages=stage, seed=seed, lr=lr, overwrite=overwrite)
+                           kd=kd, importance=importance, stages=stage, seed=seed, lr=lr, round_to=round_to,
+                           overwrite=overwrite)
     except DistillabError as error:
         _fail(error)
     first, last = record["history"][0], record["history"][-1]
     console.print(f"pruned seed {record['seed']}: test accuracy {100 * first['test_accuracy']:.2f} -> "
                   f"{100 * last['test_accuracy']:.2f} %, MACs {first['macs']} -> {last['macs']}, params "
-                  f"{first['params']} -> {last['params']}, weight sparsity {100 * last['sparsity']:.0f} %; wrote {out}", markup=False, highlight=False)
+                  f"{first['params']} -> {last['params']}, weight sparsity {100 * last['sparsity']:.0f} %; wrote {out}",
+                  markup=False, highlight=False)
 
 
 @app.command("serve-teacher")
@@ -466,7 +469,7 @@ def serve_teacher(
     index: Annotated[int, typer.Option(help="which teacher of the spec")] = 0,
     k: Annotated[int, typer.Option(help="probabilities revealed per input")] = 5,
     temperature: Annotated[float, typer.Option(help="the fixed softmax temperature of the answers")] = 1.0,
-    api_key_env: Annotated[str, typer.Option(help="environment variable holding the API key")] = "DISTILLAB_TEACHER_KEY",
+    api_key_env: Annotated[str, typer.Option(help="variable holding the API key")] = "DISTILLAB_TEACHER_KEY",
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8090,
     set_: SetOpt = None,
@@ -508,7 +511,7 @@ def serve_teacher(
 def serve_model(
     package_dir: Annotated[Path, typer.Argument(help="a package folder written by `distillab package`")],
     candidate: Annotated[Optional[Path], typer.Option(help="a second package, tried on --fraction of requests")] = None,
-    mode: Annotated[str, typer.Option(help="shadow (the candidate is only compared) or canary (it answers)")] = "shadow",
+    mode: Annotated[str, typer.Option(help="shadow (compared only) or canary")] = "shadow",
     fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of requests for the candidate")] = 0.1,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8080,

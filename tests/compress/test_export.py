@@ -54,8 +54,8 @@ def test_onnx_export_matches_the_eager_student_and_records_its_parity(finished_r
 
 def test_the_default_seed_is_the_best_on_validation(finished_run):
     report = json.loads((finished_run / "report.json").read_text())
-    scores = {seed: json.loads((finished_run / f"seed_{seed}" / "distilled" / "result.json").read_text())["val_accuracy"]
-              for seed in report["seeds"]}
+    scores = {seed: json.loads((finished_run / f"seed_{seed}" / "distilled" / "result.json").read_text())
+              ["val_accuracy"] for seed in report["seeds"]}
     assert run_student(finished_run).seed == max(scores, key=lambda seed: (scores[seed], -seed))
 
 

@@ -65,6 +65,8 @@ def test_importance_keeps_the_strongest_channels():
     assert channels_to_keep(model, targets, "l1")[0].tolist() == [3]
     assert channels_to_keep(model, targets, "bn")[0].tolist() == [5]
     assert channel_targets([16, 32], [0, 1], 0.5, prune_stages=[1]) == [16, 16]
+    assert channel_targets([16, 32, 64, 96], [0, 1, 2, 2], 0.3, round_to=8) == [8, 24, 48, 64]
+    assert channel_targets([4, 96], [0, 0], 0.9, round_to=8) == [4, 8]  # never more than there were
     with pytest.raises(PruneError, match="cannot keep 0"):
         channels_to_keep(model, [0] + targets[1:])
     with pytest.raises(PruneError, match="VGG-style CNNs"):

@@ -63,13 +63,23 @@ def channels_to_keep(model: nn.Module, targets: list[int], kind: str = "l1") -> 
     return keep
 
 
-def channel_targets(channels: list[int], stages: list[int], fraction: float, prune_stages=None) -> list[int]:
+def channel_targets(channels: list[int], stages: list[int], fraction: float, prune_stages=None,
+                    round_to: int = 1) -> list[int]:
     """How many channels each layer keeps when ``fraction`` of them is removed from the layers
-    of ``prune_stages`` (default: every stage); at least one channel stays."""
+    of ``prune_stages`` (default: every stage), rounded to a multiple of ``round_to`` (vector
+    kernels run whole multiples of 8 or 16 fastest); at least ``round_to`` (or all) stay."""
     if not 0.0 <= fraction < 1.0:
         raise PruneError(f"ratio {fraction}: must be in [0, 1)")
-    return [c if prune_stages is not None and stage not in prune_stages else max(1, round(c * (1.0 - fraction)))
-            for c, stage in zip(channels, stages)]
+    if round_to < 1:
+        raise PruneError(f"round_to {round_to}: must be >= 1")
+    targets = []
+    for c, stage in zip(channels, stages):
+        if prune_stages is not None and stage not in prune_stages:
+            targets.append(c)
+            continue
+        kept = round(c * (1.0 - fraction) / round_to) * round_to
+        targets.append(min(c, max(round_to, kept, 1)))
+    return targets
 
 
 def rebuild(model: SmallCNN, keep: list[torch.Tensor]) -> tuple[SmallCNN, dict]:

@@ -42,7 +42,7 @@ def _measure(model, data, task, training, device) -> dict:
 
 def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels", ratio: float = 0.5, steps: int = 4,
               epochs_per_step: int = 2, kd: bool = True, importance: str = "l1", stages: list[int] | None = None,
-              seed: int | None = None, lr: float | None = None, overwrite: bool = False) -> dict:
+              seed: int | None = None, lr: float | None = None, round_to: int = 1, overwrite: bool = False) -> dict:
     """Prune the run's student; returns the history written to ``prune.json``."""
 
     from distillab.engine.loop import fit
@@ -84,7 +84,8 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
         {k: v for k, v in spec.strategy.params.items() if k in ("temperature", "alpha")}
         if spec.strategy.name == "response" else {})
     original = [conv.out_channels for _, conv, _ in blocks]
-    history = [{"step": 0, "removed": 0.0, "channels": original or None, **_measure(model, data, task, training, device)}]
+    history = [{"step": 0, "removed": 0.0, "channels": original or None,
+                **_measure(model, data, task, training, device)}]
     log.info("before pruning: val %.4f test %.4f, %s MACs", history[0]["val_accuracy"], history[0]["test_accuracy"],
              history[0]["macs"])
     model_args = dict(spec.student.model_args)
@@ -92,7 +93,7 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
         for step in range(1, steps + 1):
             fraction = cubic_schedule(step, steps, ratio)
             if method == "channels":
-                targets = channel_targets(original, [stage for stage, _, _ in blocks], fraction, stages)
+                targets = channel_targets(original, [stage for stage, _, _ in blocks], fraction, stages, round_to)
                 model, model_args = rebuild(model.cpu(), channels_to_keep(model.cpu(), targets, importance))
             else:
                 magnitude_prune(model.cpu(), fraction)
@@ -110,7 +111,8 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
                      measured["val_accuracy"], measured["test_accuracy"], measured["macs"])
     if method == "magnitude":
         make_permanent(model)
-    record = {"method": method, "ratio": ratio, "steps": steps, "epochs_per_step": epochs_per_step, "kd": kd,
+    record = {"method": method, "ratio": ratio, "round_to": round_to, "steps": steps,
+              "epochs_per_step": epochs_per_step, "kd": kd,
               "importance": importance if method == "channels" else "magnitude", "stages": stages, "seed": seed,
               "lr": training.lr, "source": str(Path(run_dir).resolve()), "history": history}
     _write_run(out, student, spec, model, model_args, record, kd, params, overwrite)

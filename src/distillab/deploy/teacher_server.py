@@ -76,7 +76,8 @@ def create_teacher_app(model: torch.nn.Module, *, k: int, temperature: float, ap
             return JSONResponse({"detail": "body: not a .npy array"}, status_code=422)
         if inputs.dtype != np.float32 or inputs.shape[1:] != in_shape or not 1 <= len(inputs) <= max_batch:
             return JSONResponse({"detail": f"body: expected float32 (B, {', '.join(map(str, in_shape))}) with "
-                                           f"1 <= B <= {max_batch}, got {inputs.dtype} {inputs.shape}"}, status_code=422)
+                                           f"1 <= B <= {max_batch}, got {inputs.dtype} {inputs.shape}"},
+                                status_code=422)
         top = await asyncio.to_thread(top_k_of, inputs)  # the event loop keeps answering meanwhile
         return {"indices": top.indices.tolist(), "probabilities": top.values.tolist()}
 

@@ -77,7 +77,8 @@ class RemoteTeacher(nn.Module):
             indices = torch.as_tensor(answer["indices"], dtype=torch.int64)  # (B, k)
             probabilities = torch.as_tensor(answer["probabilities"], dtype=torch.float32)  # (B, k)
         except (KeyError, TypeError, ValueError, RuntimeError):
-            raise CheckpointError(f"{self.where}.url: the server's answer is not top-k indices and probabilities") from None
+            raise CheckpointError(f"{self.where}.url: the server's answer is not top-k indices and "
+                                  "probabilities") from None
         batch = inputs.shape[0]
         if indices.shape != (batch, self.top_k) or probabilities.shape != (batch, self.top_k):
             raise CheckpointError(f"{self.where}.url: the server returned {tuple(indices.shape)} values for a batch "
