@@ -146,3 +146,20 @@ def test_a_run_without_a_student_is_a_clear_error(finished_run, tmp_path):
         shutil.rmtree(copy / f"seed_{seed}" / "distilled")
     result = runner.invoke(app, ["export", str(copy), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "no distilled student" in result.output
+
+
+def test_a_language_model_run_exports_with_parity_per_position(tiny_lm, corpus, tmp_path):
+    from conftest import text_spec
+
+    run_dir = run(text_spec(corpus, tiny_lm, training={"epochs": 1, "seeds": [0]}), tmp_path / "lm").out_dir
+    record = export_run(run_dir, tmp_path / "onnx")
+    student = run_student(run_dir)
+    blocks = next(student.data.eval_batches("test", 2))["inputs"]  # (2, T) token ids
+    assert record["parity"]["samples"] == 8 * blocks.shape[1]  # 8 blocks, every position counted
+    assert record["parity"]["argmax_agreement"] >= 0.999 and record["input_dtype"] == "int64"
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    with torch.no_grad():
+        expected = student.model(blocks[:, :5]).numpy()  # a shorter context than the export saw
+    np.testing.assert_allclose(session.run(None, {"input": blocks[:, :5].numpy()})[0], expected, atol=1e-4)
+    result = runner.invoke(app, ["package", str(run_dir), "--out", str(tmp_path / "pkg")])
+    assert result.exit_code == 2 and "packages serve image classifiers" in result.output

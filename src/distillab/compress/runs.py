@@ -124,7 +124,12 @@ def export_run(run_dir: Path | str, out: Path | str, *, fmt: str = "onnx", quant
     if calibration_samples < 0 or parity_samples < 1:
         raise ExportError("calibration samples must be >= 0 and parity samples >= 1")
     student = run_student(run_dir, seed)
-    calibration = batches_of(student.data, "train", calibration_samples) if calibration_samples else []
+    batch_size = 128
+    if student.facts["task"] == "language_modeling":
+        # a block's logits are (T, V): 2 blocks of 256 tokens over a 49k vocabulary are 100 MB, so
+        # a language model is checked on a few blocks (every position of each counts)
+        batch_size, parity_samples, calibration_samples = 2, min(parity_samples, 8), min(calibration_samples, 8)
+    calibration = batches_of(student.data, "train", calibration_samples, batch_size) if calibration_samples else []
     return export_model(student.model, out, fmt=fmt, quantize=quantize, tolerance=tolerance, overwrite=overwrite,
-                        held_out=batches_of(student.data, "test", parity_samples),
+                        held_out=batches_of(student.data, "test", parity_samples, batch_size),
                         calibration=calibration, facts=student.facts)
