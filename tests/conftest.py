@@ -72,6 +72,19 @@ def tiny_spec(npz: Path, teacher_path: Path, **overrides) -> dict:
     return spec
 
 
+def finished_cnn_run(folder: Path, seeds=(0, 1), epochs: int = 2) -> Path:
+    """A finished run on the blobs whose student is a CNN (conv, BN, pooling: what export,
+    int8 and channel pruning have to handle); returns the run folder."""
+    from distillab import run
+
+    npz = make_blobs_npz(folder / "blobs.npz")
+    torch.manual_seed(0)
+    save_model(build_model("cnn_tiny", (1, 8, 8), 3), folder / "teacher.safetensors")
+    spec = tiny_spec(npz, folder / "teacher.safetensors", student={"model": "cnn_tiny", "model_args": {}},
+                     training={"epochs": epochs, "seeds": list(seeds)})
+    return run(spec, folder / "run").out_dir
+
+
 # --- language models: a tiny Llama and its byte-level BPE tokenizer, built offline ---
 
 TEXT = [

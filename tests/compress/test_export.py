@@ -12,12 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_blobs_npz, tiny_spec
+from conftest import finished_cnn_run
 from distillab import run
 from distillab.cli import app
 from distillab.compress import ExportError, Tolerance, export_model, export_run, run_student
 from distillab.compress.export import parity
-from distillab.models.loading import save_model
 from distillab.models.zoo import build_model
 
 runner = CliRunner()
@@ -26,13 +25,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 2-seed run whose student is a CNN (conv, BN, pooling: what int8 has to handle)."""
-    tmp = tmp_path_factory.mktemp("export_run")
-    npz = make_blobs_npz(tmp / "blobs.npz")
-    torch.manual_seed(0)
-    save_model(build_model("cnn_tiny", (1, 8, 8), 3), tmp / "teacher.safetensors")
-    spec = tiny_spec(npz, tmp / "teacher.safetensors", student={"model": "cnn_tiny", "model_args": {}},
-                     training={"epochs": 2, "seeds": [0, 1]})
-    return run(spec, tmp / "run").out_dir
+    return finished_cnn_run(tmp_path_factory.mktemp("export_run"))
 
 
 def _siblings(folder):

@@ -9,14 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_blobs_npz, tiny_spec
+from conftest import finished_cnn_run, tiny_spec
 from distillab import run
 from distillab.cli import app
 from distillab.compress import export_run
 from distillab.compress.prune import (PruneError, channel_targets, channels_to_keep, conv_blocks, cubic_schedule,
                                       magnitude_prune, make_permanent, masked, rebuild, sparsity)
 from distillab.models.facts import macs_per_sample
-from distillab.models.loading import save_model
 from distillab.models.zoo import build_model, count_parameters
 
 runner = CliRunner()
@@ -87,13 +86,7 @@ def test_magnitude_pruning_reaches_its_sparsity_and_becomes_permanent():
 
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("prune_run")
-    npz = make_blobs_npz(tmp / "blobs.npz")
-    torch.manual_seed(0)
-    save_model(build_model("cnn_tiny", (1, 8, 8), 3), tmp / "teacher.safetensors")
-    spec = tiny_spec(npz, tmp / "teacher.safetensors", student={"model": "cnn_tiny", "model_args": {}},
-                     training={"epochs": 2, "seeds": [0]})
-    return run(spec, tmp / "run").out_dir
+    return finished_cnn_run(tmp_path_factory.mktemp("prune_run"), seeds=(0,))
 
 
 def test_prune_writes_a_smaller_run_that_exports(cnn_run, tmp_path):

@@ -22,14 +22,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_blobs_npz, tiny_spec
-from distillab import run
+from conftest import finished_cnn_run
 from distillab.cli import app
 from distillab.compress import run_student
 from distillab.deploy.package import package_run, percent
 from distillab.deploy.server import Package, PackageError, read_manifest
-from distillab.models.loading import save_model
-from distillab.models.zoo import build_model
 
 runner = CliRunner()
 
@@ -38,12 +35,7 @@ runner = CliRunner()
 def packaged(tmp_path_factory):
     """A finished run and two packages of it (seed 0 and seed 1)."""
     tmp = tmp_path_factory.mktemp("package")
-    npz = make_blobs_npz(tmp / "blobs.npz")
-    torch.manual_seed(0)
-    save_model(build_model("cnn_tiny", (1, 8, 8), 3), tmp / "teacher.safetensors")
-    spec = tiny_spec(npz, tmp / "teacher.safetensors", student={"model": "cnn_tiny", "model_args": {}},
-                     training={"epochs": 2, "seeds": [0, 1]})
-    run_dir = run(spec, tmp / "run").out_dir
+    run_dir = finished_cnn_run(tmp)
     result = runner.invoke(app, ["package", str(run_dir), "--out", str(tmp / "pkg0"), "--seed", "0"])
     assert result.exit_code == 0, result.output
     package_run(run_dir, tmp / "pkg1", seed=1)

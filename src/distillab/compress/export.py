@@ -9,10 +9,8 @@ beside ``out`` and renamed into place only after the check passed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.engine.checkpoint import atomic_write_json, refuse_used_folder, staged_folder
 from distillab.errors import DistillabError, close_matches
+from distillab.models.loading import file_checksum
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 QUANTIZE = ("int8", "int8-dynamic")  # static (calibrated) int8; weights-only int8 for Linear-heavy models
@@ -107,14 +106,6 @@ def eager_runner(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}}
     if example.dim() == 2 and not example.is_floating_point():  # token ids (B, T): any length too
@@ -158,14 +149,9 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
         raise ExportError("parity: there are no held-out inputs to compare on")
     tolerance = tolerance or default_tolerance(quantize)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"--out {out}: the folder exists and is not empty (pass --overwrite to replace it)")
+    refuse_used_folder(out, overwrite, ExportError)
     model = model.eval().float()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out, "export") as staging:
         path = staging / FORMATS[fmt]
         example = held_out[0][:1]
         if fmt == "onnx":
@@ -187,14 +173,9 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
             raise ExportError(f"parity check failed on {measured['samples']} held-out inputs: "
                               f"{'; '.join(failures)}; nothing was written")
         record = {**(facts or {}), "format": fmt, "file": path.name, "quantize": quantize,
-                  "bytes": path.stat().st_size, "sha256": sha256(path), "parity": measured,
+                  "bytes": path.stat().st_size, "sha256": file_checksum(path), "parity": measured,
                   "tolerance": asdict(tolerance), "input_dtype": str(example.dtype).removeprefix("torch.")}
         atomic_write_json(staging / "export.json", record)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return record
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from distillab.compress.prune import (PRUNABLE_MODELS, PruneError, channel_targe
                                       conv_blocks, cubic_schedule, magnitude_prune, make_permanent, rebuild,
                                       sparsity)
 from distillab.compress.runs import run_student
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.engine.checkpoint import atomic_write_json, refuse_used_folder, staged_folder
 
 log = logging.getLogger("distillab")
 METHODS = ("channels", "magnitude")
@@ -58,8 +56,7 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
     if not 0.0 < ratio < 1.0:
         raise PruneError(f"--ratio {ratio}: the share to remove must be in (0, 1)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PruneError(f"--out {out}: the folder exists and is not empty (pass --overwrite to replace it)")
+    refuse_used_folder(out, overwrite, PruneError)
     student = run_student(run_dir, seed)
     spec = parse_spec(student.report["spec"])
     if method == "channels" and spec.student.model not in PRUNABLE_MODELS:
@@ -115,11 +112,11 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
               "epochs_per_step": epochs_per_step, "kd": kd,
               "importance": importance if method == "channels" else "magnitude", "stages": stages, "seed": seed,
               "lr": training.lr, "source": str(Path(run_dir).resolve()), "history": history}
-    _write_run(out, student, spec, model, model_args, record, kd, params, overwrite)
+    _write_run(out, student, spec, model, model_args, record, kd, params)
     return record
 
 
-def _write_run(out: Path, student, spec, model, model_args: dict, record: dict, kd: bool, params, overwrite) -> None:
+def _write_run(out: Path, student, spec, model, model_args: dict, record: dict, kd: bool, params) -> None:
     """The pruned student as a one-seed run folder that export and package read like any run."""
     from safetensors.torch import save_file
 
@@ -150,10 +147,7 @@ def _write_run(out: Path, student, spec, model, model_args: dict, record: dict, 
                                                 "params": params.model_dump() if kd else {}},
                   "models": [*teachers, unpruned, pruned], "comparisons": [], "verdict": verdict,
                   "spec": pruned_spec, "pruning": record}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.prune-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_folder(out, "prune") as staging:
         phase = staging / f"seed_{seed}" / "distilled"
         phase.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -163,8 +157,3 @@ def _write_run(out: Path, student, spec, model, model_args: dict, record: dict, 
         atomic_write_json(staging / "prune.json", record)
         atomic_write_json(staging / "report.json", new_report)
         (staging / "spec.json").write_text(json.dumps(pruned_spec, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

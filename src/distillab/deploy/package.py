@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
-from distillab.compress.export import ExportError, Tolerance, sha256
+from distillab.compress.export import ExportError, Tolerance
 from distillab.compress.runs import export_run
 from distillab.deploy.server import MANIFEST, read_manifest
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.engine.checkpoint import atomic_write_json, refuse_used_folder, staged_folder
+from distillab.models.loading import file_checksum
 
 SERVER_REQUIREMENTS = ("numpy", "onnxruntime", "fastapi", "uvicorn", "prometheus_client", "pillow")
 
@@ -105,13 +105,10 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
                 name: str | None = None, tolerance: Tolerance | None = None, overwrite: bool = False) -> dict:
     """Write the package of a run's distilled student into ``out``; returns the manifest."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"--out {out}: the folder exists and is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.package-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        record = export_run(run_dir, staging, fmt="onnx", quantize=quantize, seed=seed, tolerance=tolerance)
+    refuse_used_folder(out, overwrite, ExportError)
+    with staged_folder(out, "package") as staging:
+        record = export_run(run_dir, staging, fmt="onnx", quantize=quantize, seed=seed, tolerance=tolerance,
+                            overwrite=True)
         if record["task"] != "image_classification":
             raise ExportError(f"{run_dir}: packages serve image classifiers; a {record['task']} student is exported "
                               "with `distillab export`")
@@ -123,7 +120,7 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
         shutil.copyfile(Path(__file__).with_name("server.py"), staging / "serve.py")
         (staging / "requirements.txt").write_text(requirements())
         (staging / "Dockerfile").write_text(dockerfile())
-        files = {path.name: sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
+        files = {path.name: file_checksum(path) for path in sorted(staging.iterdir()) if path.is_file()}
         manifest = {
             "format_version": 1, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "distillab": importlib.metadata.version("distillab"), "task": record["task"],
@@ -138,9 +135,4 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
         }
         atomic_write_json(staging / MANIFEST, manifest)
         read_manifest(staging)  # what serve-model will check, checked once before the package exists
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest

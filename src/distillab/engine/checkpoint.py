@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -74,3 +76,26 @@ def load_training_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path}: corrupt or truncated training checkpoint ({error})") from None
+
+
+def refuse_used_folder(out: Path, overwrite: bool, error_cls=CheckpointError) -> None:
+    """A non-empty ``out`` is replaced only when the user said so."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise error_cls(f"--out {out}: the folder exists and is not empty (pass --overwrite to replace it)")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, kind: str):
+    """A fresh folder beside ``out`` to write into; when the block ends without an error it
+    replaces ``out`` whole, otherwise it is removed: no half-written folder is ever at ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.{kind}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
