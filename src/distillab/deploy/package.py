@@ -38,6 +38,13 @@ def percent(summary: dict | None) -> str:
     return f"{100 * summary['mean']:.2f} ± {100 * (summary.get('std') or 0.0):.2f} %"
 
 
+def raw_input(record: dict) -> str:
+    """What a client sends: values as the dataset stores them, before normalisation."""
+    scale = (record.get("normalize") or {}).get("scale")
+    pixels = scale is not None and abs(scale * 255 - 1) < 1e-9
+    return "raw pixel values 0-255" if pixels else "raw values as the dataset stores them"
+
+
 def model_card(report: dict, record: dict, name: str) -> str:
     """The model card, in Markdown, from the run's report and the export record."""
     dataset, strategy = report["dataset"], report["strategy"]
@@ -49,7 +56,7 @@ def model_card(report: dict, record: dict, name: str) -> str:
              "## Data", "",
              f"- dataset: `{dataset['name']}`; train {dataset.get('train')}, validation {dataset.get('val')}, "
              f"test {dataset.get('test')} samples; {dataset['num_classes']} classes",
-             f"- input: raw values of shape {tuple(record['in_shape'])} (0-255 pixels); normalisation "
+             f"- input: {raw_input(record)} of shape {tuple(record['in_shape'])}; normalisation "
              f"{json.dumps(record.get('normalize'))} is applied by the server", "",
              f"## Results (test accuracy, mean ± std over seeds {seeds})", "",
              "| role | model | parameters | test accuracy | per seed | validation accuracy |",
@@ -129,7 +136,7 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
                       "weights": "student.safetensors", "seed": record["seed"], "run": record["run"]},
             "preprocessing": {"in_shape": record["in_shape"], "dtype": "float32", "normalize": record["normalize"],
                               "labels": record["labels"],
-                              "input": "raw values as the dataset stores them (0-255 pixels); the server normalises"},
+                              "input": f"{raw_input(record)}; the server normalises"},
             "metrics": {"val_accuracy": record["val_metric"], "test_accuracy": record["test_metric"]},
             "parity": record["parity"], "files": files,
         }
