@@ -59,6 +59,8 @@ def test_an_uploaded_language_model_teaches_a_text_job_over_http(service, tiny_l
         assert "gguf" in types["teacher_formats"]
         refused = client.post("/jobs", json={"spec": {**text_job_spec(), "teacher": {"hub": "org/model"}}})
         assert refused.status_code == 422 and "does not download models" in refused.text
+        served = client.post("/jobs", json={"spec": {**text_job_spec(), "teacher": {"url": "http://127.0.0.1:9"}}})
+        assert served.status_code == 422 and "does not call other servers" in served.text
         pretrained = client.post("/jobs", json={"spec": text_job_spec()})  # the installed SmolLM2 is accepted
         assert pretrained.status_code == 201 and pretrained.json()["estimated_duration_seconds"] > 0
         assert client.delete(f"/jobs/{pretrained.json()['job_id']}").status_code == 200  # not run here

@@ -222,4 +222,3 @@ def topk_bucket_kl(student_logits, teacher_logits, k: int, temperature: float = 
     top = teacher.topk(k, dim=-1)
     return topk_divergence(student_logits, top.indices, top.values, log1m_sumexp(top.values), temperature,
                            "forward_kl", mode="bucket", reduction=reduction, mask=mask)
-
