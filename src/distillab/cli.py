@@ -463,6 +463,32 @@ def prune(
                   markup=False, highlight=False)
 
 
+@app.command()
+def qat(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    out: Annotated[Path, typer.Option(help="the run folder to write")],
+    epochs: Annotated[int, typer.Option(help="fine-tuning epochs with int8 simulated")] = 3,
+    kd: Annotated[bool, typer.Option("--kd/--no-kd", help="fine-tune with KD, or labels only")] = True,
+    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="fine-tuning learning rate (default: the run's / 4)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Quantization-aware training: fine-tune a run's student with int8 simulated and the KD loss;
+    then `distillab export OUT --quantize int8`."""
+    from distillab.compress.qat import qat_run
+
+    _logging(False)
+    try:
+        record = qat_run(run_dir, out, epochs=epochs, kd=kd, seed=seed, lr=lr, overwrite=overwrite)
+    except DistillabError as error:
+        _fail(error)
+    before, after = record["simulated_int8_before"], record["simulated_int8_after"]
+    console.print(f"QAT seed {record['seed']}: simulated int8 test accuracy {100 * before['test_accuracy']:.2f} -> "
+                  f"{100 * after['test_accuracy']:.2f} % (float before: {100 * record['before']['test_accuracy']:.2f}"
+                  f" %); wrote {out}; now: distillab export {out} --quantize int8 --out DIR",
+                  markup=False, highlight=False)
+
+
 @app.command("serve-teacher")
 def serve_teacher(
     spec: SpecArg,
