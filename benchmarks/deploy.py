@@ -157,9 +157,14 @@ def pruned_row(run_dir: Path, work: Path, seed: int, args, setting: str) -> dict
     """Prune the seed's student (channels, KD fine-tuning), export it int8, measure it."""
     pruned = work / f"pruned_{setting}_seed{seed}"
     if not (pruned / "prune.json").exists():
-        prune_run(run_dir, pruned, ratio=args.prune_ratio, steps=args.prune_steps,
-                  epochs_per_step=args.prune_epochs, kd=True, seed=seed, round_to=args.prune_round_to,
-                  overwrite=True)
+        if args.prune_recipe:
+            from prune_recipes import RECIPES
+
+            prune_run(run_dir, pruned, seed=seed, overwrite=True, **{"kd": True, **RECIPES[args.prune_recipe]})
+        else:
+            prune_run(run_dir, pruned, ratio=args.prune_ratio, steps=args.prune_steps,
+                      epochs_per_step=args.prune_epochs, kd=True, seed=seed, round_to=args.prune_round_to,
+                      overwrite=True)
     history = json.loads((pruned / "prune.json").read_text())["history"]
     folder = work / f"pruned_ONNX_int8_{setting}_seed{seed}"
     record = export_run(pruned, folder, quantize="int8", seed=seed, overwrite=True, tolerance=Tolerance(None, 0.0))
@@ -180,6 +185,8 @@ def main() -> None:
     parser.add_argument("--prune-round-to", type=int, default=8)
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--prune-epochs", type=int, default=3, help="fine-tuning epochs per pruning step")
+    parser.add_argument("--prune-recipe", help="a recipe of benchmarks/prune_recipes.py (chosen there on "
+                        "validation) instead of the --prune-* settings")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "deploy"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -189,6 +196,10 @@ def main() -> None:
     rows_path = work / "rows.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
     setting = f"r{args.prune_ratio}_s{args.prune_steps}_e{args.prune_epochs}_x{args.prune_round_to}"
+    if args.prune_recipe:
+        from prune_recipes import slug
+
+        setting = slug(args.prune_recipe)
     for seed in report["seeds"]:
         if str(seed) in rows and "pruned + ONNX int8" in rows[str(seed)] and \
                 rows[str(seed)]["pruned + ONNX int8"].get("setting") == setting:
@@ -284,8 +295,7 @@ def write_tables(rows: dict, serving: dict, report: dict, work: Path) -> None:
                   f"{'met' if targets['int8_target_met'] else 'missed'}). Most of that is ONNX Runtime's lower "
                   f"per-call overhead: against ONNX fp32, int8 is {targets['int8_vs_onnx_fp32_b1']:.2f}x at batch 1 "
                   f"and {targets['int8_vs_onnx_fp32_b256']:.2f}x at batch 256.",
-              f"Pruned + ONNX int8 (setting {pruned_setting['setting']}: ratio, steps, fine-tuning epochs per step, "
-              "channel multiple; "
+              f"Pruned + ONNX int8 (setting {pruned_setting['setting']}; "
               f"channels left {pruned_setting['channels']}; eager accuracy after pruning "
               f"{100 * statistics.mean(rows[s]['pruned + ONNX int8']['pruned_eager_accuracy'] for s in seeds):.2f} %): "
               f"{targets['pruned_macs_reduction']:.2f}x fewer MACs, "

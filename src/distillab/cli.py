@@ -444,6 +444,8 @@ def prune(
     seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="fine-tuning learning rate (default: the run's / 4)")] = None,
     round_to: Annotated[int, typer.Option(help="channel counts in multiples of this")] = 1,
+    temperature: Annotated[Optional[float], typer.Option(help="KD temperature (default: the run's)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="KD weight alpha (default: the run's)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
     """Prune a run's student on a gradual schedule, fine-tuning with KD between steps."""
@@ -453,7 +455,7 @@ def prune(
     try:
         record = prune_run(run_dir, out, method=method, ratio=ratio, steps=steps, epochs_per_step=epochs_per_step,
                            kd=kd, importance=importance, stages=stage, seed=seed, lr=lr, round_to=round_to,
-                           overwrite=overwrite)
+                           overwrite=overwrite, temperature=temperature, alpha=alpha)
     except DistillabError as error:
         _fail(error)
     first, last = record["history"][0], record["history"][-1]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from distillab.compress.runs import RunStudent, run_student
 from distillab.engine.checkpoint import atomic_write_json, staged_folder
+from distillab.errors import DistillabError
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Finetuning:
 
     @classmethod
     def of_run(cls, run_dir: Path | str, seed: int | None, *, kd: bool, epochs: int, lr: float | None,
-               precision: str | None = None) -> Finetuning:
+               precision: str | None = None, kd_params: dict | None = None) -> Finetuning:
+        """``kd_params`` (temperature, alpha) override the run's response-KD settings."""
         from distillab.engine.evaluate import resolve_device
         from distillab.experiment.job import Job
         from distillab.spec import parse_spec
@@ -48,9 +50,13 @@ class Finetuning:
             teachers = job.load_teachers(student.data)
             caches = (job.task.teacher_caches(spec, student.data, teachers, response.Params())
                       if spec.cache.enabled else ())
-        params = response.Params.model_validate(
-            {k: v for k, v in spec.strategy.params.items() if k in ("temperature", "alpha")}
-            if spec.strategy.name == "response" else {})
+        chosen = ({k: v for k, v in spec.strategy.params.items() if k in ("temperature", "alpha")}
+                  if spec.strategy.name == "response" else {})
+        chosen.update({k: v for k, v in (kd_params or {}).items() if v is not None})
+        try:
+            params = response.Params.model_validate(chosen)
+        except ValueError as error:
+            raise DistillabError(f"KD settings {chosen}: {error}") from None
         return cls(student, spec, job.task, training, resolve_device(training.device), kd, teachers, caches, params)
 
     @property

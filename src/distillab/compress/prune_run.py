@@ -28,8 +28,10 @@ METHODS = ("channels", "magnitude")
 
 def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels", ratio: float = 0.5, steps: int = 4,
               epochs_per_step: int = 2, kd: bool = True, importance: str = "l1", stages: list[int] | None = None,
-              seed: int | None = None, lr: float | None = None, round_to: int = 1, overwrite: bool = False) -> dict:
-    """Prune the run's student; returns the history written to ``prune.json``."""
+              seed: int | None = None, lr: float | None = None, round_to: int = 1, overwrite: bool = False,
+              temperature: float | None = None, alpha: float | None = None) -> dict:
+    """Prune the run's student; returns the history written to ``prune.json``. ``temperature``
+    and ``alpha`` override the run's KD settings for the fine-tuning."""
     from distillab.spec import parse_spec
 
     if method not in METHODS:
@@ -44,7 +46,8 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
     if method == "channels" and spec.student.model not in PRUNABLE_MODELS:
         raise PruneError(f"{run_dir}: channel pruning rebuilds {', '.join(PRUNABLE_MODELS)}; the student is "
                          f"{spec.student.model!r} (use --method magnitude)")
-    tuning = Finetuning.of_run(run_dir, seed, kd=kd, epochs=epochs_per_step, lr=lr)
+    tuning = Finetuning.of_run(run_dir, seed, kd=kd, epochs=epochs_per_step, lr=lr,
+                               kd_params={"temperature": temperature, "alpha": alpha})
     model, seed = tuning.student.model, tuning.seed
     blocks = conv_blocks(model) if method == "channels" else []
     if stages is not None:
@@ -78,7 +81,7 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
     record = {"method": method, "ratio": ratio, "round_to": round_to, "steps": steps,
               "epochs_per_step": epochs_per_step, "kd": kd,
               "importance": importance if method == "channels" else "magnitude", "stages": stages, "seed": seed,
-              "lr": tuning.training.lr, "source": str(Path(run_dir).resolve()), "history": history}
+              "lr": tuning.training.lr, "kd_params": tuning.params.model_dump() if kd else None, "source": str(Path(run_dir).resolve()), "history": history}
     before, last = history[0], history[-1]
     verdict = (f"Pruning ({method}, {100 * ratio:.0f} % removed, {'with' if kd else 'without'} KD) changed test "
                f"accuracy by {100 * (last['test_accuracy'] - before['test_accuracy']):+.2f} points and MACs "
