@@ -118,3 +118,21 @@ def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path
         assert response.json()["detail"]  # a JSON body, never a traceback
     assert not list((service.data_dir / "models").glob(".staging-*"))  # refused uploads leave nothing behind
     assert not list((service.data_dir / "models").glob(".upload-*"))
+
+
+def test_a_language_model_over_the_parameter_limit_is_refused_and_not_kept(tiny_lm_tar, tmp_path):
+    from distillab.service import registry
+
+    models = tmp_path / "models"
+    models.mkdir()
+    upload = models / "upload.tar"
+    upload.write_bytes(tiny_lm_tar)
+    with pytest.raises(registry.UploadError) as refused:
+        registry.validate_and_store_language_model(upload, registry.HF_ARCHIVE, models, 2**24, tmp_path / "cache",
+                                                   max_parameters=1_000)
+    assert refused.value.status == 400 and "parameters; this service builds at most 1,000" in str(refused.value)
+    assert not [p for p in models.iterdir() if p.name != "upload.tar"]  # nothing stored
+    upload.write_bytes(tiny_lm_tar)
+    _, path, parameters = registry.validate_and_store_language_model(upload, registry.HF_ARCHIVE, models, 2**24,
+                                                                     tmp_path / "cache", max_parameters=10**6)
+    assert 1_000 < parameters <= 10**6 and path.exists()

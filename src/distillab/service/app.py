@@ -533,7 +533,7 @@ def _router(settings: Settings) -> APIRouter:
                                                 f"Hugging Face folder; this is {fmt}")
             model_id, _, parameters = await asyncio.to_thread(
                 registry.validate_and_store_language_model, tmp, fmt, models_dir, limit,
-                settings.data_dir.absolute() / "cache")
+                settings.data_dir.absolute() / "cache", settings.max_model_parameters)
         finally:
             tmp.unlink(missing_ok=True)
         return _register(user, name, "causal_lm", {"parameters": parameters}, fmt, sha256, size, "", model_id,

@@ -115,10 +115,12 @@ def validate_and_store(tmp: Path, fmt: str, architecture: str, model_args: dict,
 
 
 def validate_and_store_language_model(tmp: Path, fmt: str, models_dir: Path, unpacked_limit: int,
-                                      cache_dir: Path | None = None) -> tuple[str, Path, int]:
+                                      cache_dir: Path | None = None,
+                                      max_parameters: int | None = None) -> tuple[str, Path, int]:
     """Load the upload once as a causal language model (a GGUF file is converted once, into
     ``cache_dir``, where jobs find it); keep it as models/<id>/model.gguf or models/<id>/hf/.
-    Returns (id, path, parameters)."""
+    A model over ``max_parameters`` is refused (400) and nothing is kept. Returns (id, path,
+    parameters)."""
     from distillab.models.hf import load_causal_lm
 
     model_id = uuid.uuid4().hex
@@ -138,6 +140,9 @@ def validate_and_store_language_model(tmp: Path, fmt: str, models_dir: Path, unp
         except DistillabError as problem:
             raise UploadError(400, str(problem).replace(str(source), "the upload")) from None
         parameters = sum(p.numel() for p in model.parameters())
+        if max_parameters is not None and parameters > max_parameters:
+            raise UploadError(400, f"the language model has {parameters:,} parameters; this service builds at most "
+                                   f"{max_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)")
         shutil.rmtree(staging / "unpacked", ignore_errors=True)
         final = models_dir / model_id
         os.replace(staging, final)

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     max_body_kb: float = Field(1024.0, gt=0, description="largest JSON request body (uploads use max_upload_mb)")
     max_seeds: int = Field(10, ge=1, description="seeds one job may run")
     max_job_device_hours: float = Field(24.0, gt=0, description="largest estimated device time of one job")
-    max_model_parameters: int = Field(50_000_000, ge=1, description="largest teacher or student a job may build")
+    max_model_parameters: int = Field(150_000_000, ge=1, description="largest teacher or student a job may build, "
+                                                                      "or a language model upload may hold")
     max_queued_jobs_per_user: int = Field(20, ge=1, description="a user's queued jobs; one more is a 429")
     auth_failures_per_minute: int = Field(20, ge=1, description="wrong API keys from one client before 429s")
 
