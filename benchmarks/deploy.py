@@ -156,6 +156,8 @@ def serve_throughput(package: Path, raw: torch.Tensor, threads: int, clients: in
 def pruned_row(run_dir: Path, work: Path, seed: int, args, setting: str) -> dict:
     """Prune the seed's student (channels, KD fine-tuning), export it int8, measure it."""
     pruned = work / f"pruned_{setting}_seed{seed}"
+    if args.prune_recipe:  # the recipe's pruned students are prune_recipes.py's
+        pruned = work / "recipes" / f"{setting}_seed{seed}"
     if not (pruned / "prune.json").exists():
         if args.prune_recipe:
             from prune_recipes import RECIPES
