@@ -160,7 +160,8 @@ def main() -> None:
     from distillab.service.store import JobStore
 
     work = Path(tempfile.mkdtemp(prefix="distillab-api-load-"))
-    env = {**os.environ, "DISTILLAB_DATA_DIR": str(work / "data")}
+    env = {**os.environ, "DISTILLAB_DATA_DIR": str(work / "data"),
+           "DISTILLAB_REQUESTS_PER_MINUTE": "100000000"}  # the load is one user's; measured, not limited
     if args.database_url:
         env["DISTILLAB_DATABASE_URL"] = args.database_url
     settings = Settings(data_dir=work / "data", database_url=args.database_url)

@@ -26,7 +26,8 @@ SEMANTIC = [schemathesis.checks.positive_data_acceptance]
 @pytest.fixture(scope="module")
 def live(request, tmp_path_factory):
     sqlite = SimpleNamespace(param="sqlite", getfixturevalue=request.getfixturevalue)
-    limits = {"DISTILLAB_MAX_QUEUED_JOBS_PER_USER": "1000", "DISTILLAB_AUTH_FAILURES_PER_MINUTE": "100000"}
+    limits = {"DISTILLAB_MAX_QUEUED_JOBS_PER_USER": "1000", "DISTILLAB_AUTH_FAILURES_PER_MINUTE": "100000",
+              "DISTILLAB_REQUESTS_PER_MINUTE": "10000000"}
     with running_service(sqlite, tmp_path_factory, limits) as running:
         upload_teacher(running, "admin")  # so that generated job bodies can meet a real model id now and then
         yield running

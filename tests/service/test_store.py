@@ -137,3 +137,17 @@ def test_users_add_prints_the_key_once_and_stores_only_its_hash(tmp_path, monkey
     assert key.encode() not in (tmp_path / "distillab.db").read_bytes()
     again = runner.invoke(app, ["users", "add", "grace"])
     assert again.exit_code == 2 and "already exists" in again.output and "Traceback" not in again.output
+
+
+def test_a_user_at_the_running_limit_waits_while_others_run(database):
+    url, _ = database
+    store = JobStore(make_engine(url), max_running_per_user=1)
+    with store.sessions.begin() as session:
+        session.add(User(id=2, name="bo", key_hash="1" * 64, is_admin=False, created_at=utcnow()))
+    first, second = store.create(1, "a1", "response", {}), store.create(1, "a2", "response", {})
+    other = store.create(2, "b1", "response", {})
+    assert store.claim("w1").job_id == first
+    assert store.claim("w2").job_id == other  # ada's older job waits: she has one running
+    assert store.claim("w3") is None
+    assert store.finish(first, "w1", "completed")
+    assert store.claim("w3").job_id == second  # a finished job frees her slot

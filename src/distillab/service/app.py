@@ -33,7 +33,8 @@ from distillab.inputs import parse_document, text_problem
 from distillab.service import registry
 from distillab.service.auth import authenticate
 from distillab.service.estimate import cost_table
-from distillab.service.guards import AuthLimiter, BodyLimit, clean_errors, storage_error, validation_error
+from distillab.service.guards import (AuthLimiter, BodyLimit, RequestLimiter, clean_errors, storage_error,
+                                      validation_error)
 from distillab.service.db import AuditEvent, Job, RegisteredModel, User, Worker, make_engine, utcnow
 from distillab.service.jobs import (BodyError, JobCreate, build_spec, check_body, check_limits, error, options_of,
                                     validate_spec)
@@ -98,6 +99,10 @@ def _current_user(request: Request, session: ReadSession, key: Annotated[str | N
         if key:
             limiter.failed(client)
         raise HTTPException(401, "missing or unknown API key: send it in the X-API-Key header")
+    wait = request.app.state.request_limiter.retry_after(user.id)
+    if wait is not None:
+        raise HTTPException(429, f"more than {request.app.state.settings.requests_per_minute} requests in a minute "
+                                 "(DISTILLAB_REQUESTS_PER_MINUTE); try again later", headers={"Retry-After": str(wait)})
     return user
 
 
@@ -114,8 +119,9 @@ AdminUser = Annotated[User, Depends(_admin)]
 
 
 def _owned_job(job_id: str, user: CurrentUser, session: ReadSession) -> Job:
+    """The caller's job; an admin may reach anyone's (their cancellations are audited as such)."""
     job = session.get(Job, job_id) if len(job_id) <= 32 else None
-    if job is None or job.owner_id != user.id:
+    if job is None or (job.owner_id != user.id and not user.is_admin):
         raise HTTPException(404, f"no job {job_id!r}")
     return job
 
@@ -138,8 +144,8 @@ def _errors(*codes: int) -> dict:
     """OpenAPI entries for the error statuses a route can answer."""
     meaning = {
         400: "the body cannot be read (not JSON, or not a usable model file)", 401: "missing or unknown API key",
-        403: "the route is for admins", 404: "no such job (or not yours)", 409: "the job is in the wrong state",
-        413: "request body over the limit", 422: "invalid request", 429: "too many wrong keys or queued jobs",
+        403: "the route is for admins, or the user's storage quota is used", 404: "no such job (or not yours)", 409: "the job is in the wrong state",
+        413: "request body over the limit", 422: "invalid request", 429: "too many wrong keys, requests or queued jobs",
         503: "the database is unavailable", 507: "the server's disk is full",
     }
     # the explicit JSON content: on the SSE route the default media type would be text/event-stream
@@ -161,6 +167,7 @@ class JobCreated(BaseModel):
 
 class JobPublic(BaseModel):
     job_id: str
+    owner_id: int
     name: str
     description: str
     strategy: str
@@ -198,6 +205,21 @@ def _iso(moment) -> str | None:
     return moment.isoformat(timespec="seconds")
 
 
+def stored_bytes(session: Session, settings: Settings, user_id: int) -> int:
+    """What a user keeps on the server: their uploaded models and their jobs' folders."""
+    models = session.scalar(select(func.coalesce(func.sum(RegisteredModel.size_bytes), 0))
+                            .where(RegisteredModel.owner_id == user_id)) or 0
+    total = int(models)
+    for job_id in session.scalars(select(Job.id).where(Job.owner_id == user_id)):
+        for root, _dirs, files in os.walk(job_dir(settings, job_id)):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except FileNotFoundError:  # a worker replaced it meanwhile
+                    pass
+    return total
+
+
 def _public(job: Job, settings: Settings) -> JobPublic:
     folder = job_dir(settings, job.id)  # files are looked at only for jobs that ended
     completion = None
@@ -210,7 +232,7 @@ def _public(job: Job, settings: Settings) -> JobPublic:
     elif job.status == "queued" and job.estimated_seconds:
         completion = _iso(utcnow() + timedelta(seconds=job.estimated_seconds))
     return JobPublic(
-        job_id=job.id, name=job.name, description=job.description, strategy=job.strategy, status=job.status,
+        job_id=job.id, owner_id=job.owner_id, name=job.name, description=job.description, strategy=job.strategy, status=job.status,
         progress=job.progress, current_phase=job.current_phase, current_metrics=job.metrics or {},
         created_at=_iso(job.created_at), started_at=_iso(job.started_at), finished_at=_iso(job.finished_at),
         estimated_completion=completion, estimated_cost=job.estimated_cost_usd,
@@ -242,6 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.read_sessions = sessionmaker(read_engine, expire_on_commit=False)
 
     app.state.auth_limiter = AuthLimiter(settings.auth_failures_per_minute)
+    app.state.request_limiter = RequestLimiter(settings.requests_per_minute)
     app.add_middleware(BodyLimit, limit_bytes=int(settings.max_body_kb * 1024), exempt=(f"{PREFIX}/models",))
     app.add_exception_handler(RequestValidationError, validation_error)
     # OSError and database errors get their own handlers (answered in place, the connection
@@ -304,7 +327,7 @@ def _router(settings: Settings) -> APIRouter:
         }
 
     # ------------------------------------------------------------ jobs
-    @router.post("/jobs", status_code=201, tags=["jobs"], responses=_errors(400, 422))
+    @router.post("/jobs", status_code=201, tags=["jobs"], responses=_errors(400, 403, 422))
     def create_job(body: JobCreate, user: CurrentUser, request: Request) -> JobCreated:
         """Create a job from the seed-shaped body or from ``{"spec": JobSpec}``."""
         check_body(body)
@@ -332,6 +355,7 @@ def _router(settings: Settings) -> APIRouter:
                                        f"{spec.data.dataset!r}")])
         check_limits(spec, seed_shaped, settings)
         with request.app.state.read_sessions() as session:
+            _check_storage(session, user)
             queued = session.scalar(select(func.count()).select_from(Job).where(
                 Job.owner_id == user.id, Job.status == "queued"))
             if queued >= settings.max_queued_jobs_per_user:
@@ -362,15 +386,28 @@ def _router(settings: Settings) -> APIRouter:
                           estimated_duration=estimate.human, estimated_duration_seconds=round(estimate.seconds, 1),
                           estimated_cost=round(estimate.cost_usd, 6), estimate_basis=estimate.basis)
 
-    @router.get("/jobs", tags=["jobs"])
+    def _check_storage(session: Session, user: User) -> None:
+        """403 when the user's uploads and job folders already hold their quota."""
+        used = stored_bytes(session, settings, user.id)
+        limit = settings.max_stored_mb_per_user * 2**20
+        if used >= limit:
+            raise HTTPException(403, f"you store {used / 2**20:.1f} MB of uploads and results; the limit is "
+                                     f"{settings.max_stored_mb_per_user:g} MB (DISTILLAB_MAX_STORED_MB_PER_USER); "
+                                     "an admin can raise it")
+
+    @router.get("/jobs", tags=["jobs"], responses=_errors(403))
     def list_jobs(user: CurrentUser, session: ReadSession,
                   status: Annotated[Literal["queued", "running", "cancelling", "cancelled", "stopped", "completed",
                                             "failed"] | None, Query()] = None,
                   strategy: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> JobPage:
-        """The caller's jobs, newest first; filter by status and strategy."""
-        query = select(Job).where(Job.owner_id == user.id)
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+                  all_users: Annotated[bool, Query(description="every user's jobs (admins only)")] = False) -> JobPage:
+        """The caller's jobs, newest first; filter by status and strategy. An admin's
+        ``all_users=true`` lists everyone's."""
+        if all_users and not user.is_admin:
+            raise HTTPException(403, "all_users=true is for admins")
+        query = select(Job) if all_users else select(Job).where(Job.owner_id == user.id)
         if status is not None:
             query = query.where(Job.status == status)
         if strategy is not None:
@@ -391,7 +428,10 @@ def _router(settings: Settings) -> APIRouter:
             raise HTTPException(409, f"job {job.id} already ended ({job.status})")
         with request.app.state.write_sessions.begin() as session:
             status = request.app.state.store.cancel(job.id)
-            _audit(session, user, "job.cancel", job.id, status=status)
+            if job.owner_id == user.id:
+                _audit(session, user, "job.cancel", job.id, status=status)
+            else:  # an admin cancelling someone else's job
+                _audit(session, user, "admin.job.cancel", job.id, status=status, owner_id=job.owner_id)
         with request.app.state.read_sessions() as session:
             return _public(session.get(Job, job.id), settings)
 
@@ -447,7 +487,7 @@ def _router(settings: Settings) -> APIRouter:
         return FileResponse(files[name], filename=name, media_type=media)
 
     # ------------------------------------------------------------ models
-    @router.post("/models", status_code=201, tags=["models"], responses=_errors(400, 422))
+    @router.post("/models", status_code=201, tags=["models"], responses=_errors(400, 403, 422))
     async def upload_model(request: Request, user: CurrentUser,
                            name: Annotated[str, Query(min_length=1, max_length=200)],
                            task: Annotated[Literal["image_classification", "language_modeling"],
@@ -461,6 +501,11 @@ def _router(settings: Settings) -> APIRouter:
         file, with its zoo ``architecture`` and ``dataset``. A language model
         (``task=language_modeling``): a GGUF file, or a tar(.gz) of a Hugging Face folder; it
         brings its own architecture and tokenizer and serves any text corpus."""
+        def within_quota():
+            with request.app.state.read_sessions() as session:
+                _check_storage(session, user)
+
+        await asyncio.to_thread(within_quota)
         if task == "language_modeling":
             return await _upload_language_model(request, user, name, architecture, dataset, model_args)
         from distillab.data import DATASETS

@@ -1,6 +1,6 @@
 """What stands between a careless or hostile client and the service: a body-size limit, error
 bodies that are always JSON and never echo a large input back, a 507 for a full disk, and a
-limit on wrong API keys per client."""
+limit on wrong API keys per client, and one on requests per user."""
 
 from __future__ import annotations
 
@@ -161,3 +161,22 @@ class AuthLimiter:
             if len(self.failures) > 10_000:  # forget idle clients, so the table stays small
                 for key in [k for k, v in self.failures.items() if not v][:5_000]:
                     del self.failures[key]
+
+
+class RequestLimiter:
+    """At most ``per_minute`` API requests per user in a sliding minute (the ``limits``
+    library's sliding-window counter, in this process's memory: with several API processes
+    each counts its own share)."""
+
+    def __init__(self, per_minute: int):
+        from limits import RateLimitItemPerMinute, storage, strategies
+
+        self.item = RateLimitItemPerMinute(per_minute)
+        self.limiter = strategies.SlidingWindowCounterRateLimiter(storage.MemoryStorage())
+
+    def retry_after(self, user_id: int) -> int | None:
+        """Count one request; None when it is within the limit, else the seconds to wait."""
+        if self.limiter.hit(self.item, "user", str(user_id)):
+            return None
+        reset = self.limiter.get_window_stats(self.item, "user", str(user_id)).reset_time
+        return max(1, math.ceil(reset - time.time()))

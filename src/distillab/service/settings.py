@@ -23,6 +23,11 @@ class Settings(BaseSettings):
                                                                       "or a language model upload may hold")
     max_queued_jobs_per_user: int = Field(20, ge=1, description="a user's queued jobs; one more is a 429")
     auth_failures_per_minute: int = Field(20, ge=1, description="wrong API keys from one client before 429s")
+    requests_per_minute: int = Field(1200, ge=1, description="API requests per user per sliding minute; then 429")
+    max_running_jobs_per_user: int = Field(2, ge=1, description="a user's jobs running at once; workers leave "
+                                                                "the user's next ones queued")
+    max_stored_mb_per_user: float = Field(10_000.0, gt=0, description="a user's uploads and job results; past it "
+                                                                      "new jobs and uploads are a 403")
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -32,10 +32,11 @@ class Claim:
 
 
 class JobStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, max_running_per_user: int | None = None):
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.skip_locked = engine.dialect.name == "postgresql"
+        self.max_running_per_user = max_running_per_user
 
     def create(self, owner_id: int, name: str, strategy: str, spec: dict, description: str = "",
                estimated_seconds: float | None = None, estimated_cost_usd: float | None = None,
@@ -57,9 +58,18 @@ class JobStore:
             return session.get(Job, job_id)
 
     def claim(self, worker_id: str) -> Claim | None:
-        """The oldest queued job, now running on ``worker_id``; None when the queue is empty."""
+        """The oldest queued job, now running on ``worker_id``; None when the queue is empty.
+        A user with ``max_running_per_user`` jobs running (or cancelling) is skipped: their
+        next job waits and other users' jobs go first. On PostgreSQL two workers claiming at
+        the same instant can each start one of a user's jobs, so the limit can be passed by
+        the number of workers racing, never more."""
         with self.sessions.begin() as session:
-            query = select(Job).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
+            query = select(Job).where(Job.status == "queued")
+            if self.max_running_per_user is not None:
+                busy = (select(Job.owner_id).where(Job.status.in_(("running", "cancelling"))).group_by(Job.owner_id)
+                        .having(func.count() >= self.max_running_per_user))
+                query = query.where(Job.owner_id.not_in(busy))
+            query = query.order_by(Job.created_at, Job.id).limit(1)
             if self.skip_locked:
                 query = query.with_for_update(skip_locked=True)
             job = session.scalars(query).first()

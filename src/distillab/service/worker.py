@@ -150,7 +150,7 @@ class Worker:
         self.settings = settings
         private_data_dir(settings)
         self.engine = make_engine(settings.resolved_database_url)
-        self.store = JobStore(self.engine)
+        self.store = JobStore(self.engine, settings.max_running_jobs_per_user)
         self.poll_s, self.heartbeat_s = poll_s, heartbeat_s
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.shutdown = threading.Event()
