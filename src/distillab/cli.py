@@ -314,18 +314,35 @@ def _export_adaptive(run_dir: Path, out: Path, seed: int | None) -> None:
 
 @app.command()
 def sweep(
-    spec: SpecArg,
-    out: Annotated[Path, typer.Option(help="sweep folder (study.db, trials.md, best.json, heatmap.png)")],
+    spec: Annotated[Optional[Path], typer.Argument(help="job spec, YAML or JSON (not with --join)")] = None,
+    out: Annotated[Path, typer.Option(help="sweep folder (study.db, trials.md, best.json, heatmap.png)")] = ...,
     grid: Annotated[Optional[list[str]], typer.Option(help="key.path=v1,v2,... (GridSampler)")] = None,
     range_: Annotated[Optional[list[str]], typer.Option("--range", help="key.path=low:high[:log] (TPE)")] = None,
     trials: Annotated[Optional[int], typer.Option(help="trials for --range sweeps (default 20)")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="a shared study database (SQLAlchemy URL, e.g. "
+                                                        "postgresql+psycopg://user@host/db) that other "
+                                                        "machines --join")] = None,
+    study: Annotated[Optional[str], typer.Option(help="the shared study's name (default: the spec's name)")] = None,
+    join: Annotated[Optional[str], typer.Option(help="run the remaining trials of this shared study "
+                                                     "(with --storage)")] = None,
 ) -> None:
-    """Tune strategy or training parameters on the validation split (Optuna, resumable)."""
-    from distillab.experiment.sweep import parse_grid, parse_ranges, sweep as run_sweep
+    """Tune strategy or training parameters on the validation split (Optuna, resumable; shared
+    across machines with --storage and --join)."""
+    from distillab.experiment.sweep import join_sweep, parse_grid, parse_ranges, sweep as run_sweep
 
     _logging(False)
     try:
-        best = run_sweep(spec, out, parse_grid(grid or []), parse_ranges(range_ or []), trials)
+        if join is not None:
+            if storage is None:
+                raise DistillabError("--join: give the shared study's --storage URL too")
+            if spec is not None or grid or range_ or trials is not None or study is not None:
+                raise DistillabError("--join: the study holds the spec, grid and ranges; give only --storage and --out")
+            best = join_sweep(join, storage, out)
+        else:
+            if spec is None:
+                raise DistillabError("give a spec file (or --join STUDY --storage URL)")
+            best = run_sweep(spec, out, parse_grid(grid or []), parse_ranges(range_ or []), trials,
+                             storage=storage, study_name=study)
     except DistillabError as error:
         _fail(error)
     console.print((out / "trials.md").read_text(), markup=False, highlight=False)

@@ -60,11 +60,15 @@ def _spec_with(base: dict, assignments: dict):
 
 
 def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, trials: int | None = None,
-          overrides: list[str] | tuple = ()) -> dict:
+          overrides: list[str] | tuple = (), storage: str | None = None, study_name: str | None = None) -> dict:
     """Run (or resume) the study; write study.db, trials.md, best.json and, for two grid
     parameters, heatmap.png. Returns the best trial's parameters and validation score (the
     task's primary metric: accuracy, or bits per character for a language model).
-    ``overrides`` ("key.path=value") change the spec file for the whole sweep."""
+    ``overrides`` ("key.path=value") change the spec file for the whole sweep.
+
+    With ``storage`` (an SQLAlchemy URL, e.g. PostgreSQL) the study is shared: it records the
+    spec, grid and ranges, so that ``join_sweep`` processes on other machines run its
+    remaining trials (see :func:`join_sweep`)."""
     base = read_spec_file(spec_path)
     for override in overrides:
         apply_override(base, override)
@@ -79,7 +83,39 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
         _spec_with(base, {key: low})
     spec = _spec_with(base, {})
     out_dir.mkdir(parents=True, exist_ok=True)
+    task = Job.from_spec(spec).task
+    total = _grid_size(grid) if grid and not ranges else (trials or 20)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "maximize" if task.higher_is_better else "minimize"
+    if storage is not None:
+        config = {"spec": base, "grid": grid, "ranges": {k: list(v) for k, v in ranges.items()}, "total": total}
+        study = _shared_study(storage, study_name or spec.name, direction, config)
+        return _run_shared(study, config, out_dir)
 
+    study = optuna.create_study(study_name=spec.name, storage=f"sqlite:///{(out_dir / 'study.db').resolve()}",
+                                sampler=optuna.samplers.GridSampler(grid, seed=0) if grid and not ranges
+                                else optuna.samplers.TPESampler(seed=0),
+                                direction=direction, load_if_exists=True)
+    _requeue_unfinished(study)
+    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    remaining = max(0, total - finished)
+    log.info("sweep: %d trial(s) finished, %d to run", finished, remaining)
+    if remaining:
+        study.optimize(_objective(base, grid, ranges, out_dir), n_trials=remaining)
+    return _write_outputs(study, grid, out_dir, task.metric)
+
+
+def _grid_size(grid: dict[str, list]) -> int:
+    total = 1
+    for values in grid.values():
+        total *= len(values)
+    return total
+
+
+def _objective(base: dict, grid: dict[str, list], ranges: dict, out_dir: Path):
+    """The trial function: the spec with the trial's values, trained per seed; returns the
+    mean validation score. Data and teachers are built once, here."""
+    spec = _spec_with(base, {})
     seeds = spec.training.seeds
     task = Job.from_spec(spec).task
     bundles = {seed: task.build(spec.data, seed, spec) for seed in seeds}
@@ -111,25 +147,128 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
             accuracies.append(result["val_accuracy"])
         return statistics.fmean(accuracies)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    if grid and not ranges:
-        sampler = optuna.samplers.GridSampler(grid, seed=0)
-        total = 1
-        for values in grid.values():
-            total *= len(values)
+    return objective
+
+
+# ---------------------------------------------------------------- shared (distributed) studies
+CONFIG_KEY = "distillab_sweep"
+
+
+def _rdb(storage: str):
+    """Optuna's database storage with heartbeats: a trial whose process stops beating for two
+    minutes is failed and queued again with the same parameters (RetryFailedTrialCallback),
+    so a machine that dies does not lose its grid point, and a live one is never re-run."""
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    try:
+        return RDBStorage(storage, heartbeat_interval=30, grace_period=120,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    except Exception as problem:  # a bad URL, a missing driver or an unreachable server
+        raise SpecError(f"--storage {_safe_url(storage)}: cannot open the study database "
+                        f"({type(problem).__name__}: {str(problem).splitlines()[0][:200]})") from None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable URL)"
+
+
+def _shared_study(storage: str, name: str, direction: str, config: dict) -> optuna.Study:
+    """Create the shared study (or open it again, when its configuration is the same), with
+    every grid point queued as a waiting trial: waiting trials are handed out atomically by
+    the database, so no grid point runs twice however many processes join."""
+    rdb = _rdb(storage)
+    study = optuna.create_study(study_name=name, storage=rdb, direction=direction, load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=None))
+    stored = study.user_attrs.get(CONFIG_KEY)
+    if stored is None:
+        study.set_user_attr(CONFIG_KEY, config)
+        if config["grid"] and not config["ranges"]:
+            import itertools
+
+            keys = list(config["grid"])
+            for values in itertools.product(*config["grid"].values()):
+                study.enqueue_trial(dict(zip(keys, values)))
+    elif stored != json.loads(json.dumps(config)):
+        raise SpecError(f"study {name!r} in {_safe_url(storage)} was created with another spec or grid; join it "
+                        f"with --join {name}, or name a new study with --study")
     else:
-        sampler = optuna.samplers.TPESampler(seed=0)
-        total = trials or 20
-    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler,
-                                direction="maximize" if task.higher_is_better else "minimize", load_if_exists=True)
-    _requeue_unfinished(study)
-    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    remaining = max(0, total - finished)
-    log.info("sweep: %d trial(s) finished, %d to run", finished, remaining)
-    if remaining:
-        study.optimize(objective, n_trials=remaining)
+        _requeue_failed_grid_points(study)
+    return study
+
+
+def join_sweep(study_name: str, storage: str, out_dir: Path) -> dict:
+    """Run trials of a shared study created by ``sweep(..., storage=...)`` on another machine
+    until none are left: grid points still waiting, or TPE trials up to the study's total."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = _rdb(storage)
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(rdb)]
+    if study_name not in names:
+        raise SpecError(f"--join {study_name}: no such study in {_safe_url(storage)}"
+                        f"{'; it has: ' + ', '.join(sorted(names)[:20]) if names else ' (it has none)'}")
+    study = optuna.load_study(study_name=study_name, storage=rdb, sampler=optuna.samplers.TPESampler(seed=None))
+    config = study.user_attrs.get(CONFIG_KEY)
+    if config is None:
+        raise SpecError(f"--join {study_name}: the study was not made by distillab sweep --storage")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _run_shared(study, config, out_dir)
+
+
+def _run_shared(study: optuna.Study, config: dict, out_dir: Path) -> dict:
+    """Run this process's share: waiting grid points until none is left (the database hands
+    each to one process), or TPE trials until the study holds its total. ``study.optimize``
+    keeps the trial's heartbeat, so a dead process's trial is retried elsewhere."""
+    import os
+    import socket
+
+    grid = config["grid"]
+    ranges = {k: tuple(v) for k, v in config["ranges"].items()}
+    objective = _objective(config["spec"], grid, ranges, out_dir)
+    states = optuna.trial.TrialState
+    is_grid = bool(grid) and not ranges
+    ran = []
+
+    def guarded(trial: optuna.Trial) -> float:
+        if is_grid and "fixed_params" not in _frozen(study, trial).system_attrs:
+            study.stop()  # no grid point was waiting: this process is done; the empty trial is pruned
+            raise optuna.TrialPruned()
+        trial.set_user_attr("process", f"{socket.gethostname()}:{os.getpid()}")
+        ran.append(trial.number)
+        return objective(trial)
+
+    if is_grid:
+        if study.get_trials(deepcopy=False, states=(states.WAITING,)):
+            study.optimize(guarded, n_trials=None)
+    elif len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))) < config["total"]:
+        from optuna.study import MaxTrialsCallback
+
+        study.optimize(guarded, callbacks=[MaxTrialsCallback(config["total"], states=(states.COMPLETE,
+                                                                                      states.RUNNING))])
+    log.info("sweep: this process ran trial(s) %s", ran)
+    task = Job.from_spec(_spec_with(config["spec"], {})).task
     return _write_outputs(study, grid, out_dir, task.metric)
+
+
+def _frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def _requeue_failed_grid_points(study: optuna.Study) -> None:
+    """Grid points whose trial failed (an error, an interrupted process) are queued again by
+    the process that (re)starts the sweep; running ones may be alive elsewhere and are left to
+    the heartbeat."""
+    states = optuna.trial.TrialState
+    held = [t.params for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.WAITING,
+                                                                        states.RUNNING))]
+    for trial in study.get_trials(deepcopy=False, states=(states.FAIL,)):
+        if "fixed_params" in trial.system_attrs and trial.params and trial.params not in held:
+            study.enqueue_trial(trial.params)
+            held.append(trial.params)
 
 
 def _requeue_unfinished(study: optuna.Study) -> None:
