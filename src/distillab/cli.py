@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -79,26 +80,82 @@ def run(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in OUT.partial")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in OUT")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="data-parallel processes (torch.distributed: gloo on CPU, "
+                                                   "nccl on CUDA), started through torchrun")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train teacher (if needed), scratch and distilled students for every seed; write the report."""
+    from distillab.engine import distributed
     from distillab.experiment.render import summary_table
     from distillab.experiment.run import run as run_job
 
     _logging(verbose)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_processes(nproc, spec, set_, resume, out, overwrite, verbose))
+    rank = 0
     try:
         job = _load(spec, set_)
+        if distributed.init_from_env():
+            rank, processes = distributed.world()
+            if job.constraints.max_duration_s is not None:
+                raise DistillabError("constraints.max_duration_s: a time budget is decided per process, which "
+                                     "would stop them at different steps; run it with --nproc 1")
+        work = None
+        if rank != 0:  # the other processes compute what rank 0 computes; only rank 0 writes the run
+            import tempfile
+
+            work = Path(tempfile.mkdtemp(prefix=f"distillab-rank{rank}-"))
+            out, resume, overwrite = work / "run", False, False
+
         def bars(role: str, seed: int) -> list:
+            if rank != 0:
+                return []
             if role == "teacher":  # seed is the teacher's index
                 return [ProgressBar(f"teacher[{seed}]", (job.teachers[seed].training or job.training).epochs)]
             return [ProgressBar(f"seed {seed} {role}", job.training.epochs)]
 
-        report = run_job(job, out, resume=resume, overwrite=overwrite, callbacks=bars)
+        try:
+            report = run_job(job, out, resume=resume, overwrite=overwrite, callbacks=bars)
+        finally:
+            if work is not None:
+                import shutil
+
+                shutil.rmtree(work, ignore_errors=True)
     except DistillabError as error:
         _fail(error)
+    if rank != 0:
+        return
     console.print(summary_table(report.data), markup=False, highlight=False)
     console.print(report.verdict, markup=False, highlight=False)
     console.print(f"report: {report.out_dir / 'report.md'}", markup=False, highlight=False)
+
+
+def _launch_processes(nproc: int, spec: Path, overrides: list[str] | None, resume: bool, out: Path | None,
+                      overwrite: bool, verbose: bool) -> int:
+    """Start ``distillab run`` in ``nproc`` processes through torchrun; returns its exit code."""
+    import subprocess
+
+    import torch
+
+    if resume:
+        _fail(DistillabError("--resume with --nproc: resume the run with --nproc 1 (checkpoints are the same)"))
+    if torch.cuda.is_available():
+        if nproc > torch.cuda.device_count():
+            _fail(DistillabError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s)"))
+    elif nproc > (os.cpu_count() or 1):
+        _fail(DistillabError(f"--nproc {nproc}: this machine has {os.cpu_count()} CPU cores; each process needs "
+                             "at least one (torch processes sharing cores slow each other down many times over)"))
+    try:
+        _load(spec, overrides)  # a bad spec is one error here, not one per process
+    except DistillabError as error:
+        _fail(error)
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "distillab.cli", "run", str(spec), *(["--out", str(out)] if out is not None else []),
+               *[f"--set={item}" for item in overrides or []], *(["--overwrite"] if overwrite else []),
+               *(["--verbose"] if verbose else [])]
+    return subprocess.call(command, env=env)
 
 
 @app.command()

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from distillab.engine.callbacks import Callback, JsonlLogger, TensorBoardLogger
+from distillab.engine import distributed
 from distillab.engine.checkpoint import atomic_torch_save, atomic_write_bytes, load_training_checkpoint
 from distillab.engine.evaluate import resolve_device
 from distillab.engine.optim import build_optimizer, build_scheduler
@@ -171,7 +172,11 @@ def _train_epoch(
     extra: dict[str, float] = {}
     started = time.perf_counter()
     order = strategy.sample_order(epoch, training.epochs, generator)
+    rank, processes = distributed.world()
     for step, batch in enumerate(bundle.train_batches(training.batch_size, generator, caches, order)):
+        global_count = len(batch["targets"])
+        if processes > 1:  # every process drew the same global batch; each trains on its share
+            batch = distributed.shard(batch, rank, processes)
         batch = _to_device(batch, device, training.channels_last)
         batch["epoch"], batch["epochs"] = epoch, training.epochs  # for warm-ups and schedules inside losses
         with autocast(device, precision):
@@ -183,10 +188,14 @@ def _train_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if processes > 1:
+            distributed.sync_gradients(strategy.trainable_parameters(), len(batch["targets"]), global_count)
         if training.grad_clip:
             torch.nn.utils.clip_grad_norm_(strategy.trainable_parameters(), training.grad_clip)
         optimizer.step()
         scheduler.step()
+        if processes > 1:
+            distributed.broadcast_buffers(strategy.student)
         b = len(batch["targets"])
         seen += b
         total_loss += out.loss.item() * b
@@ -204,6 +213,11 @@ def _train_epoch(
         if deadline is not None and time.time() > deadline:
             raise TimeBudgetExceeded(f"{description}: constraints.max_duration_s ran out during epoch {epoch + 1}")
     elapsed = time.perf_counter() - started
+    if processes > 1:  # the epoch's figures over the whole batches, as one process would log them
+        keys = sorted(extra)
+        summed = distributed.all_sum([total_loss, total_correct, counted_total, seen, *(extra[k] for k in keys)])
+        total_loss, total_correct, counted_total, seen = summed[:4]
+        extra = dict(zip(keys, summed[4:]))
     return {
         "train_loss": total_loss / max(1, seen),
         "train_accuracy": total_correct / max(1, counted_total),  # of the counted positions
