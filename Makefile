@@ -7,9 +7,9 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 R_DATA := /usr/lib/R/site-library
 CORPORA := $(R_DATA)/janeaustenr/data/Rdata.rdb $(R_DATA)/tokenizers/data/Rdata.rdb /usr/share/games/fortunes/science
 
-.PHONY: setup dataset corpora run test clean
+.PHONY: setup dataset corpora browser run test clean
 
-setup: $(STAMP) dataset corpora
+setup: $(STAMP) dataset corpora browser
 
 # torch is pinned to the local CPU build (2.13.0+cpu); the lock pins everything else, so
 # pip never swaps torch for a CUDA build.
@@ -22,6 +22,15 @@ $(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; Playwright's own
+# browser download does not work offline).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian's chromium"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >/dev/null || \
+		{ echo "could not install chromium: the dashboard's browser test will be skipped"; }; \
+	fi
 
 dataset:
 	@if [ ! -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then \

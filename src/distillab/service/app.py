@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -290,6 +290,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__, "database": write_engine.dialect.name}
 
     app.include_router(_router(settings), prefix=PREFIX)
+    from distillab.service.web import mount_dashboard
+
+    mount_dashboard(app, PREFIX)
     return app
 
 
@@ -394,6 +397,42 @@ def _router(settings: Settings) -> APIRouter:
             raise HTTPException(403, f"you store {used / 2**20:.1f} MB of uploads and results; the limit is "
                                      f"{settings.max_stored_mb_per_user:g} MB (DISTILLAB_MAX_STORED_MB_PER_USER); "
                                      "an admin can raise it")
+
+    def _yaml_body(text: bytes) -> JobCreate:
+        """A YAML (or JSON) spec document as the ``{"spec": ...}`` body of POST /jobs."""
+        try:
+            document = parse_document(text.decode("utf-8"), "yaml", "spec")
+        except UnicodeDecodeError:
+            raise BodyError([error(["spec"], "the spec is not UTF-8 text")]) from None
+        except SpecError as problem:
+            raise BodyError([error(["spec"], str(problem))]) from None
+        if not isinstance(document, dict):
+            raise BodyError([error(["spec"], "the spec must be a mapping of keys (data, teacher, student, ...)")])
+        try:
+            return JobCreate.model_validate({"spec": document})
+        except ValidationError as problem:
+            raise BodyError([error(list(e["loc"]), e["msg"], e["type"]) for e in problem.errors()]) from None
+
+    @router.post("/jobs/yaml", status_code=201, tags=["jobs"], responses=_errors(400, 403, 422),
+                 openapi_extra={"requestBody": {"required": True,
+                                                "content": {"application/yaml": {"schema": {"type": "string"}}}}})
+    async def create_job_from_yaml(request: Request, user: CurrentUser) -> JobCreated:
+        """Create a job from a spec written in YAML (the dashboard's editor, or ``curl
+        --data-binary @job.yaml``); errors name the spec's key paths."""
+        body = _yaml_body(await request.body())
+        return await asyncio.to_thread(create_job, body, user, request)
+
+    @router.post("/specs/validate", tags=["jobs"], responses=_errors(422),
+                 openapi_extra={"requestBody": {"required": True,
+                                                "content": {"application/yaml": {"schema": {"type": "string"}}}}})
+    async def validate_spec_text(request: Request, user: CurrentUser) -> dict:
+        """Check a YAML spec as POST /jobs/yaml would, without creating a job: 200 with its
+        name and strategy, or 422 with the errors at their key paths."""
+        body = _yaml_body(await request.body())
+        spec = validate_spec(body.spec, False)
+        check_limits(spec, False, settings)
+        return {"valid": True, "name": spec.name, "strategy": spec.strategy.name, "task": spec.task,
+                "seeds": spec.training.seeds, "epochs": spec.training.epochs}
 
     @router.get("/jobs", tags=["jobs"], responses=_errors(403))
     def list_jobs(user: CurrentUser, session: ReadSession,
