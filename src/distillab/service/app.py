@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -31,7 +32,7 @@ from distillab import __version__
 from distillab.errors import DistillabError, SpecError
 from distillab.inputs import parse_document, text_problem
 from distillab.service import registry
-from distillab.service.auth import authenticate
+from distillab.service.auth import hash_key
 from distillab.service.estimate import cost_table
 from distillab.service.guards import (AuthLimiter, BodyLimit, RequestLimiter, clean_errors, storage_error,
                                       validation_error)
@@ -68,7 +69,7 @@ def _query_names(dependant) -> set[str]:
     return names
 
 
-def _known_query_parameters(request: Request) -> None:
+async def _known_query_parameters(request: Request) -> None:
     """A query parameter the route does not declare is a 422 (a typo such as ``?stauts=`` would
     otherwise be ignored silently), as unknown keys in a spec are."""
     route = request.scope.get("route")
@@ -87,14 +88,49 @@ WriteSession = Annotated[Session, Depends(_write_session)]
 api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="created by `distillab users add`")
 
 
-def _current_user(request: Request, session: ReadSession, key: Annotated[str | None, Security(api_key)]) -> User:
+class UserCache:
+    """Users by API-key hash for ``ttl_s`` seconds, so that a status read does not pay a
+    database lookup (and a thread hop) for its key: a key removed from the database keeps
+    working for at most ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 5.0, size: int = 10_000):
+        self.ttl, self.size = ttl_s, size
+        self.entries: dict[str, tuple[float, User]] = {}
+
+    def get(self, digest: str) -> User | None:
+        entry = self.entries.get(digest)
+        if entry is None or time.monotonic() - entry[0] > self.ttl:
+            return None
+        return entry[1]
+
+    def put(self, digest: str, user: User) -> None:
+        if len(self.entries) >= self.size:
+            self.entries.clear()
+        self.entries[digest] = (time.monotonic(), user)
+
+
+def _lookup_user(request: Request, digest: str) -> User | None:
+    with request.app.state.read_sessions() as session:
+        return session.scalars(select(User).where(User.key_hash == digest)).first()
+
+
+async def _current_user(request: Request, key: Annotated[str | None, Security(api_key)]) -> User:
+    """The key's user. Async, with the user cached: the status and listing routes make at most
+    one trip to a worker thread (FastAPI runs each sync dependency in its own)."""
     limiter = request.app.state.auth_limiter
     client = request.client.host if request.client else "unknown"
     wait = limiter.retry_after(client)
     if wait is not None:
         raise HTTPException(429, "too many wrong API keys from this address; try again later",
                             headers={"Retry-After": str(wait)})
-    user = authenticate(session, key)  # the request's one read session (dependencies are cached per request)
+    user = None
+    if key:
+        digest = hash_key(key)
+        user = request.app.state.users.get(digest)
+        if user is None:
+            user = await asyncio.to_thread(_lookup_user, request, digest)
+            if user is not None:
+                request.app.state.users.put(digest, user)
     if user is None:
         if key:
             limiter.failed(client)
@@ -118,9 +154,14 @@ def _admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(_admin)]
 
 
-def _owned_job(job_id: str, user: CurrentUser, session: ReadSession) -> Job:
+def _load_job(request: Request, job_id: str) -> Job | None:
+    with request.app.state.read_sessions() as session:
+        return session.get(Job, job_id)
+
+
+async def _owned_job(job_id: str, user: CurrentUser, request: Request) -> Job:
     """The caller's job; an admin may reach anyone's (their cancellations are audited as such)."""
-    job = session.get(Job, job_id) if len(job_id) <= 32 else None
+    job = await asyncio.to_thread(_load_job, request, job_id) if len(job_id) <= 32 else None
     if job is None or (job.owner_id != user.id and not user.is_admin):
         raise HTTPException(404, f"no job {job_id!r}")
     return job
@@ -265,6 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.auth_limiter = AuthLimiter(settings.auth_failures_per_minute)
     app.state.request_limiter = RequestLimiter(settings.requests_per_minute)
+    app.state.users = UserCache()
     app.add_middleware(BodyLimit, limit_bytes=int(settings.max_body_kb * 1024), exempt=(f"{PREFIX}/models",))
     app.add_exception_handler(RequestValidationError, validation_error)
     # OSError and database errors get their own handlers (answered in place, the connection
@@ -435,7 +477,7 @@ def _router(settings: Settings) -> APIRouter:
                 "seeds": spec.training.seeds, "epochs": spec.training.epochs}
 
     @router.get("/jobs", tags=["jobs"], responses=_errors(403))
-    def list_jobs(user: CurrentUser, session: ReadSession,
+    async def list_jobs(user: CurrentUser, request: Request,
                   status: Annotated[Literal["queued", "running", "cancelling", "cancelled", "stopped", "completed",
                                             "failed"] | None, Query()] = None,
                   strategy: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
@@ -451,12 +493,18 @@ def _router(settings: Settings) -> APIRouter:
             query = query.where(Job.status == status)
         if strategy is not None:
             query = query.where(Job.strategy == strategy)
-        total = session.scalar(select(func.count()).select_from(query.subquery()))
-        jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
-        return JobPage(items=[_public(job, settings) for job in jobs], total=total, limit=limit, offset=offset)
+
+        def page() -> JobPage:  # the database work in one trip to a worker thread
+            with request.app.state.read_sessions() as session:
+                total = session.scalar(select(func.count()).select_from(query.subquery()))
+                jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+                return JobPage(items=[_public(job, settings) for job in jobs], total=total, limit=limit,
+                               offset=offset)
+
+        return await asyncio.to_thread(page)
 
     @router.get("/jobs/{job_id}", tags=["jobs"], responses=_errors(404))
-    def get_job(job: OwnedJob) -> JobPublic:
+    async def get_job(job: OwnedJob) -> JobPublic:
         return _public(job, settings)
 
     @router.delete("/jobs/{job_id}", tags=["jobs"], responses=_errors(404, 409))
