@@ -646,6 +646,8 @@ def worker(
     poll: Annotated[float, typer.Option(min=0.05, help="seconds between polls of an empty queue")] = 1.0,
     heartbeat: Annotated[float, typer.Option(min=0.05, help="seconds between heartbeats")] = 1.0,
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="run each job in this many data-parallel processes "
+                                                   "(torch.distributed)")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Claim queued jobs and run them (any number of workers, on any machines sharing the
@@ -661,8 +663,11 @@ def worker(
     os.umask(0o077)  # job folders and results: readable by the service's user only
     if threads:
         torch.set_num_threads(threads)
+    if nproc > (torch.cuda.device_count() if torch.cuda.is_available() else (os.cpu_count() or 1)):
+        _fail(DistillabError(f"--nproc {nproc}: more processes than this machine's "
+                             f"{'GPUs' if torch.cuda.is_available() else 'CPU cores'}"))
     try:
-        runner = Worker(Settings(), poll_s=poll, heartbeat_s=heartbeat)
+        runner = Worker(Settings(), poll_s=poll, heartbeat_s=heartbeat, nproc=nproc)
     except Exception as error:
         _fail(f"cannot start the worker: {error}")
     signal.signal(signal.SIGTERM, runner.request_shutdown)

@@ -85,6 +85,7 @@ class JobProgress(Callback):
         self.metrics: dict = {}
         self.started, self.before, self.budget = started, device_seconds_before, budget
         self.stop_reason: str | None = None
+        self.forwarded: dict | None = None  # a multi-process job's progress, as its rank 0 reported it
         self.lock = threading.Lock()
 
     # run(on_phase=...)
@@ -135,19 +136,24 @@ class JobProgress(Callback):
         return self.before + (time.monotonic() - self.started)
 
     def progress(self) -> float:
+        if self.forwarded is not None:
+            return self.forwarded["progress"]
         with self.lock:
             current = self.weights.get(self.phase, 0) * min(1.0, self.fraction) if not self.phase_info.get("done") else 0
             return round(100.0 * min(1.0, (self.done + current) / max(1, self.total)), 2)
 
     def snapshot(self) -> tuple[float, str | None, dict]:
+        if self.forwarded is not None:
+            return self.forwarded["progress"], self.forwarded["phase"], self.forwarded["metrics"]
         progress = self.progress()
         with self.lock:
             return progress, self.phase, {**self.metrics, "phase": self.phase}
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, poll_s: float = 1.0, heartbeat_s: float = 1.0):
+    def __init__(self, settings: Settings, *, poll_s: float = 1.0, heartbeat_s: float = 1.0, nproc: int = 1):
         self.settings = settings
+        self.nproc = nproc  # > 1: each job runs in that many data-parallel processes (job_process)
         private_data_dir(settings)
         self.engine = make_engine(settings.resolved_database_url)
         self.store = JobStore(self.engine, settings.max_running_jobs_per_user)
@@ -239,8 +245,10 @@ class Worker:
             beat.start()
             if not (out / "report.json").exists():  # else it finished before a crash prevented finish()
                 (partial / "partial.json").unlink(missing_ok=True)
-                run(spec, out, resume=claim.attempts > 1, callbacks=progress,
-                    on_phase=progress.on_phase)
+                if self.nproc > 1:
+                    self._run_processes(claim, folder, progress)
+                else:
+                    run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)
             package(out, self.settings)
             progress.metrics["summary"] = summary(out)
             status = "completed"
@@ -278,6 +286,41 @@ class Worker:
                                                   device_seconds=seconds), "finish")
         log.info("job %s: %s", claim.job_id, status)
         return status
+
+    def _run_processes(self, claim: Claim, folder: Path, progress: JobProgress) -> None:
+        """Run the job in ``nproc`` processes through torchrun (``service.job_process``),
+        forwarding rank 0's progress to the heartbeat and a stop reason to rank 0."""
+        import subprocess
+        import sys
+
+        from distillab.service.job_process import PROGRESS, STOP
+
+        for name in (PROGRESS, STOP):
+            (folder / name).unlink(missing_ok=True)
+        atomic_write_json(folder / "claim.json", {"spec": claim.spec, "options": claim.options})
+        threads = max(1, (os.cpu_count() or 1) // self.nproc)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc}",
+                   "-m", "distillab.service.job_process", "--job-dir", str(folder),
+                   "--device-seconds", str(claim.device_seconds), "--price", str(self.settings.price_per_device_hour),
+                   *(["--resume"] if claim.attempts > 1 else [])]
+        with open(folder / "processes.log", "a") as output:
+            process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+            stop_sent = False
+            while process.poll() is None:
+                time.sleep(0.3)
+                if progress.stop_reason and not stop_sent:
+                    (folder / STOP).write_text(progress.stop_reason)
+                    stop_sent = True
+                progress.forwarded = _read_progress(folder / PROGRESS) or progress.forwarded
+        state = _read_progress(folder / PROGRESS) or {}
+        progress.forwarded = state or progress.forwarded
+        outcome = state.get("outcome") or {"status": "failed", "error": f"the job's {self.nproc} processes ended "
+                                           f"with exit code {process.returncode} (see processes.log)"}
+        if outcome["status"] == "stopped":
+            raise Stop(outcome["reason"])
+        if outcome["status"] != "completed":
+            raise DistillabError(outcome["error"])
 
     def _heartbeats(self, job_id: str, progress: JobProgress, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
@@ -338,3 +381,10 @@ def package(out: Path, settings: Settings) -> None:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     atomic_write_json(out / "student.json", facts)
+
+
+def _read_progress(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
