@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 from conftest import tiny_spec  # noqa: E402
 from distillab.cli import app  # noqa: E402
-from service_databases import postgres_server  # noqa: E402,F401 (fixture)
+from service_databases import fresh_postgres_database, postgres_server  # noqa: E402,F401 (fixture)
 
 CLI = [sys.executable, "-m", "distillab.cli"]
 TEMPERATURES = [1, 2, 3, 4, 5, 6]
@@ -24,18 +24,8 @@ TEMPERATURES = [1, 2, 3, 4, 5, 6]
 @pytest.fixture
 def postgres_url(postgres_server):
     """A fresh database on the session's PostgreSQL server."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = f"sweep_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    with fresh_postgres_database(postgres_server, "sweep") as url:
+        yield url
 
 
 def _study_exists(url: str, name: str) -> bool:

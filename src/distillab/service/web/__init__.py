@@ -33,29 +33,17 @@ def mount_dashboard(app, api_prefix: str) -> None:
     def home() -> RedirectResponse:
         return RedirectResponse("/ui/jobs")
 
-    @router.get("/login", response_class=HTMLResponse)
-    def login(request: Request):
-        return page(request, "login")
+    def simple(name: str):
+        def show(request: Request) -> HTMLResponse:
+            return page(request, name)
+        return show
 
-    @router.get("/jobs", response_class=HTMLResponse)
-    def jobs(request: Request):
-        return page(request, "jobs")
+    for name in ("login", "jobs", "submit", "catalog", "admin"):
+        router.add_api_route(f"/{name}", simple(name), methods=["GET"], response_class=HTMLResponse)
 
     @router.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job(request: Request, job_id: str):
         return page(request, "job", job_id=job_id[:64])
-
-    @router.get("/submit", response_class=HTMLResponse)
-    def submit(request: Request):
-        return page(request, "submit")
-
-    @router.get("/catalog", response_class=HTMLResponse)
-    def catalog(request: Request):
-        return page(request, "catalog")
-
-    @router.get("/admin", response_class=HTMLResponse)
-    def admin(request: Request):
-        return page(request, "admin")
 
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="dashboard-static")
