@@ -1,0 +1,142 @@
+"""Input-conditioned convolutions for adaptive distillation v2 (issue 16): a per-input mixture
+of K stored kernels, in the family of CondConv (Yang et al. 2019) and Dynamic Convolution
+(Chen et al. 2020).
+
+A ``DynamicConv2d`` replaces one ``Conv2d`` of the student. A cheap router (global average
+pool, a small MLP) reads the layer's input and gives each input a softmax over the K experts
+at temperature T; the input's kernel is the mixture of the K stored kernels (and biases), so
+the mixing weights are a K-number code of that input's weights. Optional per-output-channel
+gates (a sigmoid from the same router) scale the activations. The mixture is computed once per
+input and applied as one grouped convolution, so the extra cost is parameters (K kernels) and
+a few MACs for the router and the mixing, not a second convolution.
+
+T is annealed from about 30 to 1 over the first tenth of training (near-uniform mixing first,
+so every expert gets gradient: the "calibration phase"), and is fixed at inference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vmap
+
+from distillab.errors import SpecError, close_matches
+
+
+def temperature_at(step: int, total_steps: int, start: float = 30.0, end: float = 1.0,
+                   fraction: float = 0.1) -> float:
+    """Linear from ``start`` to ``end`` over the first ``fraction`` of ``total_steps``, then
+    ``end`` (Chen et al. 2020 anneal 30 -> 1 over the first epochs)."""
+    ramp = max(1, round(fraction * total_steps))
+    if step >= ramp:
+        return end
+    return start + (end - start) * step / ramp
+
+
+class DynamicConv2d(nn.Module):
+    """``conv`` made input-conditioned: K experts initialised at ``conv``'s kernel (plus a
+    little noise, so that they can diverge), a router and optional channel gates."""
+
+    def __init__(self, conv: nn.Conv2d, experts: int = 4, hidden: int | None = None, gates: bool = True,
+                 temperature: float = 30.0, noise: float = 0.01):
+        super().__init__()
+        if experts < 1:
+            raise SpecError(f"strategy.params.experts: K must be at least 1, got {experts}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise SpecError("a dynamic convolution needs numeric zero padding")
+        self.experts, self.stride, self.padding = experts, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        weight = conv.weight.detach()
+        spread = noise * weight.std().clamp(min=1e-8)
+        self.weight = nn.Parameter(weight.unsqueeze(0).repeat(experts, 1, 1, 1, 1)
+                                   + spread * torch.randn(experts, *weight.shape))  # (K, O, I/g, kh, kw)
+        self.bias = (nn.Parameter(conv.bias.detach().unsqueeze(0).repeat(experts, 1))
+                     if conv.bias is not None else None)  # (K, O)
+        hidden = hidden or max(4, conv.in_channels // 4)
+        self.router = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(conv.in_channels, hidden),
+                                    nn.ReLU(inplace=True))
+        self.to_experts = nn.Linear(hidden, experts)
+        self.to_gates = nn.Linear(hidden, conv.out_channels) if gates else None
+        if self.to_gates is not None:  # gates start fully open: the layer starts as the static one
+            nn.init.zeros_(self.to_gates.weight)
+            nn.init.constant_(self.to_gates.bias, 4.0)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mixing weights (B, K), channel gates (B, O) or None) for a batch of inputs."""
+        hidden = self.router(x)
+        mixing = torch.softmax(self.to_experts(hidden) / self.temperature, dim=-1)
+        gates = 2 * torch.sigmoid(self.to_gates(hidden)) if self.to_gates is not None else None  # in (0, 2)
+        return mixing, gates
+
+    def mixed(self, mixing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-input kernels (B, O, I/g, kh, kw) and biases (B, O)."""
+        weight = torch.einsum("bk,koihw->boihw", mixing, self.weight)
+        bias = mixing @ self.bias if self.bias is not None else None
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, I, H, W) -> (B, O, H', W')
+        mixing, gates = self.route(x)
+        weight, bias = self.mixed(mixing)
+        batch = x.shape[0]
+        out = F.conv2d(x.reshape(1, batch * self.in_channels, *x.shape[2:]),
+                       weight.reshape(batch * self.out_channels, *weight.shape[2:]),
+                       bias.reshape(-1) if bias is not None else None, self.stride, self.padding, self.dilation,
+                       groups=batch * self.groups)  # one grouped convolution: sample b with its own kernel
+        out = out.reshape(batch, self.out_channels, *out.shape[2:])
+        return out * gates[:, :, None, None] if gates is not None else out
+
+    def forward_per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """The same output through ``vmap`` over samples, each an ordinary convolution with
+        its own kernel: the reference the grouped path is tested against."""
+        mixing, gates = self.route(x)
+        weight, bias = self.mixed(mixing)
+
+        def one(w, b, sample):
+            return F.conv2d(sample.unsqueeze(0), w, b, self.stride, self.padding, self.dilation, self.groups)[0]
+
+        out = vmap(one)(weight, bias if bias is not None else torch.zeros(x.shape[0], self.out_channels), x)
+        return out * gates[:, :, None, None] if gates is not None else out
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature.fill_(value)
+
+    def extra_parameters(self) -> int:
+        """Parameters beyond the static convolution's."""
+        static = self.weight[0].numel() + (self.bias[0].numel() if self.bias is not None else 0)
+        return sum(p.numel() for p in self.parameters()) - static
+
+
+def dynamic_candidates(student: nn.Module) -> list[str]:
+    """Module paths of the student's Conv2d layers with a spatial kernel (what DynamicConv
+    replaces; 1x1 and depthwise layers gain little)."""
+    return [name for name, module in student.named_modules()
+            if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1) and module.groups == 1]
+
+
+def make_dynamic(student: nn.Module, layers: list[str] | None = None, experts: int = 4, gates: bool = True,
+                 where: str = "strategy.params.layers") -> list[str]:
+    """Replace the named Conv2d layers of ``student`` (in place; default: its last two 3x3
+    convolutions) by ``DynamicConv2d``; returns their names."""
+    candidates = dynamic_candidates(student)
+    if not candidates:
+        raise SpecError(f"{where}: the student has no spatial Conv2d layer to make dynamic")
+    chosen = list(layers) if layers else candidates[-2:]
+    for index, name in enumerate(chosen):
+        if name not in candidates:
+            module = dict(student.named_modules()).get(name)
+            kind = f"a {type(module).__name__}" if module is not None else "not a layer"
+            raise SpecError(f"{where}.{index}: {name!r} is {kind}, not a spatial Conv2d the student has"
+                            f"{close_matches(name, candidates)}")
+    for name in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = student.get_submodule(parent_name) if parent_name else student
+        setattr(parent, child, DynamicConv2d(student.get_submodule(name), experts=experts, gates=gates))
+    return chosen
+
+
+def dynamic_layers(model: nn.Module) -> list[DynamicConv2d]:
+    return [m for m in model.modules() if isinstance(m, DynamicConv2d)]
+

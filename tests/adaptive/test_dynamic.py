@@ -1,0 +1,88 @@
+"""Dynamic convolutions (adaptive v2): the grouped convolution computes, for each input, the
+convolution with that input's mixture of the K kernels; it equals the per-sample vmap path; the
+temperature anneals 30 -> 1 over the first tenth; a converted student starts as the static one;
+bad K and bad layers are clear errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillab.adaptive.dynamic import DynamicConv2d, dynamic_layers, make_dynamic, temperature_at
+from distillab.errors import SpecError
+from distillab.models.zoo import build_model
+
+
+def _layer(experts=4, bias=True, gates=True, stride=1):
+    torch.manual_seed(0)
+    layer = DynamicConv2d(nn.Conv2d(6, 5, 3, stride=stride, padding=1, bias=bias), experts=experts, gates=gates,
+                          temperature=1.0, noise=0.5)
+    with torch.no_grad():  # a router that actually discriminates between inputs
+        layer.to_experts.weight.normal_(0, 1.0)
+        if layer.to_gates is not None:
+            layer.to_gates.weight.normal_(0, 1.0)
+    return layer
+
+
+@pytest.mark.parametrize("bias,gates,stride", [(True, True, 1), (False, False, 2)])
+def test_each_input_is_convolved_with_its_own_mixture_of_the_kernels(bias, gates, stride):
+    layer = _layer(bias=bias, gates=gates, stride=stride)
+    x = torch.randn(3, 6, 9, 9)
+    out = layer(x)
+    mixing, gate = layer.route(x)
+    assert torch.allclose(mixing.sum(-1), torch.ones(3)) and not torch.allclose(mixing[0], mixing[1])
+    for b in range(3):  # explicit: sample b, kernel sum_k a_bk W_k
+        kernel = sum(mixing[b, k] * layer.weight[k] for k in range(layer.experts))
+        bias_b = sum(mixing[b, k] * layer.bias[k] for k in range(layer.experts)) if bias else None
+        expected = F.conv2d(x[b:b + 1], kernel, bias_b, stride, 1)[0]
+        if gates:
+            expected = expected * gate[b][:, None, None]
+        torch.testing.assert_close(out[b], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_grouped_path_equals_the_vmap_path_with_gradients():
+    layer = _layer()
+    x = torch.randn(4, 6, 8, 8, requires_grad=True)
+    grouped, per_sample = layer(x), layer.forward_per_sample(x)
+    torch.testing.assert_close(grouped, per_sample, atol=1e-5, rtol=1e-5)
+    (g1,) = torch.autograd.grad(grouped.square().sum(), layer.weight)
+    (g2,) = torch.autograd.grad(per_sample.square().sum(), layer.weight)
+    torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
+    assert g1.abs().sum(dim=(1, 2, 3, 4)).min() > 0  # every expert receives gradient
+
+
+def test_the_temperature_anneals_from_30_to_1_over_the_first_tenth():
+    assert temperature_at(0, 1000) == 30.0
+    assert temperature_at(50, 1000) == pytest.approx(15.5)
+    assert temperature_at(100, 1000) == 1.0 and temperature_at(999, 1000) == 1.0
+    layer = _layer()
+    x = torch.randn(2, 6, 8, 8)
+    layer.set_temperature(30.0)
+    hot = layer.route(x)[0]
+    layer.set_temperature(1.0)
+    cold = layer.route(x)[0]
+    assert hot.max() - hot.min() < cold.max() - cold.min()  # high T mixes nearly uniformly
+
+
+def test_a_converted_student_starts_as_the_static_one_and_adds_parameters_not_macs():
+    torch.manual_seed(0)
+    student = build_model("cnn_small", (1, 28, 28), 10).eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        before = student(x)
+    names = make_dynamic(student, experts=4)
+    assert len(names) == 2 and all(isinstance(student.get_submodule(n), DynamicConv2d) for n in names)
+    with torch.no_grad():
+        after = student(x)
+    assert (before.argmax(1) == after.argmax(1)).float().mean() >= 0.75  # experts start near the static kernel
+    assert all(layer.extra_parameters() > 0 for layer in dynamic_layers(student))
+
+
+def test_bad_experts_and_bad_layers_are_named():
+    with pytest.raises(SpecError, match="K must be at least 1"):
+        DynamicConv2d(nn.Conv2d(3, 4, 3), experts=0)
+    student = build_model("cnn_small", (1, 28, 28), 10)
+    with pytest.raises(SpecError, match="'classifier' is a Linear, not a spatial Conv2d"):
+        make_dynamic(student, ["classifier"])
+    with pytest.raises(SpecError, match="'nope' is not a layer"):
+        make_dynamic(student, ["nope"])
