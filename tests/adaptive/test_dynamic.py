@@ -86,3 +86,32 @@ def test_bad_experts_and_bad_layers_are_named():
         make_dynamic(student, ["classifier"])
     with pytest.raises(SpecError, match="'nope' is not a layer"):
         make_dynamic(student, ["nope"])
+
+
+def test_the_v2_strategy_anneals_routing_trains_d_and_keeps_its_mac_budget():
+    from distillab.strategies.adaptive_v2 import AdaptiveV2
+
+    torch.manual_seed(0)
+    teacher = build_model("cnn_small", (1, 28, 28), 10)
+    params = AdaptiveV2.Params(experts=4, adv_weight=0.1, balance_weight=0.05, entropy_weight=0.01, vae=True)
+    strategy = AdaptiveV2([teacher], build_model("cnn_small", (1, 28, 28), 10), params, in_shape=(1, 28, 28))
+    strategy.prepare(type("Bundle", (), {"steps_per_epoch": staticmethod(lambda batch_size: 10)})())
+    optimizer = torch.optim.SGD(strategy.trainable_parameters(), lr=0.05)
+    batch = {"inputs": torch.randn(8, 1, 28, 28), "targets": torch.randint(0, 10, (8,)), "epoch": 0, "epochs": 2}
+    d_before = [p.detach().clone() for p in strategy.discriminator.parameters()]
+    strategy.train()
+    temperatures = []
+    for _ in range(3):
+        out = strategy.loss(batch)
+        temperatures.append(out.logs["route_temperature"])
+        optimizer.zero_grad()
+        out.loss.backward()
+        for layer in dynamic_layers(strategy.student):  # every regulariser reaches the router (G)
+            assert layer.to_experts.weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert temperatures[0] == 30.0 and temperatures[0] > temperatures[1] > temperatures[2] >= 1.0
+    assert {"balance", "route_entropy", "vae_kl", "adv_output", "d_loss"} <= set(out.logs)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, strategy.discriminator.parameters()))  # D trains
+    with pytest.raises(SpecError, match="max_macs_ratio"):
+        AdaptiveV2([teacher], build_model("cnn_small", (1, 28, 28), 10), AdaptiveV2.Params(experts=16),
+                   in_shape=(1, 28, 28))

@@ -39,7 +39,7 @@ class DynamicConv2d(nn.Module):
     little noise, so that they can diverge), a router and optional channel gates."""
 
     def __init__(self, conv: nn.Conv2d, experts: int = 4, hidden: int | None = None, gates: bool = True,
-                 temperature: float = 30.0, noise: float = 0.01):
+                 temperature: float = 30.0, noise: float = 0.01, variational: bool = False):
         super().__init__()
         if experts < 1:
             raise SpecError(f"strategy.params.experts: K must be at least 1, got {experts}")
@@ -57,7 +57,10 @@ class DynamicConv2d(nn.Module):
         hidden = hidden or max(4, conv.in_channels // 4)
         self.router = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(conv.in_channels, hidden),
                                     nn.ReLU(inplace=True))
-        self.to_experts = nn.Linear(hidden, experts)
+        self.variational = variational  # routing logits drawn from N(mu, sigma^2) in training, with a KL
+        self.to_experts = nn.Linear(hidden, 2 * experts if variational else experts)
+        self.last_kl: torch.Tensor | None = None  # KL(q(logits | x) || N(0, I)) of the last training pass
+        self.last_mixing: torch.Tensor | None = None  # the last pass's mixing weights (B, K), for the regularisers
         self.to_gates = nn.Linear(hidden, conv.out_channels) if gates else None
         if self.to_gates is not None:  # gates start fully open: the layer starts as the static one
             nn.init.zeros_(self.to_gates.weight)
@@ -67,7 +70,14 @@ class DynamicConv2d(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mixing weights (B, K), channel gates (B, O) or None) for a batch of inputs."""
         hidden = self.router(x)
-        mixing = torch.softmax(self.to_experts(hidden) / self.temperature, dim=-1)
+        logits = self.to_experts(hidden)
+        if self.variational:
+            mu, logvar = logits.chunk(2, dim=-1)
+            logvar = logvar.clamp(-10, 10)
+            self.last_kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
+            logits = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        mixing = torch.softmax(logits / self.temperature, dim=-1)
+        self.last_mixing = mixing
         gates = 2 * torch.sigmoid(self.to_gates(hidden)) if self.to_gates is not None else None  # in (0, 2)
         return mixing, gates
 
@@ -117,7 +127,7 @@ def dynamic_candidates(student: nn.Module) -> list[str]:
 
 
 def make_dynamic(student: nn.Module, layers: list[str] | None = None, experts: int = 4, gates: bool = True,
-                 where: str = "strategy.params.layers") -> list[str]:
+                 where: str = "strategy.params.layers", variational: bool = False) -> list[str]:
     """Replace the named Conv2d layers of ``student`` (in place; default: its last two 3x3
     convolutions) by ``DynamicConv2d``; returns their names."""
     candidates = dynamic_candidates(student)
@@ -133,7 +143,8 @@ def make_dynamic(student: nn.Module, layers: list[str] | None = None, experts: i
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = student.get_submodule(parent_name) if parent_name else student
-        setattr(parent, child, DynamicConv2d(student.get_submodule(name), experts=experts, gates=gates))
+        setattr(parent, child, DynamicConv2d(student.get_submodule(name), experts=experts, gates=gates,
+                                             variational=variational))
     return chosen
 
 

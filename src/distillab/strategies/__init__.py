@@ -1,6 +1,7 @@
 """The strategy registry: a literal dict, the only names a spec or the service may use."""
 
 from distillab.strategies.adaptive import Adaptive
+from distillab.strategies.adaptive_v2 import AdaptiveV2
 from distillab.strategies.adversarial import Adversarial
 from distillab.strategies.attention import Attention
 from distillab.strategies.base import Strategy
@@ -30,6 +31,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "feature": Feature,
     "attention": Attention,
     "adaptive": Adaptive,
+    "adaptive_v2": AdaptiveV2,
     "token_kd": TokenKD,
     "layerwise": Layerwise,
     "embedding_kd": EmbeddingKD,
