@@ -50,8 +50,10 @@ class DynamicConv2d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         weight = conv.weight.detach()
         spread = noise * weight.std().clamp(min=1e-8)
-        self.weight = nn.Parameter(weight.unsqueeze(0).repeat(experts, 1, 1, 1, 1)
-                                   + spread * torch.randn(experts, *weight.shape))  # (K, O, I/g, kh, kw)
+        # (K * O, I/g, kh, kw): the K kernels stacked on the output axis, a 4-D tensor like any
+        # convolution weight (so that channels_last and the optimisers treat it as one)
+        self.weight = nn.Parameter((weight.unsqueeze(0).repeat(experts, 1, 1, 1, 1)
+                                    + spread * torch.randn(experts, *weight.shape)).flatten(0, 1))
         self.bias = (nn.Parameter(conv.bias.detach().unsqueeze(0).repeat(experts, 1))
                      if conv.bias is not None else None)  # (K, O)
         hidden = hidden or max(4, conv.in_channels // 4)
@@ -83,7 +85,8 @@ class DynamicConv2d(nn.Module):
 
     def mixed(self, mixing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-input kernels (B, O, I/g, kh, kw) and biases (B, O)."""
-        weight = torch.einsum("bk,koihw->boihw", mixing, self.weight)
+        kernels = self.weight.reshape(self.experts, self.out_channels, *self.weight.shape[1:])  # (K, O, I/g, kh, kw)
+        weight = torch.einsum("bk,koihw->boihw", mixing, kernels)
         bias = mixing @ self.bias if self.bias is not None else None
         return weight, bias
 
@@ -115,7 +118,7 @@ class DynamicConv2d(nn.Module):
 
     def extra_parameters(self) -> int:
         """Parameters beyond the static convolution's."""
-        static = self.weight[0].numel() + (self.bias[0].numel() if self.bias is not None else 0)
+        static = self.weight.numel() // self.experts + (self.bias[0].numel() if self.bias is not None else 0)
         return sum(p.numel() for p in self.parameters()) - static
 
 
