@@ -6,12 +6,13 @@ import os
 
 import pytest
 
+from service_databases import postgres_server  # noqa: F401  (fixture)
 from service_processes import running_service, seed_body, upload_teacher
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")
 
 
-@pytest.fixture(scope="module", params=["sqlite"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def service(request, tmp_path_factory):
     with running_service(request, tmp_path_factory) as running:
         running.start_worker("--nproc", "2")
