@@ -9,6 +9,7 @@ to the audit table in the same transaction as the change they record.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -20,13 +21,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from distillab import __version__
 from distillab.errors import DistillabError, SpecError
@@ -128,7 +129,7 @@ async def _current_user(request: Request, key: Annotated[str | None, Security(ap
         digest = hash_key(key)
         user = request.app.state.users.get(digest)
         if user is None:
-            user = await asyncio.to_thread(_lookup_user, request, digest)
+            user = _lookup_user(request, digest)  # inline, as the job read below (then cached)
             if user is not None:
                 request.app.state.users.put(digest, user)
     if user is None:
@@ -154,14 +155,40 @@ def _admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(_admin)]
 
 
+# the columns a job's public view does not read: not loaded (nor JSON-decoded) for the hot reads;
+# a route that needs them (results) reads them on access, from a session of its own
+PUBLIC_ONLY = (defer(Job.spec, raiseload=False), defer(Job.options, raiseload=False))
+PUBLIC_COLUMNS = (Job.id, Job.owner_id, Job.name, Job.description, Job.strategy, Job.status, Job.progress,
+                  Job.current_phase, Job.metrics, Job.created_at, Job.started_at, Job.finished_at,
+                  Job.estimated_seconds, Job.estimated_cost_usd, Job.device_seconds, Job.attempts, Job.error,
+                  Job.stop_reason)
+
+
+@functools.lru_cache(maxsize=8)
+def _listing_statements(all_users: bool, by_status: bool, by_strategy: bool):
+    """(count, page) statements of GET /jobs for one combination of filters, built once: the
+    public columns only, as rows (no ORM objects), the values bound at execution."""
+    filters = [] if all_users else [Job.owner_id == bindparam("owner")]
+    if by_status:
+        filters.append(Job.status == bindparam("status"))
+    if by_strategy:
+        filters.append(Job.strategy == bindparam("strategy"))
+    count = select(func.count(Job.id)).where(*filters)
+    page = (select(*PUBLIC_COLUMNS).where(*filters).order_by(Job.created_at.desc(), Job.id)
+            .limit(bindparam("limit")).offset(bindparam("offset")))
+    return count, page
+
+
 def _load_job(request: Request, job_id: str) -> Job | None:
     with request.app.state.read_sessions() as session:
-        return session.get(Job, job_id)
+        return session.get(Job, job_id, options=PUBLIC_ONLY)
 
 
 async def _owned_job(job_id: str, user: CurrentUser, request: Request) -> Job:
     """The caller's job; an admin may reach anyone's (their cancellations are audited as such)."""
-    job = await asyncio.to_thread(_load_job, request, job_id) if len(job_id) <= 32 else None
+    # inline in the event loop: on SQLite and on a local PostgreSQL a primary-key read took less than
+    # a trip to a worker thread (benchmarks/api_load.py, both databases, measured both ways)
+    job = _load_job(request, job_id) if len(job_id) <= 32 else None
     if job is None or (job.owner_id != user.id and not user.is_admin):
         raise HTTPException(404, f"no job {job_id!r}")
     return job
@@ -261,8 +288,20 @@ def stored_bytes(session: Session, settings: Settings, user_id: int) -> int:
     return total
 
 
-def _public(job: Job, settings: Settings) -> JobPublic:
-    folder = job_dir(settings, job.id)  # files are looked at only for jobs that ended
+def _json(document: dict) -> Response:
+    """A response body serialised once (returning a model would make FastAPI validate it again
+    against the route's response model, which documents the shape): the hot read routes use it."""
+    return Response(json.dumps(document, separators=(",", ":")), media_type="application/json")
+
+
+def _public(job, settings: Settings) -> JobPublic:
+    return JobPublic.model_construct(**_public_fields(job, settings))
+
+
+def _public_fields(job, settings: Settings) -> dict:
+    """A job's public view (the fields of ``JobPublic``) from its row or ORM object."""
+    ended = job.status in ("completed", "cancelled", "stopped", "failed")
+    folder = job_dir(settings, job.id) if ended else None  # files are looked at only for jobs that ended
     completion = None
     if job.status in ("running", "cancelling") and job.started_at is not None:
         if job.progress and job.progress > 0:
@@ -272,15 +311,15 @@ def _public(job: Job, settings: Settings) -> JobPublic:
             completion = _iso(utcnow() + timedelta(seconds=job.estimated_seconds))
     elif job.status == "queued" and job.estimated_seconds:
         completion = _iso(utcnow() + timedelta(seconds=job.estimated_seconds))
-    return JobPublic(
+    return dict(
         job_id=job.id, owner_id=job.owner_id, name=job.name, description=job.description, strategy=job.strategy, status=job.status,
         progress=job.progress, current_phase=job.current_phase, current_metrics=job.metrics or {},
         created_at=_iso(job.created_at), started_at=_iso(job.started_at), finished_at=_iso(job.finished_at),
         estimated_completion=completion, estimated_cost=job.estimated_cost_usd,
         device_seconds=job.device_seconds or 0.0, attempts=job.attempts,
-        results_available=job.status == "completed" and (folder / "run" / "report.json").is_file(),
+        results_available=job.status == "completed" and (folder / "run" / "report.json").is_file(),  # type: ignore
         partial_results_available=job.status in ("cancelled", "stopped", "failed")
-        and (folder / "run.partial" / "partial.json").is_file(),
+        and (folder / "run.partial" / "partial.json").is_file(),  # type: ignore
         error=job.error, stop_reason=job.stop_reason,
     )
 
@@ -303,6 +342,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(write_engine)
     app.state.write_sessions = sessionmaker(write_engine, expire_on_commit=False)
     app.state.read_sessions = sessionmaker(read_engine, expire_on_commit=False)
+    app.state.read_engine = read_engine
 
     app.state.auth_limiter = AuthLimiter(settings.auth_failures_per_minute)
     app.state.request_limiter = RequestLimiter(settings.requests_per_minute)
@@ -476,36 +516,33 @@ def _router(settings: Settings) -> APIRouter:
         return {"valid": True, "name": spec.name, "strategy": spec.strategy.name, "task": spec.task,
                 "seeds": spec.training.seeds, "epochs": spec.training.epochs}
 
-    @router.get("/jobs", tags=["jobs"], responses=_errors(403))
+    @router.get("/jobs", tags=["jobs"], responses=_errors(403), response_model=JobPage)
     async def list_jobs(user: CurrentUser, request: Request,
                   status: Annotated[Literal["queued", "running", "cancelling", "cancelled", "stopped", "completed",
                                             "failed"] | None, Query()] = None,
                   strategy: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-                  all_users: Annotated[bool, Query(description="every user's jobs (admins only)")] = False) -> JobPage:
+                  all_users: Annotated[bool, Query(description="every user's jobs (admins only)")] = False) -> Response:
         """The caller's jobs, newest first; filter by status and strategy. An admin's
         ``all_users=true`` lists everyone's."""
         if all_users and not user.is_admin:
             raise HTTPException(403, "all_users=true is for admins")
-        query = select(Job) if all_users else select(Job).where(Job.owner_id == user.id)
-        if status is not None:
-            query = query.where(Job.status == status)
-        if strategy is not None:
-            query = query.where(Job.strategy == strategy)
+        count, rows_of = _listing_statements(all_users, status is not None, strategy is not None)
+        values = {"owner": user.id, "status": status, "strategy": strategy, "limit": limit, "offset": offset}
 
-        def page() -> JobPage:  # the database work in one trip to a worker thread
-            with request.app.state.read_sessions() as session:
-                total = session.scalar(select(func.count()).select_from(query.subquery()))
-                jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
-                return JobPage(items=[_public(job, settings) for job in jobs], total=total, limit=limit,
-                               offset=offset)
+        def page() -> dict:  # the JobPage shape
+            with request.app.state.read_engine.connect() as connection:  # Core: no ORM session to set up
+                total = connection.scalar(count, values)
+                rows = connection.execute(rows_of, values).all()
+            return {"items": [_public_fields(row, settings) for row in rows], "total": total, "limit": limit,
+                    "offset": offset}
 
-        return await asyncio.to_thread(page)
+        return _json(page())  # inline, as the job read
 
-    @router.get("/jobs/{job_id}", tags=["jobs"], responses=_errors(404))
-    async def get_job(job: OwnedJob) -> JobPublic:
-        return _public(job, settings)
+    @router.get("/jobs/{job_id}", tags=["jobs"], responses=_errors(404), response_model=JobPublic)
+    async def get_job(job: OwnedJob) -> Response:
+        return _json(_public_fields(job, settings))
 
     @router.delete("/jobs/{job_id}", tags=["jobs"], responses=_errors(404, 409))
     def cancel_job(job: OwnedJob, user: CurrentUser, request: Request) -> JobPublic:
@@ -543,16 +580,17 @@ def _router(settings: Settings) -> APIRouter:
             return _public(session.get(Job, job_id), settings)
 
     @router.get("/jobs/{job_id}/results", tags=["jobs"], responses=_errors(404, 409))
-    def job_results_route(job: OwnedJob) -> dict:
+    def job_results_route(job: OwnedJob, session: ReadSession) -> dict:
         """Measured results of a completed job; a cancelled or stopped job returns its partial
         results (``partial: true``)."""
+        options = session.scalar(select(Job.options).where(Job.id == job.id))  # not loaded with the job
         folder = job_dir(settings, job.id)
         urls = {name: f"{PREFIX}/jobs/{job.id}/artifacts/{name}" for name in artifacts(folder)}
         report_path = folder / "run" / "report.json"
         if job.status == "completed" and report_path.is_file():
             report = json.loads(report_path.read_text())
             return {"job_id": job.id, "status": job.status, "partial": False, **job_results(
-                report, job.options or {}, job.device_seconds or 0.0, settings.price_per_device_hour,
+                report, options or {}, job.device_seconds or 0.0, settings.price_per_device_hour,
                 job.estimated_cost_usd, urls)}
         partial = folder / "run.partial" / "partial.json"
         if job.status in TERMINAL and partial.is_file():
