@@ -26,9 +26,12 @@ from distillab.strategies import STRATEGIES
 
 def main() -> None:
     parser = comparison_parser(__doc__, "strategy_table")
-    # `adaptive` has its own benchmark (adaptive_vs_static.py: shift, calibration, ablations).
+    # `adaptive` and `adaptive_v2` have their own benchmarks (adaptive_vs_static.py, adaptive_v2.py);
+    # the language-model and embedding strategies do not apply to images.
     parser.add_argument("--strategies", nargs="+",
-                        default=[name for name in STRATEGIES if name not in ("none", "adaptive")])
+                        default=[name for name, cls in STRATEGIES.items()
+                                 if name not in ("none", "adaptive", "adaptive_v2")
+                                 and (cls.tasks is None or "image_classification" in cls.tasks)])
     args = parser.parse_args()
 
     base = base_spec(args)
