@@ -16,7 +16,7 @@ from distillab.adaptive.objective import CONDITION_DIMS, Weights, discriminator_
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.errors import SpecError
 from distillab.models.loading import load_state_into
-from distillab.strategies.base import Params, StepOutput, Strategy
+from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
 
 
 class AdaptiveParams(Params):
@@ -58,7 +58,7 @@ class AdaptiveParams(Params):
                        self.kl_weight, self.gradient_penalty, self.d_steps, self.weight_rows)
 
 
-class Adaptive(Strategy):
+class Adaptive(OwnDiscriminator, Strategy):
     """Input-adaptive distillation with a GAN (the user's seed 000). A generator G (a VAE:
     encoder -> mu, log sigma^2 -> z -> decoder) writes student weights for each input; the
     student runs with them (vmap over ``functional_call``); a three-head discriminator D
@@ -95,28 +95,14 @@ class Adaptive(Strategy):
         reference = {name: p.detach() for name, p in student.named_parameters() if any(
             slot.param == name for slot in generator.slots)}
         self.condition_dims = min(CONDITION_DIMS, int(torch.tensor(self.in_shape).prod())) if params.use_input else 0
-        self.discriminator = MultiHeadDiscriminator(num_classes, self.condition_dims, reference, params.d_hidden)
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
+        self.attach_discriminator(MultiHeadDiscriminator(num_classes, self.condition_dims, reference, params.d_hidden),
+                                  params.d_lr)
 
     def base_epochs(self, epochs: int) -> int:
         return min(math.floor(self.params.base_fraction * epochs), epochs - 1)
 
     def selectable(self, epoch: int, epochs: int) -> bool:
         return epoch >= self.base_epochs(epochs)
-
-    def trainable_parameters(self):
-        d_ids = {id(p) for p in self.discriminator.parameters()}
-        return [p for p in super().trainable_parameters() if id(p) not in d_ids]
-
-    def extra_parameter_count(self) -> int:
-        """D exists only during training and calibration; G ships with the student."""
-        return sum(p.numel() for p in self.discriminator.parameters())
-
-    def get_extra_state(self):
-        return {"d_optimizer": self.d_optimizer.state_dict()}
-
-    def set_extra_state(self, state):
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
 
     def deployed_model(self):
         model = self.student

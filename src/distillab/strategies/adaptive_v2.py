@@ -15,7 +15,7 @@ from distillab.adaptive.dynamic import dynamic_layers, make_dynamic, temperature
 from distillab.adaptive.objective import CONDITION_DIMS, input_condition, join_condition
 from distillab.errors import SpecError
 from distillab.models.critic import Critic
-from distillab.strategies.base import Params, StepOutput, Strategy
+from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
 
 
 class AdaptiveV2Params(Params):
@@ -42,7 +42,7 @@ class AdaptiveV2Params(Params):
     d_hidden: int = Field(128, ge=8, le=2048, description="width of the discriminator's output head")
 
 
-class AdaptiveV2(Strategy):
+class AdaptiveV2(OwnDiscriminator, Strategy):
     """Input-adaptive KD with dynamic convolutions (CondConv / Dynamic Convolution family). The
     chosen layers keep K kernels each; a cheap router per layer (global pooling and a small
     MLP, the generator G) gives every input a softmax over them, whose weights are a K-number
@@ -75,28 +75,13 @@ class AdaptiveV2(Strategy):
                                 "or layers")
         num_classes = self.student_classes()
         self.condition_dims = min(CONDITION_DIMS, math.prod(self.in_shape)) if self.in_shape is not None else 0
-        self.discriminator = Critic(num_classes + self.condition_dims, params.d_hidden)
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
+        self.attach_discriminator(Critic(num_classes + self.condition_dims, params.d_hidden), params.d_lr)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch = None
         self._set_route_temperature(params.route_start)
 
     def prepare(self, bundle) -> None:
         self.steps_per_epoch = getattr(bundle, "steps_per_epoch", None)
-
-    def trainable_parameters(self):
-        d_ids = {id(p) for p in self.discriminator.parameters()}
-        return [p for p in super().trainable_parameters() if id(p) not in d_ids]
-
-    def extra_parameter_count(self) -> int:
-        """D exists only during training; the routers and kernels ship with the student."""
-        return sum(p.numel() for p in self.discriminator.parameters())
-
-    def get_extra_state(self):
-        return {"d_optimizer": self.d_optimizer.state_dict()}
-
-    def set_extra_state(self, state):
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
 
     def _set_route_temperature(self, value: float) -> None:
         for layer in dynamic_layers(self.student):

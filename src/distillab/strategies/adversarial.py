@@ -7,11 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from distillab import losses
 from distillab.models.critic import Critic
-from distillab.strategies.base import Params, StepOutput, Strategy
+from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
 
 INPUT_EMBEDDING_DIMS = 64  # the optional input condition is the input average-pooled to at most this
 
@@ -27,7 +26,7 @@ class AdversarialParams(Params):
     gradient_penalty: float = Field(0.0, ge=0, le=100, description="R1 weight gamma on teacher samples; 0 = off")
 
 
-class Adversarial(Strategy):
+class Adversarial(OwnDiscriminator, Strategy):
     """Xu, Hsu & Huang (2017), "Training Shallow and Thin Networks for Acceleration via Knowledge
     Distillation with Conditional Adversarial Networks", arXiv:1709.00513: a discriminator D
     learns to tell the teacher's outputs from the student's and the student learns to fool it.
@@ -52,22 +51,7 @@ class Adversarial(Strategy):
             raise ValueError("adversarial needs in_shape to size its discriminator")
         num_classes = self.student_classes()
         self.condition_dims = min(INPUT_EMBEDDING_DIMS, math.prod(self.in_shape)) if params.use_input else 0
-        self.discriminator = Critic(num_classes + self.condition_dims, params.d_hidden)
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=params.d_lr, betas=(0.5, 0.999))
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        d_ids = {id(p) for p in self.discriminator.parameters()}  # D has its own optimizer
-        return [p for p in super().trainable_parameters() if id(p) not in d_ids]
-
-    def extra_parameter_count(self) -> int:
-        return super().extra_parameter_count() + sum(p.numel() for p in self.discriminator.parameters())
-
-    # D's Adam moments are saved with the strategy's state_dict, so a resumed run continues them.
-    def get_extra_state(self):
-        return {"d_optimizer": self.d_optimizer.state_dict()}
-
-    def set_extra_state(self, state):
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self.attach_discriminator(Critic(num_classes + self.condition_dims, params.d_hidden), params.d_lr)
 
     def _join(self, probs, condition):  # (B, K), (B, E) or None -> (B, K + E)
         return probs if condition is None else torch.cat([probs, condition], dim=1)

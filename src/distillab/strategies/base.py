@@ -152,3 +152,27 @@ class Strategy(nn.Module):
 
     def loss(self, batch: dict) -> StepOutput:
         raise NotImplementedError
+
+
+class OwnDiscriminator:
+    """Mixin for a strategy whose discriminator (``self.discriminator``) takes its own Adam steps
+    (``self.d_optimizer``) inside ``loss``: the engine's optimizer never sees D, D counts as a
+    training-only parameter, and D's Adam moments are saved with the strategy's state, so a
+    resumed run continues them. Put it before ``Strategy`` in the bases."""
+
+    def attach_discriminator(self, discriminator: nn.Module, lr: float) -> None:
+        self.discriminator = discriminator
+        self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        d_ids = {id(p) for p in self.discriminator.parameters()}
+        return [p for p in super().trainable_parameters() if id(p) not in d_ids]
+
+    def extra_parameter_count(self) -> int:
+        return super().extra_parameter_count() + sum(p.numel() for p in self.discriminator.parameters())
+
+    def get_extra_state(self):
+        return {"d_optimizer": self.d_optimizer.state_dict()}
+
+    def set_extra_state(self, state):
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
