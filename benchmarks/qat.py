@@ -109,7 +109,7 @@ def time_rows(rows: dict, args) -> None:
             continue
         if images is None:
             images = next(run_student(student_run("cnn_small", 0), 0).data.eval_batches("test", 256))["inputs"]
-        run = onnx(ROOT / value["model"], args.threads)
+        run = onnx(ROOT / value["model"] / "model.onnx", args.threads)
         value["latency_ms_b1"] = timed(run, images[:1], args.repeats * 10)
         value["latency_ms_b256"] = timed(run, images, args.repeats)
         print(f"{key}: {value['latency_ms_b1']:.3f} ms at batch 1", flush=True)
