@@ -33,7 +33,7 @@ from distillab import __version__
 from distillab.errors import DistillabError, SpecError
 from distillab.inputs import parse_document, text_problem
 from distillab.service import registry
-from distillab.service.auth import hash_key
+from distillab.service.auth import hash_key, user_by_key_hash
 from distillab.service.estimate import cost_table
 from distillab.service.guards import (AuthLimiter, BodyLimit, RequestLimiter, clean_errors, storage_error,
                                       validation_error)
@@ -112,7 +112,7 @@ class UserCache:
 
 def _lookup_user(request: Request, digest: str) -> User | None:
     with request.app.state.read_sessions() as session:
-        return session.scalars(select(User).where(User.key_hash == digest)).first()
+        return user_by_key_hash(session, digest)
 
 
 async def _current_user(request: Request, key: Annotated[str | None, Security(api_key)]) -> User:
@@ -317,9 +317,9 @@ def _public_fields(job, settings: Settings) -> dict:
         created_at=_iso(job.created_at), started_at=_iso(job.started_at), finished_at=_iso(job.finished_at),
         estimated_completion=completion, estimated_cost=job.estimated_cost_usd,
         device_seconds=job.device_seconds or 0.0, attempts=job.attempts,
-        results_available=job.status == "completed" and (folder / "run" / "report.json").is_file(),  # type: ignore
+        results_available=job.status == "completed" and (folder / "run" / "report.json").is_file(),
         partial_results_available=job.status in ("cancelled", "stopped", "failed")
-        and (folder / "run.partial" / "partial.json").is_file(),  # type: ignore
+        and (folder / "run.partial" / "partial.json").is_file(),
         error=job.error, stop_reason=job.stop_reason,
     )
 

@@ -41,4 +41,8 @@ def add_user(session: Session, name: str, admin: bool = False) -> str:
 def authenticate(session: Session, key: str | None) -> User | None:
     if not key:
         return None
-    return session.scalars(select(User).where(User.key_hash == hash_key(key))).first()
+    return user_by_key_hash(session, hash_key(key))
+
+
+def user_by_key_hash(session: Session, digest: str) -> User | None:
+    return session.scalars(select(User).where(User.key_hash == digest)).first()
