@@ -5,7 +5,8 @@ and does it beat a static student simply widened to the same parameter count?
 The default job's patient regime (`configs/fashion_mnist_kd.yaml`: the shipped teacher, 5,000
 images, 30 epochs, 8 cached views), 5 seeds, every row on the same teacher cache. Rows:
 - static `response` KD, `cnn_small`;
-- `adaptive_v2` at K = 2 and 4;
+- `adaptive_v2` at K = 2 and 4 (the last two 3x3 convolutions dynamic), and K = 4 on the last one only
+  (half the batch-1 overhead);
 - a static `cnn` widened (last stage) to adaptive_v2 K = 4's parameter count, with `response`;
 - ablations at K = 4: no D (adv_weight 0), no routing balance, no channel gates, with the routing VAE.
 Columns: test accuracy (mean ± std) with the paired t-test against static, parameters, MACs
@@ -43,6 +44,7 @@ ROWS = {
     "static response (cnn_small)": ("response", {}, None),
     "adaptive_v2 K=2": ("adaptive_v2", {"experts": 2}, None),
     "adaptive_v2 K=4": ("adaptive_v2", V2, None),
+    "adaptive_v2 K=4, last conv only": ("adaptive_v2", {**V2, "layers": ["stages.2.2.0"]}, None),
     "static response, widened to K=4's parameters": ("response", {}, "widened"),
     "adaptive_v2 K=4, no D": ("adaptive_v2", {**V2, "adv_weight": 0.0}, None),
     "adaptive_v2 K=4, no routing balance": ("adaptive_v2", {**V2, "balance_weight": 0.0}, None),

@@ -6,7 +6,7 @@ A ``DynamicConv2d`` replaces one ``Conv2d`` of the student. A cheap router (glob
 pool, a small MLP) reads the layer's input and gives each input a softmax over the K experts
 at temperature T; the input's kernel is the mixture of the K stored kernels (and biases), so
 the mixing weights are a K-number code of that input's weights. Optional per-output-channel
-gates (a sigmoid from the same router) scale the activations. The mixture is computed once per
+gates (1 + tanh of a second head of the same router, in (0, 2)) scale the activations. The mixture is computed once per
 input and applied as one grouped convolution, so the extra cost is parameters (K kernels) and
 a few MACs for the router and the mixing, not a second convolution.
 
@@ -57,22 +57,28 @@ class DynamicConv2d(nn.Module):
         self.bias = (nn.Parameter(conv.bias.detach().unsqueeze(0).repeat(experts, 1))
                      if conv.bias is not None else None)  # (K, O)
         hidden = hidden or max(4, conv.in_channels // 4)
-        self.router = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(conv.in_channels, hidden),
-                                    nn.ReLU(inplace=True))
+        # the router (G for this layer): global average pool, Linear-ReLU, then one Linear whose
+        # outputs are the K routing logits (2K with the VAE: mean and log-variance), then the O
+        # gate pre-activations: one matrix product for both heads (batch-1 latency is op count)
+        self.router = nn.Linear(conv.in_channels, hidden)
         self.variational = variational  # routing logits drawn from N(mu, sigma^2) in training, with a KL
-        self.to_experts = nn.Linear(hidden, 2 * experts if variational else experts)
+        self.routing_outputs = 2 * experts if variational else experts
+        self.gates = gates
+        self.head = nn.Linear(hidden, self.routing_outputs + (conv.out_channels if gates else 0))
+        if gates:  # gate = 1 + tanh(z) in (0, 2), exactly 1 at z = 0: the layer starts as the static one
+            nn.init.zeros_(self.head.weight[self.routing_outputs:])
+            nn.init.zeros_(self.head.bias[self.routing_outputs:])
         self.last_kl: torch.Tensor | None = None  # KL(q(logits | x) || N(0, I)) of the last training pass
         self.last_mixing: torch.Tensor | None = None  # the last pass's mixing weights (B, K), for the regularisers
-        self.to_gates = nn.Linear(hidden, conv.out_channels) if gates else None
-        if self.to_gates is not None:  # gates start fully open: the layer starts as the static one
-            nn.init.zeros_(self.to_gates.weight)
-            nn.init.constant_(self.to_gates.bias, 4.0)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mixing weights (B, K), channel gates (B, O) or None) for a batch of inputs."""
-        hidden = self.router(x)
-        logits = self.to_experts(hidden)
+        """(mixing weights (B, K), gate pre-activations z (B, O) or None; the gates are 1 + tanh(z))
+        for a batch of inputs."""
+        # F.linear on the parameters: a module call per Linear costs more than its arithmetic at batch 1
+        hidden = F.relu(F.linear(x.mean((2, 3)), self.router.weight, self.router.bias))  # (B, hidden)
+        heads = F.linear(hidden, self.head.weight, self.head.bias)  # (B, K or 2K [+ O])
+        logits, gates = heads[:, : self.routing_outputs], (heads[:, self.routing_outputs:] if self.gates else None)
         if self.variational:
             mu, logvar = logits.chunk(2, dim=-1)
             logvar = logvar.clamp(-10, 10)
@@ -80,13 +86,19 @@ class DynamicConv2d(nn.Module):
             logits = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         mixing = torch.softmax(logits / self.temperature, dim=-1)
         self.last_mixing = mixing
-        gates = 2 * torch.sigmoid(self.to_gates(hidden)) if self.to_gates is not None else None  # in (0, 2)
         return mixing, gates
+
+    @staticmethod
+    def gated(out: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
+        """out * (1 + tanh(z)) per output channel, as out + out * tanh(z) (one fused op)."""
+        return out if gates is None else torch.addcmul(out, out, torch.tanh(gates)[:, :, None, None])
 
     def mixed(self, mixing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-input kernels (B, O, I/g, kh, kw) and biases (B, O)."""
-        kernels = self.weight.reshape(self.experts, self.out_channels, *self.weight.shape[1:])  # (K, O, I/g, kh, kw)
-        weight = torch.einsum("bk,koihw->boihw", mixing, kernels)
+        # one (B, K) x (K, O*I/g*kh*kw) matrix product over the flattened experts (an einsum
+        # over the 5-D view permutes and copies: twice the batch-1 cost)
+        weight = (mixing @ self.weight.reshape(self.experts, -1)).reshape(mixing.shape[0], self.out_channels,
+                                                                          *self.weight.shape[1:])
         bias = mixing @ self.bias if self.bias is not None else None
         return weight, bias
 
@@ -94,12 +106,15 @@ class DynamicConv2d(nn.Module):
         mixing, gates = self.route(x)
         weight, bias = self.mixed(mixing)
         batch = x.shape[0]
+        if batch == 1:  # an ordinary convolution with this input's kernel
+            out = F.conv2d(x, weight[0], bias[0] if bias is not None else None, self.stride, self.padding,
+                           self.dilation, self.groups)
+            return self.gated(out, gates)
         out = F.conv2d(x.reshape(1, batch * self.in_channels, *x.shape[2:]),
                        weight.reshape(batch * self.out_channels, *weight.shape[2:]),
                        bias.reshape(-1) if bias is not None else None, self.stride, self.padding, self.dilation,
                        groups=batch * self.groups)  # one grouped convolution: sample b with its own kernel
-        out = out.reshape(batch, self.out_channels, *out.shape[2:])
-        return out * gates[:, :, None, None] if gates is not None else out
+        return self.gated(out.reshape(batch, self.out_channels, *out.shape[2:]), gates)
 
     def forward_per_sample(self, x: torch.Tensor) -> torch.Tensor:
         """The same output through ``vmap`` over samples, each an ordinary convolution with
@@ -111,7 +126,7 @@ class DynamicConv2d(nn.Module):
             return F.conv2d(sample.unsqueeze(0), w, b, self.stride, self.padding, self.dilation, self.groups)[0]
 
         out = vmap(one)(weight, bias if bias is not None else torch.zeros(x.shape[0], self.out_channels), x)
-        return out * gates[:, :, None, None] if gates is not None else out
+        return self.gated(out, gates)
 
     def set_temperature(self, value: float) -> None:
         self.temperature.fill_(value)
