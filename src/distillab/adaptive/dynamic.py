@@ -45,7 +45,7 @@ class DynamicConv2d(nn.Module):
             raise SpecError(f"strategy.params.experts: K must be at least 1, got {experts}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise SpecError("a dynamic convolution needs numeric zero padding")
-        self.experts, self.stride, self.padding = experts, conv.stride, conv.padding
+        self.experts, self.stride, self.padding, self.kernel_size = experts, conv.stride, conv.padding, conv.kernel_size
         self.dilation, self.groups = conv.dilation, conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         weight = conv.weight.detach()
@@ -103,6 +103,8 @@ class DynamicConv2d(nn.Module):
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, I, H, W) -> (B, O, H', W')
+        if torch.jit.is_tracing():  # ONNX / TorchScript: a graph for any batch size
+            return self.forward_unfolded(x)
         mixing, gates = self.route(x)
         weight, bias = self.mixed(mixing)
         batch = x.shape[0]
@@ -115,6 +117,25 @@ class DynamicConv2d(nn.Module):
                        bias.reshape(-1) if bias is not None else None, self.stride, self.padding, self.dilation,
                        groups=batch * self.groups)  # one grouped convolution: sample b with its own kernel
         return self.gated(out.reshape(batch, self.out_channels, *out.shape[2:]), gates)
+
+    def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same output as patches times per-input kernels: ``unfold`` (im2col) and one batched
+        matrix product, the same MACs as the convolution. The grouped convolution's group count is
+        the batch size, which a traced graph (ONNX, TorchScript) would fix at export; this form
+        leaves the batch free, and is what those exports record."""
+        mixing, gates = self.route(x)
+        weight, bias = self.mixed(mixing)  # (B, O, I/g, kh, kw)
+        if self.groups != 1:
+            raise SpecError("a dynamic convolution with groups > 1 does not export")
+        kh, kw = self.kernel_size
+        cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # (B, I*kh*kw, L)
+        out = torch.bmm(weight.flatten(2), cols)  # (B, O, L)
+        height = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        width = (x.shape[3] + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        out = out.reshape(x.shape[0], self.out_channels, height, width)
+        if bias is not None:
+            out = out + bias[:, :, None, None]
+        return self.gated(out, gates)
 
     def forward_per_sample(self, x: torch.Tensor) -> torch.Tensor:
         """The same output through ``vmap`` over samples, each an ordinary convolution with

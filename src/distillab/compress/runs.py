@@ -73,10 +73,6 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
     if spec.strategy.name == "adaptive":
         raise ExportError(f"{run_dir}: an adaptive run's student is exported by its own pipeline "
                           "(distillab.adaptive.export), not from the run folder")
-    if spec.strategy.name == "adaptive_v2":
-        raise ExportError(f"{run_dir}: an adaptive_v2 student is not exportable yet: its dynamic convolutions run "
-                          "as one grouped convolution whose group count is the batch size, which ONNX fixes at "
-                          "export")
     chosen = best_seed(run_dir, report) if seed is None else seed
     if chosen not in report["seeds"]:
         raise ExportError(f"--seed {chosen}: the run has seeds {report['seeds']}")
@@ -86,7 +82,10 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
                           "strategies keep their students per stage)")
     job = Job.from_spec(spec)
     data = job.build_data(chosen)
-    model = load_state_into(job.build_student(data), weights, "student").eval()
+    model = job.build_student(data)
+    if spec.strategy.name == "adaptive_v2":  # its chosen convolutions are dynamic: the strategy rebuilds them
+        model = job.make_strategy([], model, data).deployed_model()
+    model = load_state_into(model, weights, "student").eval()
     distilled = next(m for m in report["models"] if m["role"] == "distilled")
     dataset = report["dataset"]
     facts = {
