@@ -63,3 +63,21 @@ def test_pruning_and_qat_refuse_an_adaptive_v2_run(v2_run, tmp_path, command):
     result = runner.invoke(app, [command[0], str(v2_run), "--out", str(tmp_path / "out"), *command[1:]])
     assert result.exit_code == 2 and "adaptive_v2" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_adaptive_format_exports_the_v2_pipeline_without_the_teacher(v2_run, tmp_path):
+    from distillab.adaptive.pipeline import AdaptivePipeline
+
+    out = tmp_path / "pipeline"
+    result = runner.invoke(app, ["export", str(v2_run), "--format", "adaptive", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pipeline = AdaptivePipeline.load(out)
+    assert pipeline.dynamic and pipeline.teacher is None
+    from distillab.data.readers import read_npz
+
+    _, test = read_npz(v2_run.parent / "blobs.npz")
+    raw = torch.as_tensor(test.images[:9])  # raw uint8 images: the pipeline normalises them
+    student = run_student(v2_run)
+    with torch.no_grad():
+        expected = student.model(next(student.data.eval_batches("test", 9))["inputs"])
+    torch.testing.assert_close(pipeline.predict(raw), expected, atol=1e-5, rtol=1e-5)

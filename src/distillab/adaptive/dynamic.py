@@ -149,6 +149,11 @@ class DynamicConv2d(nn.Module):
         out = vmap(one)(weight, bias if bias is not None else torch.zeros(x.shape[0], self.out_channels), x)
         return self.gated(out, gates)
 
+    def __getstate__(self):
+        # the last pass's mixing and KL belong to its autograd graph: a copy (deepcopy, pickle)
+        # starts without them
+        return {**super().__getstate__(), "last_mixing": None, "last_kl": None}
+
     def set_temperature(self, value: float) -> None:
         self.temperature.fill_(value)
 

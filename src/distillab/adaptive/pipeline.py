@@ -12,6 +12,12 @@ output-head score. When the agreement falls below ``agreement_threshold`` (with 
 ``min_audits`` audits in the window) it re-calibrates for ``recalibration_calls`` calls.
 Calibration and audits need the teacher; an exported pipeline (``save``/``load``) has none
 and is feed-forward only, which is the deployment the seed names (the teacher stays private).
+
+Two kinds of model: an ``AdaptiveStudent`` (the ``adaptive`` strategy: G writes the student's
+weights) or a student with dynamic convolutions (``adaptive_v2``: each dynamic layer's router
+is G). For v2, calibration steps only the routers, on T^2 * KL(teacher || student) plus, with a
+discriminator and ``adv_weight`` > 0, its output critic's -log D(p_s); the stored kernels, the
+rest of the student and its BatchNorm statistics stay as trained.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from distillab.adaptive.discriminator import MultiHeadDiscriminator
+from distillab import losses
+from distillab.adaptive.dynamic import DynamicConv2d, dynamic_layers, make_dynamic
 from distillab.adaptive.generator import WeightGenerator
-from distillab.adaptive.objective import (Weights, discriminator_step, generator_loss, input_condition,
-                                          join_condition)
+from distillab.adaptive.objective import (Weights, critic_loss, critic_step, discriminator_step, generator_loss,
+                                          input_condition, join_condition)
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.data.transforms import Normalize
 from distillab.errors import CheckpointError, DistillabError
@@ -40,6 +47,7 @@ from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
 
 EXPORT_FORMAT = "distillab-adaptive/1"
+EXPORT_FORMAT_V2 = "distillab-adaptive/2"  # a student with dynamic convolutions: no separate G file
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,21 @@ class PipelineConfig:
 
 
 class AdaptivePipeline:
-    """Wraps a trained ``AdaptiveStudent``. ``predict`` takes raw images (B, C, H, W), the
-    same dtype and range as the dataset, and returns (B, K) logits."""
+    """Wraps a trained ``AdaptiveStudent`` or dynamic-convolution student. ``predict`` takes
+    raw images (B, C, H, W), the same dtype and range as the dataset, and returns (B, K) logits."""
 
-    def __init__(self, model: AdaptiveStudent, *, normalize: Normalize | None = None, teacher=None,
-                 discriminator: MultiHeadDiscriminator | None = None, objective: Weights = Weights(),
+    def __init__(self, model: AdaptiveStudent | torch.nn.Module, *, normalize: Normalize | None = None,
+                 teacher=None, discriminator: torch.nn.Module | None = None, objective: Weights = Weights(),
                  config: PipelineConfig = PipelineConfig(), condition_dims: int = 0, in_shape=None):
-        """``model`` is used (and calibrated) in place. An inactive model (G never trained)
-        is activated, which starts G from the base weights. ``in_shape`` (C, H, W), when
+        """``model`` is used (and calibrated) in place. An inactive ``AdaptiveStudent`` (G never
+        trained) is activated, which starts G from the base weights. ``discriminator`` is a
+        ``MultiHeadDiscriminator`` (v1) or v2's output critic. ``in_shape`` (C, H, W), when
         given, is checked on every call."""
-        if not model.is_active:
+        self.dynamic = not isinstance(model, AdaptiveStudent)
+        if self.dynamic and not dynamic_layers(model):
+            raise ValueError(f"AdaptivePipeline takes an AdaptiveStudent or a student with dynamic convolutions "
+                             f"(adaptive_v2); a {type(model).__name__} is neither")
+        if not self.dynamic and not model.is_active:
             model.activate()
         self.model = model.eval()
         self.normalize = normalize
@@ -108,13 +121,25 @@ class AdaptivePipeline:
         shares the strategy's modules: calibration changes the strategy's G and D too."""
         teachers = list(strategy.teachers)
         teacher = teachers[0] if len(teachers) == 1 else _MeanTeacher(teachers)
+        params = strategy.params
+        objective = (params.objective() if hasattr(params, "objective")  # v2: KD at its T, the critic's weight
+                     else Weights(temperature=params.temperature, alpha=params.alpha, adv_weight=params.adv_weight))
         return cls(strategy.student, normalize=normalize, teacher=teacher, discriminator=strategy.discriminator,
-                   objective=strategy.params.objective(), config=config, condition_dims=strategy.condition_dims,
+                   objective=objective, config=config, condition_dims=strategy.condition_dims,
                    in_shape=strategy.in_shape)
 
     @property
     def can_calibrate(self) -> bool:
-        return self.teacher is not None and self.discriminator is not None
+        """v1 calibrates G against D's heads, so it needs both; v2 needs only the teacher (its
+        critic, when there is one, is a weak regulariser)."""
+        return self.teacher is not None and (self.dynamic or self.discriminator is not None)
+
+    def generator_parameters(self) -> list[torch.nn.Parameter]:
+        """G: v1's generator, or v2's routers (each dynamic layer's router and heads)."""
+        if not self.dynamic:
+            return list(self.model.generator.parameters())
+        return [p for layer in dynamic_layers(self.model) for module in (layer.router, layer.head)
+                for p in module.parameters()]
 
     @property
     def calibrating(self) -> bool:
@@ -141,12 +166,15 @@ class AdaptivePipeline:
                                    if m is None)
             raise RuntimeError(f"calibration needs the teacher and the discriminator; this pipeline has no {missing}")
         if self._g_optimizer is None:
-            self._g_optimizer = torch.optim.Adam(self.model.generator.parameters(), lr=self.config.calibration_lr)
-            self._d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config.calibration_lr,
-                                                 betas=(0.5, 0.999))
+            self._g_optimizer = torch.optim.Adam(self.generator_parameters(), lr=self.config.calibration_lr)
+            if self.discriminator is not None:
+                self._d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config.calibration_lr,
+                                                     betas=(0.5, 0.999))
         with torch.no_grad():
             teacher_logits = self.teacher(inputs).float()
         condition = input_condition(inputs, self.condition_dims)
+        if self.dynamic:
+            return self._calibrate_routers(inputs, teacher_logits, condition)
         logs: dict[str, float] = {}
         for _ in range(self.config.calibration_steps):
             generated, mu, logvar = self.model.generate(inputs)
@@ -166,6 +194,35 @@ class AdaptivePipeline:
             self._g_optimizer.step()
             self.calibration_steps += 1
             logs.update(g_logs, g_loss=loss.item())
+        self.last_calibration = logs
+        return logs
+
+    def _calibrate_routers(self, inputs, teacher_logits, condition) -> dict[str, float]:
+        """v2: steps on the routers only; the model stays in eval mode (BatchNorm statistics and
+        the routing temperature as trained)."""
+        T, critic = self.objective.temperature, self.discriminator
+        adversarial = critic is not None and self.objective.adv_weight > 0
+        logs: dict[str, float] = {}
+        for _ in range(self.config.calibration_steps):
+            student_logits = self.model(inputs).float()
+            if adversarial and self.config.update_discriminator:
+                critic.train()  # spectral norm's power iteration runs only in train mode
+                try:
+                    logs.update(critic_step(critic, self._d_optimizer, teacher_logits, student_logits, condition, T))
+                finally:
+                    critic.eval()
+            soft = losses.soft_kl(student_logits, teacher_logits, T)
+            loss = soft
+            logs["soft"] = soft.item()
+            if adversarial:
+                adv = critic_loss(critic, student_logits, condition, T)
+                loss = loss + self.objective.adv_weight * adv
+                logs["adv_output"] = adv.item()
+            self._g_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._g_optimizer.step()
+            self.calibration_steps += 1
+            logs["g_loss"] = loss.item()
         self.last_calibration = logs
         return logs
 
@@ -199,7 +256,8 @@ class AdaptivePipeline:
         if self.discriminator is not None:
             probs = F.softmax(logits[chosen].float() / self.objective.temperature, -1)
             condition = input_condition(inputs[chosen], self.condition_dims)
-            scores = self.discriminator.output(join_condition(probs, condition))
+            critic = self.discriminator if self.dynamic else self.discriminator.output
+            scores = critic(join_condition(probs, condition))
             self._d_scores.extend(torch.sigmoid(scores).tolist())
         if (not self.calibrating and len(self._agreement) >= self.config.min_audits
                 and self.agreement < self.config.agreement_threshold):
@@ -240,22 +298,30 @@ class AdaptivePipeline:
         final, out_dir = out_dir, out_dir.with_name(out_dir.name + ".partial")  # built aside, then renamed
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
-        generator_state = {k: v.detach().cpu().contiguous() for k, v in self.model.generator.state_dict().items()}
-        student_state = {k: v.detach().cpu().contiguous() for k, v in self.model.student.state_dict().items()}
-        for name, state in (("generator.safetensors", generator_state), ("student.safetensors", student_state)):
-            save_file(state, str(out_dir / name))
+        student = self.model if self.dynamic else self.model.student
+        states = {"student.safetensors": student.state_dict()}
+        if not self.dynamic:
+            states["generator.safetensors"] = self.model.generator.state_dict()
+        for name, state in states.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out_dir / name))
         normalize = None if self.normalize is None else {"mean": list(self.normalize.mean),
                                                          "std": list(self.normalize.std),
                                                          "scale": self.normalize.scale}
         meta = {
-            "format": EXPORT_FORMAT,
+            "format": EXPORT_FORMAT_V2 if self.dynamic else EXPORT_FORMAT,
             "student": {"model": student_model, "model_args": student_args or {}},
-            "generator": self.model.generator.describe(),
             "in_shape": list(in_shape),
             "num_classes": num_classes,
             "normalize": normalize,
             "source": source,
         }
+        if self.dynamic:
+            layers = {name: m for name, m in self.model.named_modules() if isinstance(m, DynamicConv2d)}
+            first = next(iter(layers.values()))
+            meta["dynamic"] = {"layers": list(layers), "experts": first.experts, "gates": first.gates,
+                               "variational": first.variational}
+        else:
+            meta["generator"] = self.model.generator.describe()
         (out_dir / "adaptive.json").write_text(json.dumps(meta, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -273,12 +339,23 @@ class AdaptivePipeline:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as error:
             raise CheckpointError(f"{meta_path}: not readable JSON ({error})") from None
-        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in (EXPORT_FORMAT, EXPORT_FORMAT_V2):
             found = meta.get("format") if isinstance(meta, dict) else None
-            raise CheckpointError(f"{meta_path}: format {found!r}, expected {EXPORT_FORMAT!r}")
+            raise CheckpointError(f"{meta_path}: format {found!r}, expected {EXPORT_FORMAT!r} or {EXPORT_FORMAT_V2!r}")
         try:
             student = build_model(meta["student"]["model"], meta["in_shape"], meta["num_classes"],
                                   meta["student"]["model_args"])
+            if meta["format"] == EXPORT_FORMAT_V2:
+                d = meta["dynamic"]
+                make_dynamic(student, d["layers"], d["experts"], d["gates"], variational=d["variational"])
+        except (KeyError, TypeError, DistillabError) as error:
+            raise CheckpointError(f"{meta_path}: incomplete or invalid ({type(error).__name__}: {error})") from None
+        normalize = Normalize(tuple(meta["normalize"]["mean"]), tuple(meta["normalize"]["std"]),
+                              meta["normalize"]["scale"]) if meta.get("normalize") else None
+        if meta["format"] == EXPORT_FORMAT_V2:
+            load_state_into(student, directory / "student.safetensors", str(directory))
+            return cls(student.eval(), normalize=normalize, config=config, in_shape=meta["in_shape"])
+        try:
             g = meta["generator"]
             generator = WeightGenerator(student, meta["in_shape"], g["mode"], g["layers"], g["latent_dims"],
                                         g["hidden"], g["rank"], tuple(g["encoder_channels"]))
@@ -289,8 +366,6 @@ class AdaptivePipeline:
         model = AdaptiveStudent(student, generator)
         model.active.fill_(True)
         model.student.eval()
-        normalize = Normalize(tuple(meta["normalize"]["mean"]), tuple(meta["normalize"]["std"]),
-                              meta["normalize"]["scale"]) if meta.get("normalize") else None
         return cls(model, normalize=normalize, config=config, in_shape=meta["in_shape"])
 
 

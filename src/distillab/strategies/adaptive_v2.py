@@ -7,12 +7,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from distillab import losses
 from distillab.adaptive.dynamic import dynamic_layers, make_dynamic, temperature_at
-from distillab.adaptive.objective import CONDITION_DIMS, input_condition, join_condition
+from distillab.adaptive.objective import CONDITION_DIMS, critic_loss, critic_step, input_condition
 from distillab.errors import SpecError
 from distillab.models.critic import Critic
 from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
@@ -126,26 +125,9 @@ class AdaptiveV2(OwnDiscriminator, Strategy):
         if p.adv_weight > 0 and torch.is_grad_enabled():
             with torch.autocast(inputs.device.type, enabled=False):
                 condition = input_condition(inputs.float(), self.condition_dims)
-                logs.update(self._discriminator_step(teacher_logits, student_logits.float(), condition))
-                self.discriminator.requires_grad_(False)
-                try:
-                    probs = F.softmax(student_logits.float() / p.temperature, -1)
-                    adv = losses.generator_nonsaturating(self.discriminator(join_condition(probs, condition)))
-                finally:
-                    self.discriminator.requires_grad_(True)
+                logs.update(critic_step(self.discriminator, self.d_optimizer, teacher_logits, student_logits,
+                                        condition, p.temperature))
+                adv = critic_loss(self.discriminator, student_logits, condition, p.temperature)
             loss = loss + p.adv_weight * adv
             logs["adv_output"] = adv.item()
         return StepOutput(loss, student_logits, logs)
-
-    def _discriminator_step(self, teacher_logits, student_logits, condition) -> dict[str, float]:
-        T = self.params.temperature
-        real = join_condition(F.softmax(teacher_logits.detach() / T, -1), condition)
-        fake = join_condition(F.softmax(student_logits.detach() / T, -1), condition)
-        scores = self.discriminator(torch.cat([real, fake]))
-        B = len(real)
-        d_loss = losses.discriminator_bce(scores[:B], scores[B:])
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_optimizer.step()
-        return {"d_loss": d_loss.item(),
-                "d_output_accuracy": ((scores[:B] > 0).float().mean() + (scores[B:] < 0).float().mean()).item() / 2}
