@@ -42,9 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 V2 = {"experts": 4}
 ROWS = {
     "static response (cnn_small)": ("response", {}, None),
-    "adaptive_v2 K=2": ("adaptive_v2", {"experts": 2}, None),
     "adaptive_v2 K=4": ("adaptive_v2", V2, None),
-    "adaptive_v2 K=4, last conv only": ("adaptive_v2", {**V2, "layers": ["stages.2.2.0"]}, None),
+    "adaptive_v2 K=4, last two convs": ("adaptive_v2", {**V2, "layers": ["stages.2.1.0", "stages.2.2.0"]}, None),
+    "adaptive_v2 K=2": ("adaptive_v2", {"experts": 2}, None),
+    "adaptive_v2 K=8": ("adaptive_v2", {"experts": 8}, None),
     "static response, widened to K=4's parameters": ("response", {}, "widened"),
     "adaptive_v2 K=4, no D": ("adaptive_v2", {**V2, "adv_weight": 0.0}, None),
     "adaptive_v2 K=4, no routing balance": ("adaptive_v2", {**V2, "balance_weight": 0.0}, None),

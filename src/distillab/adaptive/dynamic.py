@@ -172,12 +172,13 @@ def dynamic_candidates(student: nn.Module) -> list[str]:
 
 def make_dynamic(student: nn.Module, layers: list[str] | None = None, experts: int = 4, gates: bool = True,
                  where: str = "strategy.params.layers", variational: bool = False) -> list[str]:
-    """Replace the named Conv2d layers of ``student`` (in place; default: its last two 3x3
-    convolutions) by ``DynamicConv2d``; returns their names."""
+    """Replace the named Conv2d layers of ``student`` (in place; default: its last spatial
+    convolution, which beat the last two on validation in ``benchmarks/adaptive_v2.py``) by
+    ``DynamicConv2d``; returns their names."""
     candidates = dynamic_candidates(student)
     if not candidates:
         raise SpecError(f"{where}: the student has no spatial Conv2d layer to make dynamic")
-    chosen = list(layers) if layers else candidates[-2:]
+    chosen = list(layers) if layers else candidates[-1:]
     for index, name in enumerate(chosen):
         if name not in candidates:
             module = dict(student.named_modules()).get(name)

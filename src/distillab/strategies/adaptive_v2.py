@@ -1,6 +1,7 @@
-"""Adaptive distillation v2 (seed 000, issue 16): the student's last 3x3 convolutions become
-input-conditioned (a per-input mixture of K kernels, ``adaptive.dynamic``), trained end to end
-with KD from the first step; the seed's discriminator heads act as weak regularisers."""
+"""Adaptive distillation v2 (seed 000, issue 16): the student's last 3x3 convolution (or the
+chosen ones) becomes input-conditioned (a per-input mixture of K kernels, ``adaptive.dynamic``),
+trained end to end with KD from the first step; the seed's discriminator heads act as weak
+regularisers."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Stra
 class AdaptiveV2Params(Params):
     experts: int = Field(4, ge=1, le=16, description="K: kernels mixed per input in each dynamic layer")
     layers: list[str] | None = Field(None, description="Conv2d layers made dynamic (module paths); default: the "
-                                                        "student's last two 3x3 convolutions")
+                                                        "student's last spatial convolution")
     gates: bool = Field(True, description="per-output-channel gates on the dynamic layers' activations")
     temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T of the KD term")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs CE")
@@ -43,7 +44,7 @@ class AdaptiveV2Params(Params):
 
 class AdaptiveV2(OwnDiscriminator, Strategy):
     """Input-adaptive KD with dynamic convolutions (CondConv / Dynamic Convolution family). The
-    chosen layers keep K kernels each; a cheap router per layer (global pooling and a small
+    chosen layers (default: the last spatial convolution) keep K kernels each; a cheap router per layer (global pooling and a small
     MLP, the generator G) gives every input a softmax over them, whose weights are a K-number
     code of that input's kernel. Trained from step 0 with
 
