@@ -12,6 +12,8 @@ Variants (all from configs/fashion_mnist_kd.yaml, the shipped ResNet-20 teacher,
   adaptive_no_complexity the same with the complexity head off (complexity_weight=0)
   adaptive_finetune_base the base weights keep training while G trains (finetune_base=true)
   adaptive_full          G writes the whole last Linear layer per input (mode=full)
+  adaptive_v2            issue 16's dynamic convolution (K = 4 kernels mixed per input in the last 3x3
+                         convolution), KD from step 0 for all E epochs; calibration steps its routers
 Every variant reads the same cached teacher outputs for E epochs: equal teacher passes.
 
 Distribution shift: the test images with a fixed corruption, x' = clip(0.5 * x + 0.05, 0, 1)
@@ -20,7 +22,7 @@ looking at the *teacher* only (it must stay useful as the feedback: 79.0% on it,
 38% with +0.35 brightness); no student result was looked at. "Before" is the trained model on it.
 "After" calibrates on an unlabeled stream of --stream shifted *validation* images in batches
 of 64, where only the teacher gives feedback: the adaptive pipeline updates G (and D) from D's
-heads and KL(teacher || student); the static student, as a control, takes the same number of
+heads and KL(teacher || student) (adaptive_v2: its routers from KL(teacher || student) and the output critic); the static student, as a control, takes the same number of
 Adam steps on KL(teacher || student) alone (BatchNorm in eval mode, like the adaptive base).
 Both run at every --calibration-lr (default 1e-3 and 1e-4), all reported, none selected. "Without
 calibration" is the "before" column. Resumable: finished trainings are kept and skipped.
@@ -37,6 +39,7 @@ import torch
 from common import base_spec, comparison_parser
 from distillab import data as data_module
 from distillab import losses
+from distillab.adaptive.dynamic import dynamic_layers
 from distillab.adaptive.pipeline import AdaptivePipeline, PipelineConfig
 from distillab.data.readers import ArraySet
 from distillab.engine.checkpoint import atomic_write_json, atomic_write_text, load_training_checkpoint
@@ -56,6 +59,7 @@ VARIANTS = {
     "adaptive_no_complexity": ("adaptive", {"complexity_weight": 0.0}),
     "adaptive_finetune_base": ("adaptive", {"finetune_base": True}),
     "adaptive_full": ("adaptive", {"mode": "full"}),
+    "adaptive_v2": ("adaptive_v2", {}),
 }
 STREAM_BATCH = 64
 
@@ -84,7 +88,7 @@ def accuracy_on(model, images, labels, normalize, batch_size=1024) -> float:
 
 def calibrated(strategy, name, teacher, stream, normalize, lr, seed):
     """The model after on-line calibration on the unlabeled stream, teacher feedback only."""
-    if name == "adaptive":
+    if name in ("adaptive", "adaptive_v2"):
         pipeline = AdaptivePipeline.from_strategy(strategy, normalize, PipelineConfig(
             calibration_calls=-(-len(stream) // STREAM_BATCH), calibration_lr=lr, audit_fraction=0.0, seed=seed))
         for start in range(0, len(stream), STREAM_BATCH):
@@ -150,6 +154,8 @@ def main() -> None:
         deployed = strategy.deployed_model()
         facts = model_facts(deployed, first.in_shape, repeats=20)
         generator = getattr(deployed, "generator", None)
+        if name == "adaptive_v2":  # G is the routers of the dynamic layers
+            generator = torch.nn.ModuleList(m for layer in dynamic_layers(deployed) for m in (layer.router, layer.head))
         rows[variant] = {
             "strategy": name, "params": params, "runs": runs,
             "accuracy": summarize([r["test_accuracy"] for r in runs]),
