@@ -117,3 +117,28 @@ def test_the_v2_strategy_anneals_routing_trains_d_and_keeps_its_mac_budget():
     with pytest.raises(SpecError, match="max_macs_ratio"):
         AdaptiveV2([teacher], build_model("cnn_small", (1, 28, 28), 10), AdaptiveV2.Params(experts=16),
                    in_shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize("head", ["adv_weight", "balance_weight", "entropy_weight", "kl_weight"])
+def test_every_regulariser_moves_the_generator(head):
+    """Each of D's roles (the output critic, routing balance, routing entropy, the VAE's KL) changes
+    the routers' gradient when switched on: a head whose gradient never reaches G is a bug."""
+    from distillab.strategies.adaptive_v2 import AdaptiveV2
+
+    def router_gradient(weight):
+        torch.manual_seed(0)
+        teacher = build_model("cnn_small", (1, 28, 28), 10)
+        params = {"experts": 4, "adv_weight": 0.0, "balance_weight": 0.0, "entropy_weight": 0.0, "vae": True,
+                  "kl_weight": 0.0, head: weight}
+        strategy = AdaptiveV2([teacher], build_model("cnn_small", (1, 28, 28), 10), AdaptiveV2.Params(**params),
+                              in_shape=(1, 28, 28)).train()
+        strategy.prepare(type("Bundle", (), {"steps_per_epoch": staticmethod(lambda batch_size: 1)})())
+        strategy.step.fill_(10)  # past the anneal: routing at T = 1
+        torch.manual_seed(1)  # the same batch and the same VAE noise for both
+        batch = {"inputs": torch.randn(8, 1, 28, 28), "targets": torch.randint(0, 10, (8,)), "epoch": 0,
+                 "epochs": 1}
+        strategy.loss(batch).loss.backward()
+        return torch.cat([p.grad.flatten() for layer in dynamic_layers(strategy.student)
+                          for p in (layer.router.weight, layer.head.weight)])
+
+    assert not torch.allclose(router_gradient(0.1), router_gradient(0.0), atol=1e-9, rtol=0)
