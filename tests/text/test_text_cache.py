@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from distillab.data.text_cache import bytes_per_token, teacher_topk, topk_logprobs
+from distillab.data.text_cache import bytes_per_token, distinct_tail, teacher_topk, topk_logprobs
 from distillab.errors import SpecError
 from distillab.spec import parse_spec
 from distillab.tasks import TASKS
@@ -32,8 +32,9 @@ def test_round_trip_matches_the_live_teacher_with_its_tail(text_data, tmp_path):
     assert torch.equal(ids, live_ids)
     assert torch.allclose(values, live_values, atol=2e-3)
     assert torch.allclose(tail, live_tail, atol=5e-3)
-    assert torch.allclose(values.exp().sum(-1) + tail.exp(), torch.ones_like(tail), atol=5e-3)  # k + 1 buckets sum to 1
-    assert cache.meta["bytes_per_token"] == bytes_per_token(4, data.num_classes) == 18
+    assert torch.allclose(values.exp().sum(-1) + tail.exp(), torch.ones_like(tail), atol=1e-5)  # k + 1 buckets sum to 1
+    assert sorted(p.name for p in cache.folder.glob("*.npy")) == ["ids.npy", "logprobs.npy"]  # the tail is derived
+    assert cache.meta["bytes_per_token"] == bytes_per_token(4, data.num_classes) == 16  # ids + values, no tail
     assert 0 < cache.meta["topk_mass"] < 1 and cache.meta["tokens_per_s"] > 0
     again = teacher_topk(teacher, checksum, data, k=4, temperature=2.0, cache_dir=tmp_path)
     assert again.hit
@@ -99,11 +100,21 @@ def test_a_sampled_cache_draws_from_the_teacher_and_resumes_to_the_same_draws(te
     top = fill(teacher, checksum, data, k=4, temperature=1.0, cache_dir=tmp_path, selection="top_k")
     assert not top.hit and top.folder != resumed.folder  # the selection is part of the key
     rows = torch.arange(len(data.train))
-    ids, values, _ = resumed.lookup(rows)
+    ids, values, tail = resumed.lookup(rows)
     with torch.no_grad():
         probs = torch.softmax(teacher(data.train.tokens[rows, :-1]).float(), -1)  # (N, T, V)
+    distinct = torch.zeros_like(probs).scatter_(-1, ids, 1.0)  # the tail is the mass of the ids never drawn
+    torch.testing.assert_close(tail.exp(), (probs * (1 - distinct)).sum(-1), atol=2e-3, rtol=0)
     p_max, argmax = probs.max(-1)
     drawn_share = (ids == argmax.unsqueeze(-1)).float().mean(-1)  # how often the top token was drawn
     mask = data.train.mask[rows]
     assert drawn_share[mask].mean().item() == pytest.approx(p_max[mask].mean().item(), abs=0.03)
     assert torch.allclose(values, probs.log().gather(-1, ids), atol=2e-2)  # the teacher's log-probabilities of the draws
+
+
+def test_the_derived_tail_counts_a_repeated_id_once():
+    ids = torch.tensor([[3, 1, 3, 2]])
+    values = torch.tensor([[0.2, 0.1, 0.2, 0.3]]).log()
+    torch.testing.assert_close(distinct_tail(ids, values), torch.tensor([0.4]).log())  # 1 - (0.2 + 0.1 + 0.3)
+    top_ids, top_values, top_tail = topk_logprobs(torch.randn(2, 5, 50), 8, 1.5)  # distinct ids: log1m_sumexp
+    torch.testing.assert_close(distinct_tail(top_ids, top_values), top_tail, atol=1e-5, rtol=1e-5)

@@ -7,9 +7,12 @@ its full softmax at the teacher's ids.
 
 On disk, one folder per key (teacher, tokenizer, corpus and its split, context length,
 temperature, precision) and k (``<key>-k32``; a larger k serves a smaller one, the top-k being
-sorted): ``ids.npy`` (N, T, k) uint16 (int32 for a vocabulary over 65,536), ``logprobs.npy``
-(N, T, k) float16, ``tail.npy`` (N, T) float16, memory-mapped for reading: (k x 4 + 2) bytes
-per token. The fill writes block rows into a preallocated staging folder
+sorted): ``ids.npy`` (N, T, k) uint16 (int32 for a vocabulary over 65,536) and ``logprobs.npy``
+(N, T, k) float16, memory-mapped for reading: k x 4 bytes per token (128 at k = 32). The tail
+bucket is not stored: it is what the stored log-probabilities leave, log(1 - sum over the
+distinct stored ids of p), computed on reading, so the k + 1 buckets read back sum to 1 exactly
+and the tail absorbs the fp16 rounding of the k values (a few 1e-4 of mass; earlier versions
+stored it, and their ``tail.npy`` is ignored). The fill writes block rows into a preallocated staging folder
 with a progress file, so an interrupted fill resumes where it stopped; ``meta.json`` records
 its cost (seconds, tokens per second) and how much teacher mass the top-k holds on this text.
 """
@@ -36,7 +39,19 @@ log = logging.getLogger("distillab")
 
 
 def bytes_per_token(k: int, vocabulary: int) -> int:
-    return k * (2 if vocabulary <= 65_536 else 4) + k * 2 + 2
+    return k * (2 if vocabulary <= 65_536 else 4) + k * 2
+
+
+def distinct_tail(ids: torch.Tensor, values: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """The tail bucket of stored ids and log-probabilities (..., k) -> (...,): log(1 - the mass
+    of the distinct ids), a repeated id (a sampled cache draws with replacement) counted once;
+    the mass is clamped below 1 - eps, as ``losses.log1m_sumexp`` does."""
+    order = ids.argsort(dim=-1)
+    sorted_ids, probs = ids.gather(-1, order), values.float().gather(-1, order).exp()
+    first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    first[..., 1:] = sorted_ids[..., 1:] != sorted_ids[..., :-1]
+    mass = (probs * first).sum(-1).clamp(max=1 - eps)
+    return torch.log1p(-mass)
 
 
 def topk_logprobs(teacher_logits: torch.Tensor, k: int, temperature: float):
@@ -68,7 +83,6 @@ class TopKCache:
     folder: Path
     ids: np.ndarray  # (N, T, k_stored)
     logprobs: np.ndarray  # (N, T, k_stored) float16
-    tail: np.ndarray  # (N, T) float16, the tail of k_stored
     meta: dict
     hit: bool
     k: int = 0  # 0: all that is stored
@@ -82,11 +96,7 @@ class TopKCache:
         order = torch.from_numpy(np.searchsorted(index, rows.numpy()))
         ids = torch.from_numpy(np.asarray(self.ids[index, :, : self.k], dtype=np.int64))[order]
         values = torch.from_numpy(np.asarray(self.logprobs[index, :, : self.k], dtype=np.float32))[order]
-        if self.k == self.ids.shape[-1]:
-            tail = torch.from_numpy(np.asarray(self.tail[index], dtype=np.float32))[order]
-        else:
-            tail = losses.log1m_sumexp(values)
-        return ids, values, tail
+        return ids, values, distinct_tail(ids, values)
 
 
 def cache_key(checksum: str, data, temperature: float, precision: str, selection: str = "top_k") -> str:
@@ -115,7 +125,7 @@ def _read(folder: Path, rows: int) -> TopKCache | None:
     if not (folder / "meta.json").exists():
         return None
     try:
-        arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("ids", "logprobs", "tail")]
+        arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("ids", "logprobs")]
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         log.warning("teacher top-k: cache entry %s unreadable, recomputing", folder)
@@ -169,7 +179,6 @@ def _fill(teacher, data, staging: Path, k: int, temperature: float, batch_size: 
     id_type = np.uint16 if data.num_classes <= 65_536 else np.int32
     ids_out = _Array(staging / "ids.npy", (rows, context, k), id_type)
     values_out = _Array(staging / "logprobs.npy", (rows, context, k), np.float16)
-    tail_out = _Array(staging / "tail.npy", (rows, context), np.float16)
     state_path = staging / "progress.json"
     state = (json.loads(state_path.read_text()) if state_path.exists()
              else {"rows_done": 0, "seconds": 0.0, "mass": 0.0, "tokens": 0})
@@ -194,7 +203,6 @@ def _fill(teacher, data, staging: Path, k: int, temperature: float, batch_size: 
         mask = batch["mask"].to(device)
         ids_out.write_rows(start, ids.cpu().numpy().astype(id_type))
         values_out.write_rows(start, values.cpu().numpy())
-        tail_out.write_rows(start, tail.cpu().numpy())
         covered = -torch.expm1(tail.float())  # (B, T) teacher mass inside the top-k (the distinct ids drawn)
         state = {"rows_done": int(chunk[-1]) + 1, "seconds": state["seconds"] + time.perf_counter() - started,
                  "mass": state["mass"] + float((covered * mask).sum()), "tokens": state["tokens"] + int(mask.sum())}
