@@ -26,6 +26,16 @@ def test_agreement_is_perfect_for_the_teacher_itself_and_low_for_noise():
     assert abs(noise["spearman"]) < 0.2 and noise["recall_at_10"] < 0.4
 
 
+def test_trailing_padding_changes_no_embedding(tiny_encoder):
+    encoder = load_encoder(tiny_encoder).eval()
+    ids = encoder.tokenizer(["a short one", "a somewhat longer sentence than the first"], padding="max_length",
+                            max_length=32, truncation=True, return_tensors="pt")["input_ids"]
+    assert (ids == encoder.pad_id).any()
+    padded = torch.cat([ids, torch.full((2, 40), encoder.pad_id)], 1)  # columns the encoder cuts
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(padded), encoder(ids), atol=1e-6, rtol=1e-5)
+
+
 def test_a_layer_subset_student_copies_the_chosen_layers(tiny_encoder):
     teacher = load_encoder(tiny_encoder)
     student = encoder_subset(teacher, layers=[1, 3])

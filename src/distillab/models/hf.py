@@ -245,6 +245,12 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, ids, hidden_states: bool = False):
         mask = (ids != self.pad_id).long()  # (B, T)
+        used = mask.any(0)  # columns with a real token in some row
+        if not torch.jit.is_tracing() and used.any() and not used[-1]:
+            # padding-only columns at the end change nothing (masked keys, unpooled positions):
+            # cut them, so a batch of short sentences costs its own length, not the context's
+            last = int(used.nonzero().max()) + 1
+            ids, mask = ids[:, :last], mask[:, :last]
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_states)
         weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
         pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, D)
