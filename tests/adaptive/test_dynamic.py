@@ -40,7 +40,10 @@ def test_each_input_is_convolved_with_its_own_mixture_of_the_kernels(bias, gates
         torch.testing.assert_close(layer(x[b:b + 1])[0], expected, atol=1e-5, rtol=1e-5)  # the batch-1 path
 
 
-def test_the_grouped_path_equals_the_vmap_path_with_gradients():
+def test_the_grouped_path_equals_the_vmap_path_with_gradients(monkeypatch):
+    import distillab.adaptive.dynamic as dynamic
+
+    monkeypatch.setattr(dynamic, "GROUPED_CHUNK", 3)  # 4 inputs: a chunk of 3 and one of 1
     layer = _layer()
     x = torch.randn(4, 6, 8, 8, requires_grad=True)
     grouped, per_sample = layer(x), layer.forward_per_sample(x)
