@@ -79,9 +79,12 @@ class DynamicConv2d(nn.Module):
         """(mixing weights (B, K), gate pre-activations z (B, O) or None; the gates are 1 + tanh(z))
         for a batch of inputs."""
         # F.linear on the parameters: a module call per Linear costs more than its arithmetic at batch 1
-        hidden = F.relu(F.linear(x.mean((2, 3)), self.router.weight, self.router.bias))  # (B, hidden)
+        hidden = F.linear(x.mean((2, 3)), self.router.weight, self.router.bias).relu_()  # (B, hidden)
         heads = F.linear(hidden, self.head.weight, self.head.bias)  # (B, K or 2K [+ O])
-        logits, gates = heads[:, : self.routing_outputs], (heads[:, self.routing_outputs:] if self.gates else None)
+        if self.gates:
+            logits, gates = heads.split([self.routing_outputs, self.out_channels], dim=1)
+        else:
+            logits, gates = heads, None
         if self.variational:
             mu, logvar = logits.chunk(2, dim=-1)
             logvar = logvar.clamp(-10, 10)
@@ -94,7 +97,7 @@ class DynamicConv2d(nn.Module):
     @staticmethod
     def gated(out: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
         """out * (1 + tanh(z)) per output channel, as out + out * tanh(z) (one fused op)."""
-        return out if gates is None else torch.addcmul(out, out, torch.tanh(gates)[:, :, None, None])
+        return out if gates is None else torch.addcmul(out, out, torch.tanh(gates).view(*gates.shape, 1, 1))
 
     def mixed(self, mixing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-input kernels (B, O, I/g, kh, kw) and biases (B, O)."""
@@ -111,9 +114,9 @@ class DynamicConv2d(nn.Module):
         mixing, gates = self.route(x)
         batch = x.shape[0]
         if batch == 1:  # an ordinary convolution with this input's kernel
-            weight, bias = self.mixed(mixing)
-            out = F.conv2d(x, weight[0], bias[0] if bias is not None else None, self.stride, self.padding,
-                           self.dilation, self.groups)
+            weight = (mixing @ self.weight.reshape(self.experts, -1)).reshape(self.out_channels, *self.weight.shape[1:])
+            bias = (mixing @ self.bias).view(-1) if self.bias is not None else None
+            out = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
             return self.gated(out, gates)
         # one grouped convolution per chunk of inputs, sample b with its own kernel: the mixed
         # kernels of a chunk stay in cache, and CPU grouped convolutions slow down past some 64
