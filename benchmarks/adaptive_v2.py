@@ -18,12 +18,17 @@ its batch-1 latency, and above the widened static student.
     .venv/bin/python benchmarks/adaptive_v2.py --threads 2
         # -> benchmarks/results/adaptive_v2.{json,md}; runs in benchmarks/results/adaptive_v2/
         # (resumable: a finished (row, seed) is read back)
+    .venv/bin/python benchmarks/adaptive_v2.py --threads 2 --diagnose
+        # -> benchmarks/results/adaptive_v2_diagnostics.{json,md}, from the finished runs: how each
+        # row fits the teacher (final training KD term, best validation accuracy, mean over seeds)
+        # and, per dynamic layer of seed 0's student on the test images, how the router mixes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -67,6 +72,61 @@ def deployed(spec, bundle, seed, summary, folder):
     return load_state_into(student, folder / "student.safetensors", f"{folder} (resume)")
 
 
+def folder_of(work: Path, name: str, seed: int) -> Path:
+    return work / name.replace(" ", "_").replace(",", "").replace("'", "").replace("=", "") / f"seed_{seed}"
+
+
+def diagnose(base, seeds, names, work: Path) -> None:
+    """Fit and routing statistics of finished runs (no training, no timing)."""
+    from distillab.adaptive.dynamic import dynamic_layers
+
+    bundle = data_module.build(base.data, seeds[0])
+    images = next(bundle.eval_batches("test", 2000))["inputs"]
+    rows = []
+    for name in names:
+        strategy, params, student = ROWS[name]
+        finals = [[json.loads(line) for line in (folder_of(work, name, seed) / "metrics.jsonl").read_text().splitlines()
+                   if line.strip()][-1] for seed in seeds]
+        results = [json.loads((folder_of(work, name, seed) / "result.json").read_text()) for seed in seeds]
+        row = {"row": name, "train_kd_term": statistics.fmean(f["soft"] for f in finals),
+               "best_val_accuracy": statistics.fmean(r["val_accuracy"] for r in results), "layers": []}
+        if strategy == "adaptive_v2":
+            spec = base.model_copy(update={"strategy": base.strategy.model_validate({"name": strategy,
+                                                                                      "params": params})})
+            model = deployed(spec, bundle, seeds[0], {}, folder_of(work, name, seeds[0])).eval()
+            with torch.no_grad():
+                model(images)
+            for layer in dynamic_layers(model):
+                mixing = layer.last_mixing
+                kernels = layer.weight.detach().reshape(layer.experts, -1)
+                row["layers"].append({
+                    "experts": layer.experts,
+                    "mean_largest_weight": float(mixing.max(-1).values.mean()),
+                    "entropy_nats": float(-(mixing * mixing.clamp_min(1e-12).log()).sum(-1).mean()),
+                    "uniform_entropy_nats": math.log(layer.experts),
+                    "load": [round(v, 4) for v in mixing.mean(0).tolist()],
+                    "kernel_spread": float(kernels.std(0).mean() / kernels.std()),  # 0: the K kernels are one
+                })
+        rows.append(row)
+    atomic_write_json(work.with_name(work.name + "_diagnostics.json"), {"seeds": seeds, "test_images": len(images),
+                                                                        "rows": rows})
+    lines = [f"Seeds {seeds}: final-epoch training KD term and best validation accuracy (means); routing of seed "
+             f"{seeds[0]}'s student on {len(images)} test images (kernel spread: std across the K kernels over the "
+             "kernels' std).", "",
+             "| row | training KD term | best val accuracy (%) | largest mixing weight | routing entropy (nats) "
+             "| load per kernel | kernel spread |", "|---|---:|---:|---:|---:|---|---:|"]
+    for row in rows:
+        layer = row["layers"][-1] if row["layers"] else None
+        routing = (f"{layer['mean_largest_weight']:.3f} | {layer['entropy_nats']:.3f} of "
+                   f"{layer['uniform_entropy_nats']:.3f} | {', '.join(f'{v:.2f}' for v in layer['load'])} "
+                   f"| {layer['kernel_spread']:.3f}") if layer else "- | - | - | -"
+        lines.append(f"| {row['row']} | {row['train_kd_term']:.4f} | {100 * row['best_val_accuracy']:.2f} | {routing} |")
+    lines += ["", "The routing columns describe the last dynamic layer. Command: "
+                  "`.venv/bin/python benchmarks/adaptive_v2.py --threads 2 --diagnose`."]
+    atomic_write_text(work.with_name(work.name + "_diagnostics.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def widened_stages(target_params: int, in_shape, classes: int) -> list[list[int]]:
     """cnn_small's stages with the last stage scaled until the parameter count is closest to
     ``target_params``."""
@@ -88,11 +148,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaptive_v2"))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="spec override key=value (a smoke run: --set training.epochs=1)")
+    parser.add_argument("--diagnose", action="store_true", help="only the diagnostics of the finished runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_spec(ROOT / "configs" / "fashion_mnist_kd.yaml",
                      [f"training.seeds={json.dumps(args.seeds)}", "output.tensorboard=false", *args.overrides])
     work = Path(args.out)
+    if args.diagnose:
+        return diagnose(base, args.seeds, args.rows, work)
     bundles = {seed: data_module.build(base.data, seed) for seed in args.seeds}
     first = bundles[args.seeds[0]]
     teachers = get_teachers(base, first)
@@ -112,7 +175,7 @@ def main() -> None:
         spec = base.model_copy(update=update)
         results[name] = []
         for seed in args.seeds:
-            folder = work / name.replace(" ", "_").replace(",", "").replace("'", "").replace("=", "") / f"seed_{seed}"
+            folder = folder_of(work, name, seed)
             summary = _phase(spec, bundles[seed], seed, "distilled", teachers, caches[seed], folder, True, None, None)
             results[name].append(summary)
             if seed == args.seeds[0]:
