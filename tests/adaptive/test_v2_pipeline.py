@@ -53,6 +53,8 @@ def test_calibration_steps_only_the_routers_and_the_critic(trained):
     assert moved and moved <= router_keys(pipeline.model)  # kernels, BatchNorm and the rest stay as trained
     assert changed(critic, state(pipeline.discriminator))  # the output critic steps too (adv_weight > 0)
     assert {"soft", "adv_output", "d_loss", "g_loss"} <= set(pipeline.last_calibration)
+    routers = {id(p) for p in pipeline.generator_parameters()}
+    assert all(p.grad is None for p in pipeline.model.parameters() if id(p) not in routers)
     for call in range(3, 6):
         pipeline.predict(images[32 * call : 32 * (call + 1)])
     assert changed(after, state(pipeline.model)) == []

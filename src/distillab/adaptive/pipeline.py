@@ -219,7 +219,7 @@ class AdaptivePipeline:
                 loss = loss + self.objective.adv_weight * adv
                 logs["adv_output"] = adv.item()
             self._g_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward(inputs=self.generator_parameters())  # no gradient left on the kernels or the rest
             self._g_optimizer.step()
             self.calibration_steps += 1
             logs["g_loss"] = loss.item()
