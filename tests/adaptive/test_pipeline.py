@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from distillab.adaptive.objective import Weights, discriminator_step, generator_loss, input_condition
+from distillab.adaptive.objective import Weights, discriminator_step, generator_loss
+from distillab.models.critic import input_condition
 from distillab.adaptive.pipeline import AdaptivePipeline, PipelineConfig
 from distillab.data.transforms import Normalize
 from distillab.errors import CheckpointError, SpecError

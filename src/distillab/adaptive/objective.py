@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from distillab import losses
+from distillab.models.critic import join_condition
 
 CONDITION_DIMS = 64  # the optional input condition: the input average-pooled to at most this
 
@@ -36,19 +37,6 @@ class Weights:
     gradient_penalty: float = 0.0
     d_steps: int = 1
     weight_rows: int = 8  # batch rows whose generated weights the weight heads score
-
-
-def input_condition(inputs: torch.Tensor, dims: int) -> torch.Tensor | None:
-    """(B, dims): the input average-pooled, the condition of D's output head; None if dims=0."""
-    if not dims:
-        return None
-    flat = inputs.detach().float().flatten(1)
-    return F.adaptive_avg_pool1d(flat[:, None], dims)[:, 0]
-
-
-def join_condition(probs, condition):
-    """D's output-head input: (B, K) probabilities, with the (B, E) condition appended if any."""
-    return probs if condition is None else torch.cat([probs, condition], 1)
 
 
 def _rows(weights: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
@@ -130,30 +118,3 @@ def generator_loss(discriminator, teacher_logits, student_logits, generated, mu,
     finally:
         discriminator.requires_grad_(True)
     return loss, logs
-
-
-# --- adaptive v2: D is one output critic (teacher vs student distributions) ---------------------------------
-
-def critic_step(critic, optimizer, teacher_logits, student_logits, condition, temperature: float) -> dict[str, float]:
-    """One step of v2's output critic: the teacher's softened distribution is "real", the
-    student's "fake" (both detached), each joined with the input condition."""
-    real = join_condition(F.softmax(teacher_logits.detach().float() / temperature, -1), condition)
-    fake = join_condition(F.softmax(student_logits.detach().float() / temperature, -1), condition)
-    scores = critic(torch.cat([real, fake]))
-    count = len(real)
-    loss = losses.discriminator_bce(scores[:count], scores[count:])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return {"d_loss": loss.item(),
-            "d_output_accuracy": ((scores[:count] > 0).float().mean() + (scores[count:] < 0).float().mean()).item() / 2}
-
-
-def critic_loss(critic, student_logits, condition, temperature: float) -> torch.Tensor:
-    """-log D(p_s): what the student (its routers, G) minimises; the critic gets no gradient."""
-    critic.requires_grad_(False)
-    try:
-        probs = F.softmax(student_logits.float() / temperature, -1)
-        return losses.generator_nonsaturating(critic(join_condition(probs, condition)))
-    finally:
-        critic.requires_grad_(True)

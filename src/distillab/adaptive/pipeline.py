@@ -38,11 +38,11 @@ from safetensors.torch import save_file
 from distillab import losses
 from distillab.adaptive.dynamic import DynamicConv2d, dynamic_layers, make_dynamic
 from distillab.adaptive.generator import WeightGenerator
-from distillab.adaptive.objective import (Weights, critic_loss, critic_step, discriminator_step, generator_loss,
-                                          input_condition, join_condition)
+from distillab.adaptive.objective import Weights, discriminator_step, generator_loss
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.data.transforms import Normalize
 from distillab.errors import CheckpointError, DistillabError
+from distillab.models.critic import critic_loss, critic_step, input_condition, join_condition
 from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
 

@@ -12,9 +12,10 @@ from pydantic import Field, field_validator
 from distillab import losses
 from distillab.adaptive.discriminator import MultiHeadDiscriminator
 from distillab.adaptive.generator import WeightGenerator
-from distillab.adaptive.objective import CONDITION_DIMS, Weights, discriminator_step, generator_loss, input_condition
+from distillab.adaptive.objective import CONDITION_DIMS, Weights, discriminator_step, generator_loss
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.errors import SpecError
+from distillab.models.critic import input_condition
 from distillab.models.loading import load_state_into
 from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
 

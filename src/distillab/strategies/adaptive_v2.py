@@ -12,9 +12,9 @@ from pydantic import Field
 
 from distillab import losses
 from distillab.adaptive.dynamic import dynamic_layers, make_dynamic, temperature_at
-from distillab.adaptive.objective import CONDITION_DIMS, critic_loss, critic_step, input_condition
+from distillab.adaptive.objective import CONDITION_DIMS
 from distillab.errors import SpecError
-from distillab.models.critic import Critic
+from distillab.models.critic import Critic, critic_loss, critic_step, input_condition
 from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from distillab import losses
-from distillab.models.critic import Critic
+from distillab.models.critic import Critic, critic_loss, critic_step, input_condition
 from distillab.strategies.base import OwnDiscriminator, Params, StepOutput, Strategy
 
 INPUT_EMBEDDING_DIMS = 64  # the optional input condition is the input average-pooled to at most this
@@ -53,25 +52,6 @@ class Adversarial(OwnDiscriminator, Strategy):
         self.condition_dims = min(INPUT_EMBEDDING_DIMS, math.prod(self.in_shape)) if params.use_input else 0
         self.attach_discriminator(Critic(num_classes + self.condition_dims, params.d_hidden), params.d_lr)
 
-    def _join(self, probs, condition):  # (B, K), (B, E) or None -> (B, K + E)
-        return probs if condition is None else torch.cat([probs, condition], dim=1)
-
-    def _train_discriminator(self, teacher_probs, student_probs, condition) -> tuple[float, float]:
-        p, B = self.params, len(teacher_probs)
-        for _ in range(p.d_steps):
-            real = teacher_probs.detach().requires_grad_(p.gradient_penalty > 0)  # (B, K)
-            both = torch.cat([self._join(real, condition), self._join(student_probs.detach(), condition)])  # (2B, D)
-            scores = self.discriminator(both)  # (2B,): one forward, one power iteration
-            real_scores, fake_scores = scores[:B], scores[B:]
-            d_loss = losses.discriminator_bce(real_scores, fake_scores)
-            if p.gradient_penalty > 0:
-                d_loss = d_loss + p.gradient_penalty * losses.r1_penalty(real_scores, real)
-            self.d_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.d_optimizer.step()
-        accuracy = ((real_scores > 0).float().mean() + (fake_scores < 0).float().mean()) / 2
-        return d_loss.item(), accuracy.item()
-
     def loss(self, batch):
         p = self.params
         inputs = batch["inputs"]  # (B, C, H, W)
@@ -82,21 +62,12 @@ class Adversarial(OwnDiscriminator, Strategy):
 
         # D is small and trained here, in float32 whatever autocast the engine uses.
         with torch.autocast(inputs.device.type, enabled=False):
-            condition = None
-            if p.use_input:
-                flat = inputs.detach().float().flatten(1)  # (B, C*H*W)
-                condition = F.adaptive_avg_pool1d(flat[:, None], self.condition_dims)[:, 0]  # (B, E)
-            teacher_probs = F.softmax(teacher_logits.float() / p.temperature, dim=-1)  # (B, K)
-            student_probs = F.softmax(student_logits.float() / p.temperature, dim=-1)  # (B, K)
-            d_loss, d_accuracy = self._train_discriminator(teacher_probs, student_probs, condition)
-            # The student's term must not leave gradients on D: freeze it for this forward.
-            self.discriminator.requires_grad_(False)
-            try:
-                adv = losses.generator_nonsaturating(self.discriminator(self._join(student_probs, condition)))
-            finally:
-                self.discriminator.requires_grad_(True)
+            condition = input_condition(inputs, self.condition_dims)  # (B, E) or None
+            d_logs = critic_step(self.discriminator, self.d_optimizer, teacher_logits, student_logits, condition,
+                                 p.temperature, steps=p.d_steps, gradient_penalty=p.gradient_penalty)
+            adv = critic_loss(self.discriminator, student_logits, condition, p.temperature)
 
         loss = p.alpha * kd + (1 - p.alpha) * hard + p.adv_weight * adv
-        logs = {"kd": kd.item(), "hard": hard.item(), "adv_loss": adv.item(), "d_loss": d_loss,
-                "d_accuracy": d_accuracy}
+        logs = {"kd": kd.item(), "hard": hard.item(), "adv_loss": adv.item(), "d_loss": d_logs["d_loss"],
+                "d_accuracy": d_logs["d_output_accuracy"]}
         return StepOutput(loss, student_logits, logs)
