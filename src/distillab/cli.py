@@ -86,6 +86,7 @@ def run(
 ) -> None:
     """Train teacher (if needed), scratch and distilled students for every seed; write the report."""
     from distillab.engine import distributed
+    from distillab.experiment.folders import default_out_dir
     from distillab.experiment.render import summary_table
     from distillab.experiment.run import run as run_job
 
@@ -116,6 +117,10 @@ def run(
 
         try:
             report = run_job(job, out, resume=resume, overwrite=overwrite, callbacks=bars)
+        except KeyboardInterrupt:
+            if rank == 0:
+                _interrupted(spec, out if out is not None else default_out_dir(job.name), set_)
+            raise typer.Exit(130) from None
         finally:
             if work is not None:
                 import shutil
@@ -128,6 +133,18 @@ def run(
     console.print(summary_table(report.data), markup=False, highlight=False)
     console.print(report.verdict, markup=False, highlight=False)
     console.print(f"report: {report.out_dir / 'report.md'}", markup=False, highlight=False)
+
+
+def _interrupted(spec: Path, out: Path, overrides: list[str] | None) -> None:
+    """Ctrl-C: where the unfinished run is, and the exact command that continues it."""
+    import shlex
+
+    partial = Path(os.path.abspath(out))
+    partial = partial.with_name(partial.name + ".partial")
+    command = shlex.join(["distillab", "run", str(spec), "--out", str(out),
+                          *[f"--set={item}" for item in overrides or []], "--resume"])
+    err_console.print(f"interrupted: the unfinished run is kept in {partial}\nresume it with: {command}",
+                      markup=False, highlight=False)
 
 
 def _launch_processes(nproc: int, spec: Path, overrides: list[str] | None, resume: bool, out: Path | None,

@@ -126,7 +126,7 @@ def test_a_tampered_or_incomplete_package_is_refused(packaged, tmp_path):
 def test_packaging_into_a_used_folder_or_a_bad_run_is_a_clear_error(packaged, tmp_path):
     run_dir, pkg0, _ = packaged
     result = runner.invoke(app, ["package", str(run_dir), "--out", str(pkg0)])
-    assert result.exit_code == 2 and "not empty" in result.output
+    assert result.exit_code == 2 and "earlier `distillab package` output" in result.output
     result = runner.invoke(app, ["package", str(tmp_path), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "no report.json" in result.output and not (tmp_path / "p").exists()
 

@@ -23,8 +23,6 @@ rest of the student and its BatchNorm statistics stay as trained.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,7 +39,8 @@ from distillab.adaptive.generator import WeightGenerator
 from distillab.adaptive.objective import Weights, discriminator_step, generator_loss
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.data.transforms import Normalize
-from distillab.errors import CheckpointError, DistillabError
+from distillab.engine.checkpoint import check_output_folder, staged_folder
+from distillab.errors import CheckpointError, DistillabError, SpecError
 from distillab.models.critic import critic_loss, critic_step, input_condition, join_condition
 from distillab.models.loading import load_state_into
 from distillab.models.zoo import build_model
@@ -293,11 +292,17 @@ class AdaptivePipeline:
 
     # --- export: G and the student, never the teacher or D -------------------------------------------------
     def save(self, out_dir: Path | str, *, student_model: str, student_args: dict | None, in_shape,
-             num_classes: int, source: str | None = None) -> Path:
-        out_dir = Path(out_dir)
-        final, out_dir = out_dir, out_dir.with_name(out_dir.name + ".partial")  # built aside, then renamed
-        shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True)
+             num_classes: int, source: str | None = None, overwrite: bool = True) -> Path:
+        """Write the pipeline into ``out_dir``: a new or empty folder, or an earlier save (replaced
+        whole; any other folder is refused). Built aside, then renamed into place."""
+        final = check_output_folder(out_dir, "adaptive", overwrite=overwrite, inputs=[source] if source else (),
+                                    error_cls=SpecError)
+        with staged_folder(final, "adaptive") as staging:
+            self._write(staging, student_model, student_args, in_shape, num_classes, source)
+        return final
+
+    def _write(self, out_dir: Path, student_model: str, student_args: dict | None, in_shape, num_classes: int,
+               source: str | None) -> None:
         student = self.model if self.dynamic else self.model.student
         states = {"student.safetensors": student.state_dict()}
         if not self.dynamic:
@@ -323,10 +328,6 @@ class AdaptivePipeline:
         else:
             meta["generator"] = self.model.generator.describe()
         (out_dir / "adaptive.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(out_dir, final)
-        return final
 
     @classmethod
     def load(cls, directory: Path | str, config: PipelineConfig = PipelineConfig()) -> "AdaptivePipeline":

@@ -128,7 +128,8 @@ def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> No
 
 def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_out: Sequence[torch.Tensor],
                  calibration: Sequence[torch.Tensor] | None = None, quantize: str | None = None,
-                 tolerance: Tolerance | None = None, facts: dict | None = None, overwrite: bool = False) -> dict:
+                 tolerance: Tolerance | None = None, facts: dict | None = None, overwrite: bool = False,
+                 inputs: Sequence[Path | str] = ()) -> dict:
     """Export ``model`` into the folder ``out`` (``model.onnx`` or ``model.pt`` and
     ``export.json``: the facts, the file's sha256, the parity measured on ``held_out``
     batches and the tolerance). ``quantize`` ("int8": static, calibrated on ``calibration``
@@ -148,8 +149,7 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
     if not held_out:
         raise ExportError("parity: there are no held-out inputs to compare on")
     tolerance = tolerance or default_tolerance(quantize)
-    out = Path(out)
-    refuse_used_folder(out, overwrite, ExportError)
+    out = refuse_used_folder(out, overwrite, ExportError, "export", inputs=inputs)
     model = model.eval().float()
     with staged_folder(out, "export") as staging:
         path = staging / FORMATS[fmt]

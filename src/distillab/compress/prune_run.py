@@ -40,8 +40,7 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
         raise PruneError("--steps must be >= 1 and --epochs-per-step >= 0")
     if not 0.0 < ratio < 1.0:
         raise PruneError(f"--ratio {ratio}: the share to remove must be in (0, 1)")
-    out = Path(out)
-    refuse_used_folder(out, overwrite, PruneError)
+    out = refuse_used_folder(out, overwrite, PruneError, "prune", inputs=[run_dir])
     spec = parse_spec(read_report(Path(run_dir))["spec"])
     if method == "channels" and spec.student.model not in PRUNABLE_MODELS:
         raise PruneError(f"{run_dir}: channel pruning rebuilds {', '.join(PRUNABLE_MODELS)}; the student is "

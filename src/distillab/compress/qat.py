@@ -111,8 +111,7 @@ def qat_run(run_dir: Path | str, out: Path | str, *, epochs: int = 3, kd: bool =
     returns the record written to ``qat.json``."""
     if epochs < 1:
         raise QATError(f"--epochs {epochs}: quantization-aware training needs at least one epoch")
-    out = Path(out)
-    refuse_used_folder(out, overwrite, QATError)
+    out = refuse_used_folder(out, overwrite, QATError, "qat", inputs=[run_dir])
     tuning = Finetuning.of_run(run_dir, seed, kd=kd, epochs=epochs, lr=lr, precision="fp32")
     model = tuning.student.model
     before = tuning.measure(model)

@@ -126,6 +126,9 @@ def export_run(run_dir: Path | str, out: Path | str, *, fmt: str = "onnx", quant
     ``parity_samples`` test inputs, int8 calibration on ``calibration_samples`` training inputs."""
     if calibration_samples < 0 or parity_samples < 1:
         raise ExportError("calibration samples must be >= 0 and parity samples >= 1")
+    from distillab.engine.checkpoint import check_output_folder
+
+    check_output_folder(out, "export", overwrite=overwrite, inputs=[run_dir], error_cls=ExportError)
     student = run_student(run_dir, seed)
     batch_size = 128
     if student.facts["task"] == "language_modeling":
@@ -134,5 +137,6 @@ def export_run(run_dir: Path | str, out: Path | str, *, fmt: str = "onnx", quant
         batch_size, parity_samples, calibration_samples = 2, min(parity_samples, 8), min(calibration_samples, 8)
     calibration = batches_of(student.data, "train", calibration_samples, batch_size) if calibration_samples else []
     return export_model(student.model, out, fmt=fmt, quantize=quantize, tolerance=tolerance, overwrite=overwrite,
+                        inputs=[run_dir],
                         held_out=batches_of(student.data, "test", parity_samples, batch_size),
                         calibration=calibration, facts=student.facts)

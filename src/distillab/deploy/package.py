@@ -25,7 +25,7 @@ from pathlib import Path
 from distillab.compress.export import ExportError, Tolerance
 from distillab.compress.runs import export_run
 from distillab.deploy.server import MANIFEST, read_manifest
-from distillab.engine.checkpoint import atomic_write_json, refuse_used_folder, staged_folder
+from distillab.engine.checkpoint import OUTPUT_MARKER, atomic_write_json, refuse_used_folder, staged_folder
 from distillab.models.loading import file_checksum
 
 SERVER_REQUIREMENTS = ("numpy", "onnxruntime", "fastapi", "uvicorn", "prometheus_client", "pillow")
@@ -111,8 +111,7 @@ def requirements() -> str:
 def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = None, seed: int | None = None,
                 name: str | None = None, tolerance: Tolerance | None = None, overwrite: bool = False) -> dict:
     """Write the package of a run's distilled student into ``out``; returns the manifest."""
-    out = Path(out)
-    refuse_used_folder(out, overwrite, ExportError)
+    out = refuse_used_folder(out, overwrite, ExportError, "package", inputs=[run_dir])
     with staged_folder(out, "package") as staging:
         record = export_run(run_dir, staging, fmt="onnx", quantize=quantize, seed=seed, tolerance=tolerance,
                             overwrite=True)
@@ -127,6 +126,7 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
         shutil.copyfile(Path(__file__).with_name("server.py"), staging / "serve.py")
         (staging / "requirements.txt").write_text(requirements())
         (staging / "Dockerfile").write_text(dockerfile())
+        (staging / OUTPUT_MARKER).unlink(missing_ok=True)  # the inner export's; the package writes its own
         files = {path.name: file_checksum(path) for path in sorted(staging.iterdir()) if path.is_file()}
         manifest = {
             "format_version": 1, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -33,9 +33,20 @@ def _is_partial_run(path: Path) -> bool:
     return _is_empty_dir(path) or (path / "spec.json").is_file()
 
 
-def check_out_dir(out_dir: Path | str, *, overwrite: bool) -> tuple[Path, Path]:
+def finished_phases(partial: Path) -> list[str]:
+    """'seed 0 scratch', ... for every phase of an unfinished run that wrote its result."""
+    found = []
+    for seed_dir in sorted(partial.glob("seed_*"), key=lambda p: p.name):
+        for role in ("scratch", "distilled"):
+            if (seed_dir / role / "result.json").is_file():
+                found.append(f"{seed_dir.name.replace('_', ' ')} {role}")
+    return found
+
+
+def check_out_dir(out_dir: Path | str, *, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
     """(run folder, its .partial) as absolute paths, after refusing every place a run must
-    not write. Creates and removes nothing."""
+    not write. Creates and removes nothing. An unfinished run in ``.partial`` is never
+    discarded silently: without ``resume`` it needs ``overwrite``."""
     text = str(out_dir)
     if not text.strip():
         raise SpecError("--out: empty path")
@@ -57,13 +68,20 @@ def check_out_dir(out_dir: Path | str, *, overwrite: bool) -> tuple[Path, Path]:
             if partial.is_symlink() or not partial.is_dir() or not _is_partial_run(partial):
                 raise SpecError(f"--out {text}: {partial} exists and is not an unfinished distillab run; "
                                 "refusing to touch it")
+            if not resume and not overwrite and not _is_empty_dir(partial):
+                done = finished_phases(partial)
+                checkpoints = len(list(partial.rglob("*.pt")))
+                raise SpecError(
+                    f"--out {text}: {partial} holds an unfinished run ({', '.join(done) or 'no phase'} finished, "
+                    f"{checkpoints} checkpoint(s)); continue it with --resume, or discard it with --overwrite")
     except OSError as error:  # a folder we may not read, a path component that is a file ...
         raise SpecError(f"--out {text}: {error.strerror or error}") from None
     return out, partial
 
 
 def start_partial(partial: Path, *, resume: bool) -> None:
-    """Create (or, without resume, re-create) the .partial folder checked by check_out_dir."""
+    """Create (or, without resume, re-create) the .partial folder checked by check_out_dir;
+    without resume, an unfinished run is only there when --overwrite allowed replacing it."""
     try:
         if partial.exists() and not resume:
             shutil.rmtree(partial)
@@ -86,3 +104,47 @@ def publish(partial: Path, out: Path) -> None:
     os.replace(partial, out)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+# Keys a resumed run may change: they decide where things go or how long the run may take,
+# never what a finished phase computed.
+RESUME_FREE_KEYS = {"name", "output.plots", "output.tensorboard", "output.latency_repeats",
+                    "constraints.max_duration_s", "cache.dir", "cache.max_gb"}
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    return {prefix: value}
+
+
+def spec_differences(saved: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every key whose change would change a resumed run's results."""
+    before, after = _flatten(saved), _flatten(new)
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        if key in RESUME_FREE_KEYS or before.get(key, "(unset)") == after.get(key, "(unset)"):
+            continue
+        changed.append(f"{key}: {before.get(key, '(unset)')!r} -> {after.get(key, '(unset)')!r}")
+    return changed
+
+
+def check_resume(partial: Path, record: dict) -> None:
+    """--resume continues a run only under the spec it was started with."""
+    import json
+
+    saved_path = partial / "spec.json"
+    if not saved_path.is_file():
+        return  # nothing was started: a resume is a fresh run
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as error:
+        raise SpecError(f"--resume: {saved_path} is unreadable ({error}); the run cannot be checked") from None
+    changed = spec_differences(saved, json.loads(json.dumps(record)))
+    if changed:
+        raise SpecError(f"--resume: the spec differs from the one {partial} was started with, in keys that change "
+                        "results: " + "; ".join(changed) + ". Resume with the original settings, or start a new "
+                        "run (another --out, or --overwrite to discard the unfinished one)")

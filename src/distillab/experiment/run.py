@@ -28,7 +28,7 @@ from distillab.engine.precision import requested_precision, resolve_precision
 from distillab.engine.loop import Stop, fit
 from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
 from distillab.experiment.job import Job, as_job
-from distillab.experiment.folders import check_out_dir, default_out_dir, publish, start_partial
+from distillab.experiment.folders import check_out_dir, check_resume, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
 from distillab.models.loading import load_state_into
 from distillab.spec import JobSpec, parse_spec
@@ -254,12 +254,15 @@ def run_job(job: Job, out_dir: Path | str | None = None, *, resume: bool = False
             callbacks=None, on_phase=None) -> Report:
     """``run`` from a Job: a spec's, or one the Python API built from the user's objects."""
     out_dir, partial = check_out_dir(out_dir if out_dir is not None else default_out_dir(job.settings.name),
-                                     overwrite=overwrite)
+                                     overwrite=overwrite, resume=resume)
     try:
         return _run(job, out_dir, partial, resume, callbacks, on_phase or (lambda name, info: None))
     except (OSError, RuntimeError) as error:
         if not is_disk_full(error, partial.parent):
             raise
+        if resume:  # what earlier runs finished stays; only this run's own start would be removed
+            raise DiskFull(f"the disk is full: a write under {partial.parent} failed ({error}); the unfinished run "
+                           f"in {partial} was kept. Free some space and resume it with --resume.") from None
         shutil.rmtree(partial, ignore_errors=True)  # frees the space; a resume would not fit either
         raise DiskFull(f"the disk is full: a write under {partial.parent} failed ({error}); "
                        "the unfinished run was removed. Free some space and run again.") from None
@@ -276,6 +279,8 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
     started = time.time()
     deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
 
+    if resume:
+        check_resume(partial, job.record)
     start_partial(partial, resume=resume)
     try:
         atomic_write_json(partial / "spec.json", job.record)
@@ -312,9 +317,12 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
     except Stop as stop:
         atomic_write_json(partial / "partial.json", partial_summary(partial, stop.reason))
         raise
+    except KeyboardInterrupt:
+        atomic_write_json(partial / "partial.json", partial_summary(partial, "interrupted"))
+        raise
     except BaseException as error:
-        if isinstance(error, DistillabError):
-            shutil.rmtree(partial, ignore_errors=True)  # a user mistake leaves nothing behind
+        if isinstance(error, DistillabError) and not resume:
+            shutil.rmtree(partial, ignore_errors=True)  # a user mistake in a new run leaves nothing behind
         raise
     publish(partial, out_dir)
     log.info("report: %s", out_dir / "report.md")
