@@ -69,7 +69,10 @@ class BlobDataset(Dataset):
 def trained_teacher(tmp_path):
     (x, y), _ = blobs_tensors(tmp_path)
     torch.manual_seed(0)
-    teacher = Teacher()
+    return _fitted(Teacher(), x, y)
+
+
+def _fitted(teacher, x, y):
     optimizer = torch.optim.Adam(teacher.parameters(), 1e-2)
     for _ in range(60):
         optimizer.zero_grad()
@@ -236,7 +239,8 @@ def test_every_registry_strategy_takes_user_models(tmp_path, name):
     torch.manual_seed(0)
     teacher = [Teacher(), Teacher()] if name == "multi_teacher" else Teacher()
     if STRATEGIES[name].stages(STRATEGIES[name].Params()):  # several models in stages: compare builds them
-        report = compare(teacher, student_cls, (x, y), (x_test, y_test), seeds=[0], epochs=2, strategy=name,
+        report = compare(_fitted(teacher, x, y), student_cls, (x, y), (x_test, y_test), seeds=[0], epochs=2,
+                         strategy=name,
                          out_dir=tmp_path / "c", latency_repeats=1, plots=False)
         assert report.model("distilled")["strategy"] == name
         return

@@ -45,7 +45,7 @@ from distillab.engine.evaluate import resolve_device
 from distillab.engine.loop import fit as engine_fit
 from distillab.errors import DataError, SpecError
 from distillab.experiment.job import Job, Settings, StrategyChoice
-from distillab.models.loading import state_checksum
+from distillab.models.identity import python_teacher_key, warn_uncached
 from distillab.spec import CacheSpec, OutputSpec, TrainingSpec
 from distillab.strategies import STRATEGIES
 from distillab.strategies.base import Params, StepOutput, Strategy
@@ -185,6 +185,18 @@ def _check_outputs(teachers: list[nn.Module], student: nn.Module, data, device: 
                             f"a student must {what} its teacher")
 
 
+def _teacher_keys(teachers: list[nn.Module], data) -> list[str | None]:
+    """Each teacher object's cache key (class, state, outputs on a fixed probe batch); None for a
+    teacher whose outputs cannot be reproduced, which is then never cached."""
+    keys = []
+    for index, teacher in enumerate(teachers):
+        key = python_teacher_key(teacher, data)
+        if key is None:
+            warn_uncached("teacher" if len(teachers) == 1 else f"teacher[{index}]")
+        keys.append(key)
+    return keys
+
+
 class Distiller:
     """Distil ``teacher`` (an nn.Module, or a list for multi-teacher strategies) into ``student``.
 
@@ -276,9 +288,11 @@ class Distiller:
         strategy = self._strategy(data)
         caches = []
         if self.cache.enabled and data.cacheable and self.strategy_cls.uses_teacher and self.strategy_cls.logits_only:
-            settings = Settings("fit", StrategyChoice(self.strategy_cls.__name__, {}), training, self.cache)
-            caches = self.task.teacher_caches(settings, data, [(t, state_checksum(t), {}) for t in self.teachers],
-                                              self.params)
+            keys = _teacher_keys(self.teachers, data)
+            if all(key is not None for key in keys):
+                settings = Settings("fit", StrategyChoice(self.strategy_cls.__name__, {}), training, self.cache)
+                caches = self.task.teacher_caches(settings, data, [(t, key, {}) for t, key in zip(self.teachers, keys)],
+                                                  self.params)
         self.history = _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, "fit",
                                    self.task, caches)
         self.deployed = strategy.deployed_model()  # what serves predictions: the student (adaptive: G + student)
@@ -360,7 +374,8 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
             schedule: str = "cosine", device: str = "auto", precision: str = "auto", cache: bool = True,
             cache_views: int | str = 4, plots: bool = True, latency_repeats: int = 50,
             task: str = "image_classification", tokenizer=None, student_args: dict | None = None,
-            context_length: int | None = None, test_size: float = 0.05, limit: int | None = None):
+            context_length: int | None = None, test_size: float = 0.05, limit: int | None = None,
+            accept_weak_teacher: bool = False, discard_unfinished: bool = False):
     """Teacher, scratch student and distilled student over ``seeds``, with the paired test:
     ``distillab run``'s experiment on your own models. Returns the Report; report.md, report.json
     and the plots are written to ``out_dir`` (default runs/<name>).
@@ -378,6 +393,10 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
     ``tokenizer`` (default: the teacher's own); ``test_data`` and ``val_data`` stay unset. An
     encoder's scratch twin is the student as initialised (there are no labels to train it on).
     ``student_args`` go to a zoo student (``student="gpt", student_args={"layers": 4, ...}``).
+
+    Before training, a classifier teacher is measured on validation; one near chance stops the
+    comparison unless ``accept_weak_teacher``. ``overwrite`` replaces a finished comparison in
+    ``out_dir``; an unfinished one is continued with ``resume`` or discarded with ``discard_unfinished``.
     """
     from distillab.experiment.run import run_job
     from distillab.models.zoo import MODELS, build_model
@@ -442,14 +461,13 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
         "custom_loss" if loss is not None else strategy.__name__)
     settings = Settings(name, StrategyChoice(strategy_name, params.model_dump(mode="json")), training,
                         _cache(cache, cache_views), output=OutputSpec(plots=plots, tensorboard=False,
-                                                                    latency_repeats=latency_repeats))
-    checksums = [state_checksum(t) for t in teachers]
-
+                                                                    latency_repeats=latency_repeats),
+                        accept_weak_teacher=accept_weak_teacher)
     def load_teachers(first, resume=False, callbacks=None):
         device_ = resolve_device(training.device)
         _check_outputs(teachers, build_student(first).to(device_), first, device_, task.name)
-        return [(t, checksum, {"source": f"Python object ({name_of(t)})"})
-                for t, checksum in zip(teachers, checksums)]
+        return [(t, key, {"source": f"Python object ({name_of(t)})"})
+                for t, key in zip(teachers, _teacher_keys(teachers, first))]
 
     job_cls = strategy_cls if not extra else _bound(strategy_cls, extra)
     job = Job(settings=settings, task=task, strategy_cls=job_cls, params=params, build_data=build_data,
@@ -458,7 +476,8 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
               record={**settings.model_dump(), "task": task.name, "data": data_record,
                       "teacher": [name_of(t) for t in teachers], "student": student_name})
     bars = (lambda role, seed: [ProgressBar(f"seed {seed} {role}", epochs)]) if progress else None
-    return run_job(job, out_dir, resume=resume, overwrite=overwrite, callbacks=bars)
+    return run_job(job, out_dir, resume=resume, overwrite=overwrite, callbacks=bars,
+                   discard_unfinished=discard_unfinished)
 
 
 def _cache(enabled: bool, views) -> CacheSpec:

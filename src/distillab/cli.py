@@ -79,7 +79,9 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<name>)")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in OUT.partial")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace a finished run in OUT")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a finished run in OUT, or discard an unfinished one")] = False,
+    accept_weak_teacher: Annotated[bool, typer.Option(help="train even when the teacher scores near chance on "
+                                                           "validation (the report records it)")] = False,
     nproc: Annotated[int, typer.Option(min=1, help="data-parallel processes (torch.distributed: gloo on CPU, "
                                                    "nccl on CUDA), started through torchrun")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -94,6 +96,8 @@ def run(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_launch_processes(nproc, spec, set_, resume, out, overwrite, verbose))
     rank = 0
+    if accept_weak_teacher:
+        set_ = [*(set_ or []), "accept_weak_teacher=true"]
     try:
         job = _load(spec, set_)
         if distributed.init_from_env():

@@ -136,6 +136,25 @@ class ModelSpec(Strict):
         return registered(name, {**MODELS, **LM_STUDENTS}, "model")
 
 
+class InputScaling(Strict):
+    """A teacher's own input preparation: (raw * scale - mean) / std per channel, where raw is the
+    dataset's stored value (0..255 for 8-bit images)."""
+
+    scale: Number = Field(1.0, gt=0, description="multiplies the raw values first (1/255 maps 8-bit images to 0..1)")
+    mean: list[Number] = Field(default_factory=lambda: [0.0], min_length=1, max_length=64)
+    std: list[Number] = Field(default_factory=lambda: [1.0], min_length=1, max_length=64)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float]) -> list[float]:
+        if any(value <= 0 for value in std):
+            raise ValueError("every std must be > 0")
+        return std
+
+
+TeacherInputConvention = Literal["normalized", "raw"] | InputScaling
+
+
 class TeacherSpec(Strict):
     model: str | None = Field(None, description="zoo name; needed for safetensors checkpoints and for training")
     model_args: dict[str, Any] = Field(default_factory=dict)
@@ -151,6 +170,17 @@ class TeacherSpec(Strict):
     api_key_env: str = Field("DISTILLAB_TEACHER_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                              description="the environment variable that holds the served teacher's API key")
     training: TrainingSpec | None = Field(None, description="how to train the teacher when checkpoint is null")
+    input: TeacherInputConvention = Field(
+        "normalized", description="what the teacher was trained on: normalized (the dataset's per-channel mean and "
+                                  "std, as distillab trains teachers), raw (the stored values, e.g. 0..255 pixels), "
+                                  "or {scale, mean, std}")
+
+    @property
+    def input_convention(self) -> str:
+        """The input convention as one string (part of the teacher's cache key)."""
+        if isinstance(self.input, str):
+            return self.input
+        return f"scale={self.input.scale!r},mean={self.input.mean},std={self.input.std}"
 
     @field_validator("model")
     @classmethod
@@ -200,6 +230,9 @@ class TeacherSpec(Strict):
                              "may be one")
         if fmt == "safetensors" and self.model is None:
             raise ValueError("model: a safetensors checkpoint needs the zoo model it belongs to")
+        if self.input != "normalized" and (self.checkpoint is None or self.is_language_model):
+            raise ValueError("input: only a teacher given as an image-model checkpoint file may expect other inputs; "
+                             "a teacher distillab trains, a served teacher and a language model take theirs as they are")
         return self
 
     @property
@@ -269,6 +302,9 @@ class JobSpec(Strict):
     cache: CacheSpec = CacheSpec()
     constraints: ConstraintsSpec = ConstraintsSpec()
     output: OutputSpec = OutputSpec()
+    accept_weak_teacher: StrictBool = Field(
+        False, description="train even when the teacher scores near chance on validation, or better under another "
+                           "teacher.input (the report records it)")
 
     @field_validator("teacher")
     @classmethod

@@ -19,13 +19,11 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def v2_run(tmp_path_factory):
-    from conftest import make_blobs_npz, save_model
-    from distillab.models.zoo import build_model
+    from conftest import blobs_teacher, make_blobs_npz
 
     folder = tmp_path_factory.mktemp("v2_run")
     blobs = make_blobs_npz(folder / "blobs.npz")
-    torch.manual_seed(0)
-    save_model(build_model("cnn_tiny", (1, 8, 8), 3), folder / "teacher.safetensors")
+    blobs_teacher(folder / "teacher.safetensors")
     # on 8x8 inputs a router costs more than the default 1.1x MAC budget of a real student
     spec = tiny_spec(blobs, folder / "teacher.safetensors", student={"model": "cnn_tiny", "model_args": {}},
                      strategy={"name": "adaptive_v2", "params": {"experts": 3, "max_macs_ratio": 10}},

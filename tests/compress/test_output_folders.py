@@ -68,3 +68,11 @@ def test_overwrite_replaces_an_earlier_output_of_the_same_command_only(project, 
     (out / "notes.txt").write_text("mine")
     mixed = runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--overwrite"])
     assert mixed.exit_code == 2 and "notes.txt" in mixed.output and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_one_seed_run_packages_and_its_card_says_why_it_has_no_p_value(project, tmp_path):
+    _, run_dir = project
+    result = runner.invoke(app, ["package", str(run_dir), "--out", str(tmp_path / "pkg")])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "pkg" / "MODEL_CARD.md").read_text()
+    assert "no p-value with one seed" in card and "Inconclusive" in card

@@ -26,6 +26,7 @@ from conftest import finished_cnn_run
 from distillab.cli import app
 from distillab.compress import run_student
 from distillab.deploy.package import package_run, percent
+from distillab.experiment.stats import p_value_text
 from distillab.deploy.server import Package, PackageError, read_manifest
 
 runner = CliRunner()
@@ -90,7 +91,7 @@ def test_the_package_holds_what_it_lists_and_its_card_repeats_the_report(package
         for value in entry["accuracy"]["per_seed"]:
             assert f"{100 * value:.2f}" in row
     comparison = report["comparisons"][0]
-    assert f"{100 * comparison['mean_diff']:+.2f} points, p = {comparison['p_value']:.3g}" in card
+    assert f"{100 * comparison['mean_diff']:+.2f} points, {p_value_text(comparison)}" in card
     parity = json.loads((pkg0 / "export.json").read_text())["parity"]
     assert f"argmax agreement {100 * parity['argmax_agreement']:.2f} %" in card
     assert 'CMD ["python", "serve.py"' in (pkg0 / "Dockerfile").read_text()

@@ -156,9 +156,15 @@ def service(request, tmp_path_factory):
 
 
 def digits_teacher(path: Path, hidden: int = 64, seed: int = 0) -> Path:
-    """A fixed (untrained) MLP teacher for the 10 digit classes, as safetensors."""
+    """An MLP teacher for the 10 digit classes, trained briefly on the digits, as safetensors."""
+    from conftest import trained
+
+    from distillab.data.readers import read_digits
+
+    train, _ = read_digits(None)
     torch.manual_seed(seed)
-    save_model(build_model("mlp", (1, 8, 8), 10, {"hidden": [hidden]}), path)
+    model = trained(build_model("mlp", (1, 8, 8), 10, {"hidden": [hidden]}), train.images, train.labels, steps=60)
+    save_model(model, path)
     return path
 
 

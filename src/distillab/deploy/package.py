@@ -26,6 +26,7 @@ from distillab.compress.export import ExportError, Tolerance
 from distillab.compress.runs import export_run
 from distillab.deploy.server import MANIFEST, read_manifest
 from distillab.engine.checkpoint import OUTPUT_MARKER, atomic_write_json, refuse_used_folder, staged_folder
+from distillab.experiment.stats import p_value_text
 from distillab.models.loading import file_checksum
 
 SERVER_REQUIREMENTS = ("numpy", "onnxruntime", "fastapi", "uvicorn", "prometheus_client", "pillow")
@@ -68,7 +69,7 @@ def model_card(report: dict, record: dict, name: str) -> str:
     lines += [""]
     for comparison in report.get("comparisons", []):
         lines.append(f"- {comparison['a']} − {comparison['b']}: {100 * comparison['mean_diff']:+.2f} points, "
-                     f"p = {comparison['p_value']:.3g} ({comparison['test']}, n = {comparison['n']})")
+                     f"{p_value_text(comparison)} (n = {comparison['n']})")
     if report.get("verdict"):
         lines += ["", f"Verdict: {report['verdict']}"]
     teachers = [entry for entry in report["models"] if entry["role"] == "teacher"]

@@ -43,7 +43,8 @@ def finished_phases(partial: Path) -> list[str]:
     return found
 
 
-def check_out_dir(out_dir: Path | str, *, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
+def check_out_dir(out_dir: Path | str, *, overwrite: bool, resume: bool = False,
+                  discard_unfinished: bool | None = None) -> tuple[Path, Path]:
     """(run folder, its .partial) as absolute paths, after refusing every place a run must
     not write. Creates and removes nothing. An unfinished run in ``.partial`` is never
     discarded silently: without ``resume`` it needs ``overwrite``."""
@@ -68,7 +69,8 @@ def check_out_dir(out_dir: Path | str, *, overwrite: bool, resume: bool = False)
             if partial.is_symlink() or not partial.is_dir() or not _is_partial_run(partial):
                 raise SpecError(f"--out {text}: {partial} exists and is not an unfinished distillab run; "
                                 "refusing to touch it")
-            if not resume and not overwrite and not _is_empty_dir(partial):
+            discard = overwrite if discard_unfinished is None else discard_unfinished
+            if not resume and not discard and not _is_empty_dir(partial):
                 done = finished_phases(partial)
                 checkpoints = len(list(partial.rglob("*.pt")))
                 raise SpecError(
@@ -109,7 +111,7 @@ def publish(partial: Path, out: Path) -> None:
 # Keys a resumed run may change: they decide where things go or how long the run may take,
 # never what a finished phase computed.
 RESUME_FREE_KEYS = {"name", "output.plots", "output.tensorboard", "output.latency_repeats",
-                    "constraints.max_duration_s", "cache.dir", "cache.max_gb"}
+                    "constraints.max_duration_s", "cache.dir", "cache.max_gb", "accept_weak_teacher"}
 
 
 def _flatten(value, prefix: str = "") -> dict:

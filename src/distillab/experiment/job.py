@@ -35,11 +35,13 @@ class Settings:
     cache: CacheSpec = field(default_factory=CacheSpec)
     constraints: ConstraintsSpec = field(default_factory=ConstraintsSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
+    accept_weak_teacher: bool = False
 
     def model_dump(self, mode: str = "json") -> dict:
         return {"name": self.name, "strategy": {"name": self.strategy.name, "params": self.strategy.params},
                 **{key: getattr(self, key).model_dump(mode=mode)
-                   for key in ("training", "cache", "constraints", "output")}}
+                   for key in ("training", "cache", "constraints", "output")},
+                "accept_weak_teacher": self.accept_weak_teacher}
 
 
 @dataclass

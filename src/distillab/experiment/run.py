@@ -30,6 +30,7 @@ from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
 from distillab.experiment.job import Job, as_job
 from distillab.experiment.folders import check_out_dir, check_resume, default_out_dir, publish, start_partial
 from distillab.experiment.stats import paired_comparison, summarize, verdict
+from distillab.experiment.teacher_check import cached_evaluation, check_teachers
 from distillab.models.loading import load_state_into
 from distillab.spec import JobSpec, parse_spec
 from distillab.strategies import STRATEGIES
@@ -251,10 +252,13 @@ def run(
 
 
 def run_job(job: Job, out_dir: Path | str | None = None, *, resume: bool = False, overwrite: bool = False,
-            callbacks=None, on_phase=None) -> Report:
-    """``run`` from a Job: a spec's, or one the Python API built from the user's objects."""
+            callbacks=None, on_phase=None, discard_unfinished: bool | None = None) -> Report:
+    """``run`` from a Job: a spec's, or one the Python API built from the user's objects.
+    ``overwrite`` replaces a finished run and discards an unfinished one, unless
+    ``discard_unfinished`` says otherwise for the unfinished one."""
     out_dir, partial = check_out_dir(out_dir if out_dir is not None else default_out_dir(job.settings.name),
-                                     overwrite=overwrite, resume=resume)
+                                     overwrite=overwrite, resume=resume,
+                                     discard_unfinished=overwrite if discard_unfinished is None else discard_unfinished)
     try:
         return _run(job, out_dir, partial, resume, callbacks, on_phase or (lambda name, info: None))
     except (OSError, RuntimeError) as error:
@@ -274,8 +278,13 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
     seeds = spec.training.seeds
     first = job.build_data(seeds[0])
     notify("teacher", {})
+    log.info("loading the teacher(s)")
     teachers = job.load_teachers(first, resume=resume, callbacks=callbacks)
     check_strategy(job, first, teachers)
+    device = resolve_device(spec.training.device)
+    teacher_check = check_teachers(job.task, first, teachers, batch_size=spec.training.eval_batch_size,
+                                   device=device, cache_dir=spec.cache.dir,
+                                   accept=getattr(spec, "accept_weak_teacher", False))
     started = time.time()
     deadline = started + spec.constraints.max_duration_s if spec.constraints.max_duration_s else None
 
@@ -284,15 +293,17 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
     start_partial(partial, resume=resume)
     try:
         atomic_write_json(partial / "spec.json", job.record)
-        device = resolve_device(spec.training.device)
+        log.info("measuring the teacher(s) on the test split")
         teacher_accuracy = [
-            job.task.evaluate(model.to(device), first, "test", spec.training.eval_batch_size, device)
-            for model, _, _ in teachers
+            cached_evaluation(job.task, model, key, first, "test", spec.training.eval_batch_size, device,
+                              spec.cache.dir)
+            for model, key, _ in teachers
         ]
         strategy_cls = job.strategy_cls
         stages = strategy_cls.stages(job.params)
         needs_cache = (strategy_cls.uses_teacher and strategy_cls.logits_only and spec.cache.enabled
-                       and (not stages or any(stage.teacher == "spec" for stage in stages)))
+                       and (not stages or any(stage.teacher == "spec" for stage in stages))
+                       and all(key is not None for _, key, _ in teachers))  # None: a teacher that cannot be identified
         phases: dict[str, list[dict]] = {"scratch": [], "distilled": []}
         for seed in seeds:
             bundle = first if seed == seeds[0] else job.build_data(seed)
@@ -310,6 +321,7 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
             phases["distilled"].append(distilled)
         notify("evaluating", {})
         report = _assemble(job, first, teachers, teacher_accuracy, phases, time.time() - started)
+        report["teacher_check"] = teacher_check
         atomic_write_json(partial / "report.json", report)
         from distillab.experiment.render import render
 

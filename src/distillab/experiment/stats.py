@@ -42,6 +42,16 @@ def paired_comparison(a_name: str, a: list[float], b_name: str, b: list[float], 
     }
 
 
+def p_value_text(comparison: dict) -> str:
+    """'paired t-test p = 0.012', or why there is no p-value."""
+    p = comparison.get("p_value")
+    if p is not None:
+        return f"paired t-test p = {p:.3g}"
+    if comparison.get("n", 0) < 2:
+        return "no p-value with one seed"
+    return "no p-value: every seed gave the same difference, so the t-test is undefined"
+
+
 def verdict(comparison: dict, strategy: str, alpha: float = 0.05) -> str:
     """One plain sentence: did distillation help, and by how much? Accuracy differences are in
     points; other metrics (bits per character, lower is better) in percent of the scratch twin's."""
@@ -50,7 +60,7 @@ def verdict(comparison: dict, strategy: str, alpha: float = 0.05) -> str:
     points = comparison["mean_diff"] * 100
     n, p = comparison["n"], comparison["p_value"]
     seeds = f"{n} seed{'s' if n != 1 else ''}"
-    p_text = f"paired t-test p = {p:.3g}" if p is not None else "no p-value with one seed"
+    p_text = p_value_text(comparison)
     if p is None and n < 2:
         direction = "higher" if points > 0 else "lower" if points < 0 else "the same"
         return (f"Inconclusive: with one seed the {strategy}-distilled student scored {abs(points):.2f} points "
@@ -72,7 +82,7 @@ def _metric_verdict(comparison: dict, strategy: str, alpha: float) -> str:
     better = percent > 0 if comparison["higher_is_better"] else percent < 0
     change = f"{abs(percent):.2f} % {'higher' if percent > 0 else 'lower'}"
     seeds = f"{n} seed{'s' if n != 1 else ''}"
-    p_text = f"paired t-test p = {p:.3g}" if p is not None else "no p-value with one seed"
+    p_text = p_value_text(comparison)
     if p is None and n < 2:
         return (f"Inconclusive: with one seed the {strategy}-distilled student's {metric} was {change} than its "
                 f"scratch twin's ({p_text}); run more seeds for a verdict.")

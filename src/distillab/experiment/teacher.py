@@ -18,7 +18,9 @@ from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import evaluate, resolve_device
 from distillab.engine.loop import fit
 from distillab.errors import SpecError
+from distillab.models.identity import file_teacher_key
 from distillab.models.loading import file_checksum, load_state_into, load_teacher, save_model
+from distillab.models.teacher_input import with_input_convention
 from distillab.models.zoo import build_model
 from distillab.strategies import STRATEGIES
 
@@ -103,7 +105,10 @@ def get_teachers(spec, bundle, *, resume: bool = False, callbacks=None) -> list[
             continue
         if teacher_spec.checkpoint is not None:
             model, checksum = load_teacher(teacher_spec, bundle.in_shape, bundle.num_classes, where)
-            out.append((model, checksum, {"source": str(teacher_spec.checkpoint)}))
+            model = with_input_convention(model, bundle.normalize, teacher_spec.input)
+            key = file_teacher_key(checksum, teacher_spec.resolved_format, teacher_spec.input_convention)
+            out.append((model, key, {"source": str(teacher_spec.checkpoint), "input": teacher_spec.input_convention,
+                                     "format": teacher_spec.resolved_format}))
             continue
         folder = (spec.cache.dir or default_cache_dir()) / "teachers" / _trained_teacher_key(spec, index)
         weights = folder / "teacher.safetensors"
