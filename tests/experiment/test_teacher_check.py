@@ -87,7 +87,8 @@ def test_a_teacher_near_chance_stops_the_cli_unless_accepted(tmp_path, blobs):
 
 def test_the_teachers_evaluation_is_cached_by_its_key(tmp_path, blobs, tiny_teacher, private_cache):
     spec = tiny_spec(blobs, tiny_teacher, training={"seeds": [0], "epochs": 1})
-    run(spec, tmp_path / "a")
+    report = run(spec, tmp_path / "a")
+    assert report.data["precision"]["requested"] == "auto" and report.data["precision"]["used"] in ("fp32", "bf16")
     entries = sorted((private_cache / "teacher_eval").iterdir())
     assert len(entries) == 2  # validation and test
     stamps = [entry.stat().st_mtime_ns for entry in entries]

@@ -146,6 +146,10 @@ def build(data_spec, seed: int) -> DataBundle:
         raise DataError(f"{data_spec.dataset}: train inputs have shape {tuple(full_train.images.shape[1:])} but "
                         f"test inputs {tuple(test.images.shape[1:])}; they must match")
     num_classes = int(max(full_train.labels.max(), test.labels.max())) + 1
+    augment = data_spec.augment
+    if (augment.crop_padding or augment.hflip or augment.mix != "none") and full_train.images.dim() != 4:
+        raise DataError(f"data.augment: crops, flips and mixing apply to images (N, C, H, W); {data_spec.dataset} "
+                        f"holds inputs of shape {tuple(full_train.images.shape)}; turn augmentation off")
     if num_classes > MAX_CLASSES:
         raise DataError(f"{data_spec.dataset}: labels go up to {num_classes - 1}; at most {MAX_CLASSES:,} classes "
                         "are supported (labels must be 0 .. classes-1)")

@@ -20,7 +20,7 @@ from distillab.errors import DataError
 
 @dataclass
 class ArraySet:
-    images: torch.Tensor  # (N, C, H, W), uint8 in [0, 255] or float32
+    images: torch.Tensor  # (N, C, H, W), uint8 in [0, 255] or float32; or (N, D) feature vectors
     labels: torch.Tensor  # (N,), int64
 
     def __len__(self) -> int:
@@ -113,8 +113,8 @@ def read_cifar10(folder: Path) -> tuple[ArraySet, ArraySet]:
 
 
 def _as_images(array: np.ndarray, path: Path, key: str) -> torch.Tensor:
-    if array.ndim == 2:  # (N, D) feature vectors become (N, 1, 1, D)
-        array = array[:, None, None, :]
+    if array.ndim == 2:  # (N, D) feature vectors stay flat: no image transform applies to them
+        pass
     elif array.ndim == 3:  # (N, H, W)
         array = array[:, None]
     elif array.ndim != 4:

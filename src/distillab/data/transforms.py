@@ -102,7 +102,10 @@ def augmented(augment: Augment, images: torch.Tensor, params: torch.Tensor, part
               partner_params: torch.Tensor | None = None, mix: torch.Tensor | None = None) -> torch.Tensor:
     """The training view of raw images (B, C, H, W): crop and flip by ``params`` (B, 3), then,
     when the augmentation mixes, mixed with the partner images cropped and flipped by theirs.
-    The cache fill and the training loop both build views here, so they are the same view."""
+    The cache fill and the training loop both build views here, so they are the same view.
+    Without augmentation the inputs pass unchanged (any shape: feature vectors stay flat)."""
+    if not augment.enabled:
+        return images
     out = apply_augment(images, params, augment.crop_padding)
     if augment.mixing:
         out = apply_mix(out, apply_augment(partners, partner_params, augment.crop_padding), mix, augment.mix)
@@ -119,8 +122,9 @@ class Normalize:
         if not self.mean:  # identity (a user's tensors, used as given)
             return images.float() if images.is_floating_point() else images
         x = images.float() * self.scale
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        shape = (1, -1, *([1] * (x.dim() - 2)))  # per channel (B, C, H, W), per feature (B, D)
+        mean = torch.tensor(self.mean).view(shape)
+        std = torch.tensor(self.std).view(shape)
         return (x - mean) / std
 
     def describe(self) -> str:
@@ -130,9 +134,10 @@ class Normalize:
 
 
 def fit_normalize(images: torch.Tensor) -> Normalize:
-    """Per-channel mean and std of a (N, C, H, W) training set."""
+    """Per-channel mean and std of a (N, C, H, W) training set; per feature of (N, D) vectors."""
     scale = 1 / 255 if images.dtype == torch.uint8 else 1.0
     x = images[:20000].float() * scale
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    dims = tuple(d for d in range(x.dim()) if d != 1)
+    mean = x.mean(dim=dims)
+    std = x.std(dim=dims).clamp_min(1e-6)
     return Normalize(tuple(mean.tolist()), tuple(std.tolist()), scale)

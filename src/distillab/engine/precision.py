@@ -27,6 +27,28 @@ def cpu_features() -> str:
             f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}")
 
 
+def bf16_path() -> str | None:
+    """Which CPU instructions run bf16 here: "AMX", "AVX512-BF16", or None (no native bf16).
+    oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) below AMX means AVX512-BF16 even on an AMX CPU."""
+    import os
+
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    amx = torch.cpu._is_amx_tile_supported() and (not cap or cap == "ALL" or "AMX" in cap)
+    if amx:
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported() and (not cap or cap == "ALL" or "BF16" in cap or "AMX" in cap):
+        return "AVX512-BF16"
+    return None
+
+
+def precision_record(training, device: torch.device) -> dict:
+    """What a report keeps of the precision: asked for, actually used, and the hardware path."""
+    requested = requested_precision(training)
+    used = resolve_precision(requested, device)
+    path = (torch.cuda.get_device_name(device) if device.type == "cuda" else bf16_path()) if used == "bf16" else None
+    return {"requested": training.precision, "used": used, "bf16_path": path}
+
+
 def requested_precision(training) -> str:
     """The spec's precision, with the older ``amp: false`` meaning fp32 under auto."""
     return "fp32" if training.precision == "auto" and not training.amp else training.precision

@@ -126,6 +126,15 @@ def _task(report: dict) -> str:
     return (report.get("task") or {}).get("name", "image_classification")
 
 
+def _precision_line(report: dict) -> list[str]:
+    """'Precision: bf16 (asked: auto) on AMX.' for reports that record it."""
+    precision = report.get("precision")
+    if not precision:
+        return []
+    where = f" on {precision['bf16_path']}" if precision.get("bf16_path") else ""
+    return [f"Precision: {precision['used']} (asked: {precision['requested']}){where}."]
+
+
 def summary_table(report: dict) -> str:
     """The report's main table: by accuracy and speed, bits per character, or agreement with the teacher."""
     return {"language_modeling": lm_table, "text_embedding": embedding_table}.get(_task(report), markdown_table)(report)
@@ -204,6 +213,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Measured on {env['platform']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads, "
         f"CUDA: {env['cuda'] or 'none'}), torch {env['torch']}, in {report['seconds']:.0f} s.",
+        *_precision_line(report),
         "",
         "![accuracy](accuracy.png) ![curves](curves.png) ![accuracy vs latency](accuracy_vs_latency.png)",
         "",

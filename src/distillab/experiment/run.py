@@ -24,7 +24,7 @@ from distillab.data.cache import resolve_views, teacher_outputs
 from distillab.engine.callbacks import FillBar
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import resolve_device
-from distillab.engine.precision import requested_precision, resolve_precision
+from distillab.engine.precision import precision_record, requested_precision, resolve_precision
 from distillab.engine.loop import Stop, fit
 from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
 from distillab.experiment.job import Job, as_job
@@ -58,7 +58,10 @@ class Report:
 
 
 def environment() -> dict:
+    from distillab.engine.precision import bf16_path
+
     return {
+        "bf16_path": bf16_path(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -442,6 +445,7 @@ def _assemble(job: Job, bundle, teachers, teacher_accuracy, phases, seconds) -> 
         "comparisons": comparisons,
         "constraints": constraints,
         "verdict": verdict(comparisons[0], job.strategy_name),
+        "precision": precision_record(spec.training, resolve_device(spec.training.device)),
         "environment": environment(),
         "spec": job.record,
     }
