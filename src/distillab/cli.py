@@ -403,6 +403,7 @@ def sweep(
     study: Annotated[Optional[str], typer.Option(help="the shared study's name (default: the spec's name)")] = None,
     join: Annotated[Optional[str], typer.Option(help="run the remaining trials of this shared study "
                                                      "(with --storage)")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Tune strategy or training parameters on the validation split (Optuna, resumable; shared
     across machines with --storage and --join)."""
@@ -413,14 +414,14 @@ def sweep(
         if join is not None:
             if storage is None:
                 raise DistillabError("--join: give the shared study's --storage URL too")
-            if spec is not None or grid or range_ or trials is not None or study is not None:
+            if spec is not None or grid or range_ or trials is not None or study is not None or set_:
                 raise DistillabError("--join: the study holds the spec, grid and ranges; give only --storage and --out")
             best = join_sweep(join, storage, out)
         else:
             if spec is None:
                 raise DistillabError("give a spec file (or --join STUDY --storage URL)")
             best = run_sweep(spec, out, parse_grid(grid or []), parse_ranges(range_ or []), trials,
-                             storage=storage, study_name=study)
+                             overrides=set_ or [], storage=storage, study_name=study)
     except DistillabError as error:
         _fail(error)
     console.print((out / "trials.md").read_text(), markup=False, highlight=False)
@@ -428,6 +429,13 @@ def sweep(
     value = best[f"val_{metric}"]
     shown = f"{value * 100:.2f}%" if metric == "accuracy" else f"{value:.4f} {metric.replace('_', ' ')}"
     console.print(f"best (validation): {json.dumps(best['params'])} -> {shown}", markup=False)
+    if spec is not None:
+        import shlex
+
+        settings = [*(set_ or []), *(f"{key}={json.dumps(value)}" for key, value in best["params"].items())]
+        command = shlex.join(["distillab", "run", str(spec), *[f"--set={item}" for item in settings]])
+        console.print(f"run the best point (scratch and distilled twins, on test): {command}", markup=False,
+                      highlight=False)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
-                      field_validator, model_validator)
+                      ValidationInfo, field_validator, model_validator)
 
 from distillab.errors import SpecError, close_matches
 from distillab.inputs import check_values, parse_document, text_problem
@@ -191,7 +191,9 @@ class TeacherSpec(Strict):
 
     @field_validator("checkpoint")
     @classmethod
-    def _checkpoint_exists(cls, path: Path | None) -> Path | None:
+    def _checkpoint_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.context or {}).get("teacher_files") is False:  # a finished run's student needs no teacher
+            return path
         if path is not None and not (path.is_file() or path.is_dir()):
             raise ValueError(f"no such file or folder: {path}")
         return path
@@ -395,7 +397,11 @@ def error_items(error: ValidationError) -> list[tuple[list, str, str]]:
     """(key path, problem, pydantic error type) for each error; a validator's own
     'sub.key: problem' message is split onto the path."""
     out = []
-    for item in error.errors(include_url=False):
+    items = error.errors(include_url=False)
+    teacher_problems = [item for item in items if item["loc"][:1] == ("teacher",) and len(item["loc"]) > 2]
+    for item in items:
+        if item["type"] == "list_type" and item["loc"][:1] == ("teacher",) and teacher_problems:
+            continue  # the list form of the teacher union: noise when the single teacher has a real problem
         loc = [part for part in item["loc"] if not str(part).startswith(("function-", "list[", "TeacherSpec"))]
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -413,8 +419,10 @@ def _messages(error: ValidationError) -> list[str]:
     return [f"{'.'.join(str(part) for part in loc) or '(spec)'}: {msg}" for loc, msg, _ in error_items(error)]
 
 
-def parse_spec(data: dict | JobSpec) -> JobSpec:
-    """Validate a dict into a JobSpec; a SpecError lists every problem with its key path."""
+def parse_spec(data: dict | JobSpec, *, teacher_files: bool = True) -> JobSpec:
+    """Validate a dict into a JobSpec; a SpecError lists every problem with its key path.
+    ``teacher_files=False`` accepts teacher checkpoints that are not on this machine (a
+    finished run's student is rebuilt without its teacher)."""
     if isinstance(data, JobSpec):
         return data
     if not isinstance(data, dict):
@@ -423,7 +431,7 @@ def parse_spec(data: dict | JobSpec) -> JobSpec:
     if problems:
         raise SpecError(_listing([f"{'.'.join(map(str, loc)) or '(spec)'}: {message}" for loc, message in problems]))
     try:
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(data, context={"teacher_files": teacher_files})
     except ValidationError as error:
         raise SpecError(_listing(_messages(error))) from None
 
@@ -472,8 +480,31 @@ def read_spec_file(path: Path) -> dict:
     return data
 
 
+SPEC_PATH_KEYS = (("data", "path"), ("teacher", "checkpoint"), ("cache", "dir"))
+
+
+def resolve_spec_paths(data: dict, folder: Path) -> dict:
+    """Relative paths in a spec file (data.path, teacher.checkpoint, cache.dir) resolved against
+    the file's folder, so a spec runs the same from any working folder."""
+
+    def resolved(value):
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            return str((folder / value).resolve())
+        return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
+
+    for section, key in SPEC_PATH_KEYS:
+        node = data.get(section)
+        for entry in node if isinstance(node, list) else [node]:
+            if isinstance(entry, dict) and key in entry:
+                entry[key] = resolved(entry[key])
+    return data
+
+
 def load_spec(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
-    data = read_spec_file(Path(path))
+    """A spec file, its relative paths resolved against its folder, then the ``--set`` overrides
+    (whose relative paths are the working folder's, as typed)."""
+    path = Path(path)
+    data = resolve_spec_paths(read_spec_file(path), path.resolve().parent)
     for assignment in overrides:
         apply_override(data, assignment)
     return parse_spec(data)

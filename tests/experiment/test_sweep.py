@@ -57,3 +57,24 @@ def test_grid_and_range_parsing():
         parse_grid(["nothing"])
     with pytest.raises(SpecError, match="low must be below high"):
         parse_ranges(["a=2:1"])
+
+
+def test_the_cli_sweep_takes_set_logs_validation_only_and_prints_the_best_command(spec_file, tmp_path, caplog):
+    import logging
+
+    from typer.testing import CliRunner
+
+    from distillab.cli import app
+
+    caplog.set_level(logging.INFO, logger="distillab")
+    result = CliRunner().invoke(app, ["sweep", str(spec_file), "--out", str(tmp_path / "s"),
+                                      "--grid", "strategy.params.alpha=0.1,0.9", "--set", "training.epochs=2"])
+    assert result.exit_code == 0, result.output
+    logged = caplog.text + result.output
+    assert "validation accuracy" in logged and "test accuracy" not in logged and "test " not in caplog.text
+    best = json.loads((tmp_path / "s" / "best.json").read_text())
+    line = next(line for line in result.output.splitlines() if line.startswith("run the best point"))
+    assert f"distillab run {spec_file} --set=training.epochs=2 --set=strategy.params.alpha=" \
+           f"{best['params']['strategy.params.alpha']}" in line
+    trial = json.loads(next((tmp_path / "s" / "trials").rglob("result.json")).read_text())
+    assert len(trial["history"]) == 2 and trial["test_accuracy"] is None

@@ -62,11 +62,14 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
 
     run_dir = Path(run_dir)
     report = read_report(run_dir)
-    try:
-        spec = parse_spec(report["spec"])
-    except (DistillabError, KeyError, TypeError):
+    recorded = report.get("spec")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("student"), dict):
         raise ExportError(f"{run_dir}: the run was made from Python objects, not a spec, so its student cannot "
-                          "be rebuilt here; export the model object with distillab.compress.export_model") from None
+                          "be rebuilt here; export the model object with distillab.compress.export_model")
+    try:
+        spec = parse_spec(recorded, teacher_files=False)  # the student is rebuilt without its teacher
+    except DistillabError as error:
+        raise ExportError(f"{run_dir}: its spec cannot be used here: {error}") from None
     if spec.task not in EXPORT_TASKS:
         raise ExportError(f"{run_dir}: a {spec.task} student outputs embeddings, not logits; export supports "
                           f"{', '.join(EXPORT_TASKS)}")

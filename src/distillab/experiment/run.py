@@ -126,8 +126,10 @@ def _trained_student(job: Job, bundle, seed, summary, phase_dir):
     return load_state_into(job.student_for(seed, bundle), phase_dir / "student.safetensors", f"{phase_dir} (resume)")
 
 
-def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline, callbacks, label) -> dict:
-    """Train one strategy with the engine and measure its student on the test split."""
+def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline, callbacks, label,
+             test_split: bool = True) -> dict:
+    """Train one strategy with the engine and measure its student on the test split (not in a
+    sweep, which chooses on validation and never looks at test)."""
     spec = job.settings
     result = fit(
         strategy, bundle, spec.training, seed, run_dir, caches=caches, resume=resume,
@@ -135,12 +137,16 @@ def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline
         task=job.task,
     )
     device = resolve_device(spec.training.device)
-    test = job.task.evaluate(strategy.student, bundle, "test", spec.training.eval_batch_size, device)
-    log.info("%s: test %s %.4f", label, job.task.metric, test.value)
+    if test_split:
+        test = job.task.evaluate(strategy.student, bundle, "test", spec.training.eval_batch_size, device)
+        log.info("%s: test %s %.4f", label, job.task.metric, test.value)
+        measured = {"test_score": test.value,  # the task's primary metric
+                    "test_accuracy": test.metrics.get("accuracy", test.value), "test_metrics": test.metrics}
+    else:
+        log.info("%s: validation %s %.4f", label, job.task.metric, result.best_val_accuracy)
+        measured = {"test_score": None, "test_accuracy": None, "test_metrics": {}}
     return {
-        "test_score": test.value,  # the task's primary metric
-        "test_accuracy": test.metrics.get("accuracy", test.value),
-        "test_metrics": test.metrics,
+        **measured,
         "val_accuracy": result.best_val_accuracy,
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": result.seconds_per_epoch,
@@ -181,7 +187,7 @@ def _stage_teachers(stage, teachers, caches, previous, scratch_student):
 
 
 def _phase(job: Job, bundle, seed, role, teachers, caches, phase_dir, resume, deadline, callbacks, scratch=None,
-           notify=lambda name, info: None) -> dict:
+           notify=lambda name, info: None, test_split: bool = True) -> dict:
     """Train one student (role 'scratch' or 'distilled'); results are saved in phase_dir.
     ``scratch`` is this seed's trained scratch student (born-again starts from it)."""
     job = as_job(job)
@@ -211,7 +217,7 @@ def _phase(job: Job, bundle, seed, role, teachers, caches, phase_dir, resume, de
         teacher_models = [t for t, _, _ in teachers] if strategy_cls.uses_teacher else []
         strategy = strategy_cls(teacher_models, student, params, in_shape=bundle.in_shape)
         summary = _fit_one(job, bundle, seed, strategy, caches if use_cache else (), phase_dir, resume, deadline,
-                           cbs, label)
+                           cbs, label, test_split)
         summary["student"] = strategy.student
     else:
         previous, stage_results = None, []
@@ -220,7 +226,7 @@ def _phase(job: Job, bundle, seed, role, teachers, caches, phase_dir, resume, de
             model = job.stage_model(stage, bundle, seed)
             strategy = strategy_cls(stage_teachers, model, params, in_shape=bundle.in_shape)
             result = _fit_one(job, bundle, seed, strategy, stage_caches, phase_dir / stage.name, resume, deadline,
-                              cbs, f"{label} {stage.name}")
+                              cbs, f"{label} {stage.name}", test_split)
             stage_results.append({"stage": stage.name, "model": stage.model or job.student_name,
                                   "params": sum(p.numel() for p in model.parameters()), **result})
             previous = strategy.student

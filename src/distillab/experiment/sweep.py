@@ -17,7 +17,7 @@ from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json, a
 from distillab.errors import SpecError
 from distillab.experiment.job import Job
 from distillab.experiment.run import _phase, _trained_student
-from distillab.spec import apply_override, parse_spec, read_spec_file
+from distillab.spec import apply_override, parse_spec, read_spec_file, resolve_spec_paths
 
 log = logging.getLogger("distillab")
 
@@ -69,7 +69,7 @@ def sweep(spec_path: Path, out_dir: Path, grid: dict[str, list], ranges: dict, t
     With ``storage`` (an SQLAlchemy URL, e.g. PostgreSQL) the study is shared: it records the
     spec, grid and ranges, so that ``join_sweep`` processes on other machines run its
     remaining trials (see :func:`join_sweep`)."""
-    base = read_spec_file(spec_path)
+    base = resolve_spec_paths(read_spec_file(spec_path), Path(spec_path).resolve().parent)
     for override in overrides:
         apply_override(base, override)
     if not grid and not ranges:
@@ -140,10 +140,10 @@ def _objective(base: dict, grid: dict[str, list], ranges: dict, out_dir: Path):
             scratch = None
             if job.strategy_cls.stages(job.params):
                 summary = _phase(job, trial_bundles[seed], seed, "scratch", teachers, trial_caches[seed],
-                                 trial_dir / "scratch", True, None, None)
+                                 trial_dir / "scratch", True, None, None, test_split=False)
                 scratch = _trained_student(job, trial_bundles[seed], seed, summary, trial_dir / "scratch")
             result = _phase(job, trial_bundles[seed], seed, "distilled", teachers, trial_caches[seed],
-                            trial_dir / "distilled", True, None, None, scratch=scratch)
+                            trial_dir / "distilled", True, None, None, scratch=scratch, test_split=False)
             accuracies.append(result["val_accuracy"])
         return statistics.fmean(accuracies)
 
