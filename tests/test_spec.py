@@ -116,3 +116,27 @@ def test_every_shipped_image_config_still_validates_without_a_task_key():
         assert load_spec(path).task == "image_classification"
     for path in set(configs) - set(image_configs):  # the text jobs name their task
         assert load_spec(path).task in ("language_modeling", "text_embedding")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"training": {"epochz": 3}}, "training.epochz: unknown key (did you mean: epochs"),
+    ({"strategy": {"name": "response", "params": {"temprature": 2}}},
+     "strategy.params.temprature: unknown key (did you mean: temperature"),
+])
+def test_a_mistyped_key_gets_a_suggestion(change, expected):
+    base = {"teacher": {"model": "cnn_tiny"}, "student": {"model": "mlp"}, "data": {"dataset": "digits"}}
+    with pytest.raises(SpecError) as error:
+        parse_spec({**base, **change})
+    assert expected in str(error.value)
+
+
+def test_a_mistyped_required_key_is_one_error_with_a_suggestion():
+    with pytest.raises(SpecError) as error:
+        parse_spec({"teacher": {"model": "cnn_tiny"}, "studnet": {"model": "mlp"}, "data": {"dataset": "digits"}})
+    assert str(error.value) == "invalid spec: studnet: unknown key (did you mean: student?)"
+
+
+def test_hinton_means_response():
+    spec = parse_spec({"teacher": {"model": "cnn_tiny"}, "student": {"model": "mlp"}, "data": {"dataset": "digits"},
+                       "strategy": {"name": "hinton", "params": {"temperature": 2.0}}})
+    assert spec.strategy.name == "response" and spec.strategy.params["temperature"] == 2.0

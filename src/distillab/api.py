@@ -47,7 +47,7 @@ from distillab.errors import DataError, SpecError
 from distillab.experiment.job import Job, Settings, StrategyChoice
 from distillab.models.identity import python_teacher_key, warn_uncached
 from distillab.spec import CacheSpec, OutputSpec, TrainingSpec
-from distillab.strategies import STRATEGIES
+from distillab.strategies import STRATEGIES, STRATEGY_ALIASES
 from distillab.strategies.base import Params, StepOutput, Strategy
 from distillab.tasks import TASKS
 
@@ -128,6 +128,7 @@ def _strategy(strategy, loss, temperature, alpha, strategy_params) -> tuple[type
     if inspect.isclass(strategy) and issubclass(strategy, Strategy):
         cls, name = strategy, strategy.__name__
     elif isinstance(strategy, str):
+        strategy = STRATEGY_ALIASES.get(strategy, strategy)
         if strategy not in STRATEGIES or strategy == "none":
             known = ", ".join(k for k in STRATEGIES if k != "none")
             raise SpecError(f"strategy: unknown strategy {strategy!r}; known: {known}, or a Strategy subclass")

@@ -258,6 +258,13 @@ class StrategySpec(Strict):
     name: str = "response"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _alias(cls, name):
+        from distillab.strategies import STRATEGY_ALIASES
+
+        return STRATEGY_ALIASES.get(name, name) if isinstance(name, str) else name
+
     @model_validator(mode="after")
     def _valid_params(self) -> StrategySpec:
         from distillab.strategies import STRATEGIES
@@ -267,7 +274,7 @@ class StrategySpec(Strict):
         try:
             validated = STRATEGIES[self.name].Params.model_validate(self.params)
         except ValidationError as error:
-            raise ValueError("; ".join(f"params.{msg}" for msg in _messages(error))) from None
+            raise ValueError("; ".join(f"params.{msg}" for msg in _messages(error, STRATEGIES[self.name].Params))) from None
         object.__setattr__(self, "params", validated.model_dump())
         return self
 
@@ -393,9 +400,38 @@ class JobSpec(Strict):
 _PATH_PREFIX = re.compile(r"^([A-Za-z_][\w.]*(?:\[\d+\])?(?:\.[\w]+)*): (.*)$", re.S)
 
 
-def error_items(error: ValidationError) -> list[tuple[list, str, str]]:
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``X | list[X]``), if any."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(root: type[BaseModel] | None, parents: list) -> list[str]:
+    """The field names of the model at ``parents`` under ``root`` ([] when it is not a model)."""
+    model = root
+    for part in parents:
+        if model is None or isinstance(part, int) or str(part).isdigit():
+            continue
+        field_info = model.model_fields.get(str(part))
+        model = _model_in(field_info.annotation) if field_info is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def error_items(error: ValidationError, root: type[BaseModel] | None = None) -> list[tuple[list, str, str]]:
     """(key path, problem, pydantic error type) for each error; a validator's own
-    'sub.key: problem' message is split onto the path."""
+    'sub.key: problem' message is split onto the path. An unknown key of ``root`` (default:
+    JobSpec) gets the close matches among the known ones, and a required key that such a typo
+    was meant to be is not reported missing as well."""
+    import difflib
+
+    root = JobSpec if root is None else root
     out = []
     items = error.errors(include_url=False)
     teacher_problems = [item for item in items if item["loc"][:1] == ("teacher",) and len(item["loc"]) > 2]
@@ -410,13 +446,21 @@ def error_items(error: ValidationError) -> list[tuple[list, str, str]]:
         if item["type"] == "value_error" and match:
             loc += match.group(1).split(".")
             msg = match.group(2)
+        if item["type"] == "extra_forbidden" and loc:
+            msg += close_matches(str(loc[-1]), _keys_at(root, loc[:-1]))
         out.append((loc, msg, item["type"]))
-    return out
+    meant = set()  # (parent path, key) that an unknown key was probably meant to be
+    for loc, _, kind in out:
+        if kind == "extra_forbidden" and loc:
+            for key in difflib.get_close_matches(str(loc[-1]), _keys_at(root, loc[:-1]), n=1, cutoff=0.5):
+                meant.add((tuple(map(str, loc[:-1])), key))
+    return [(loc, msg, kind) for loc, msg, kind in out
+            if not (kind == "missing" and loc and (tuple(map(str, loc[:-1])), str(loc[-1])) in meant)]
 
 
-def _messages(error: ValidationError) -> list[str]:
+def _messages(error: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
     """'key.path: problem' for each error."""
-    return [f"{'.'.join(str(part) for part in loc) or '(spec)'}: {msg}" for loc, msg, _ in error_items(error)]
+    return [f"{'.'.join(str(part) for part in loc) or '(spec)'}: {msg}" for loc, msg, _ in error_items(error, root)]
 
 
 def parse_spec(data: dict | JobSpec, *, teacher_files: bool = True) -> JobSpec:

@@ -18,6 +18,9 @@ from distillab.strategies.selective import Selective
 from distillab.strategies.self_distillation import SelfDistillation
 from distillab.strategies.token_kd import TokenKD
 
+# Other names users know a strategy by (Hinton et al. 2015 is response-based KD).
+STRATEGY_ALIASES = {"hinton": "response"}
+
 STRATEGIES: dict[str, type[Strategy]] = {
     "none": NoDistillation,
     "response": Response,
