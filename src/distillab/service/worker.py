@@ -39,6 +39,14 @@ log = logging.getLogger("distillab.worker")
 CANCELLED = "cancelled by the user"
 SHUTDOWN = "the worker is shutting down"
 LOST = "the job was re-queued away from this worker"
+UNRENEWED = "this worker could not renew its lease on the job"
+LEASE_HEARTBEATS = 10  # the lease (heartbeat_timeout_s) is at least this many heartbeats long
+
+
+class LeaseLost(BaseException):
+    """The job's lease is gone (or about to go): the worker stops at once and writes nothing more
+    into the job folder, which another worker may now own. Not a ``Stop``: a stopped run writes
+    its partial summary, a lost one must not."""
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -82,6 +90,8 @@ class JobProgress(Callback):
         self.phase_info: dict = {}
         self.fraction = 0.0  # of the current training phase
         self.stage, self.last_epoch, self.steps = 0, -1, 1
+        self.renewed_at = time.monotonic()  # the last time the heartbeat renewed the job's lease
+        self.fence_after_s: float | None = None  # stop when the lease has not been renewed this long
         self.metrics: dict = {}
         self.started, self.before, self.budget = started, device_seconds_before, budget
         self.stop_reason: str | None = None
@@ -127,7 +137,11 @@ class JobProgress(Callback):
                                 epoch_seconds=metrics["epoch_seconds"])
 
     def _check(self) -> None:
+        if self.fence_after_s is not None and time.monotonic() - self.renewed_at > self.fence_after_s:
+            self.stop_reason = self.stop_reason or UNRENEWED  # a starved heartbeat: stop before the lease can lapse
         reason = self.stop_reason or self.budget.exceeded(self.device_seconds())
+        if reason in (LOST, UNRENEWED):
+            raise LeaseLost(reason)
         if reason:
             self.stop_reason = reason
             raise Stop(reason)
@@ -158,6 +172,10 @@ class Worker:
         self.engine = make_engine(settings.resolved_database_url)
         self.store = JobStore(self.engine, settings.max_running_jobs_per_user)
         self.poll_s, self.heartbeat_s = poll_s, heartbeat_s
+        if settings.heartbeat_timeout_s < LEASE_HEARTBEATS * heartbeat_s:
+            raise ValueError(f"DISTILLAB_HEARTBEAT_TIMEOUT_S ({settings.heartbeat_timeout_s:g} s) must be at least "
+                             f"{LEASE_HEARTBEATS} heartbeats ({LEASE_HEARTBEATS * heartbeat_s:g} s), so that a busy "
+                             "machine never loses a running job to another worker")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.shutdown = threading.Event()
         self.current: JobProgress | None = None
@@ -227,6 +245,7 @@ class Worker:
         status, error, reason, handler = "failed", None, None, None
         stop_beating = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(claim.job_id, progress, stop_beating), daemon=True)
+        progress.fence_after_s = self.settings.heartbeat_timeout_s / 2
         self.current = progress
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -252,6 +271,9 @@ class Worker:
             package(out, self.settings)
             progress.metrics["summary"] = summary(out)
             status = "completed"
+        except LeaseLost as lost:
+            reason, status = str(lost), "lost"
+            log.warning("job %s: %s; stopped without writing more", claim.job_id, reason)
         except Stop as stop:
             reason = stop.reason
             status = {CANCELLED: "cancelled", SHUTDOWN: "queued", LOST: "lost"}.get(reason, "stopped")
@@ -323,6 +345,9 @@ class Worker:
             raise DistillabError(outcome["error"])
 
     def _heartbeats(self, job_id: str, progress: JobProgress, stop: threading.Event) -> None:
+        """Renew the job's lease every ``heartbeat_s``. A worker that could not renew it for half
+        the lease stops the job itself, before any other worker may take it over (self-fencing)."""
+        renewed = time.monotonic()
         while not stop.wait(self.heartbeat_s):
             value, phase, metrics = progress.snapshot()
             try:
@@ -331,7 +356,10 @@ class Worker:
                 self.store.worker_heartbeat(self.id, job_id)
             except Exception as problem:  # a database hiccup: try again at the next beat
                 log.warning("heartbeat for %s failed: %s", job_id, problem)
+                if time.monotonic() - renewed > self.settings.heartbeat_timeout_s / 2:
+                    progress.stop_reason = UNRENEWED
                 continue
+            renewed = progress.renewed_at = time.monotonic()
             if status == "cancelling":
                 progress.stop_reason = progress.stop_reason or CANCELLED
             elif status == "lost":
