@@ -285,7 +285,7 @@ def test_api_and_cli_runs_give_identical_results(service, tmp_path):
     from service_processes import CLI
 
     spec = {"name": "same", "data": {"dataset": "digits", "limit_train": 400},
-            "teacher": {"model": "mlp", "model_args": {"hidden": [32]}, "training": {"epochs": 2, "seeds": [0]}},
+            "teacher": {"model": "mlp", "model_args": {"hidden": [32]}, "training": {"epochs": 15, "seeds": [0]}},
             "student": {"model": "mlp", "model_args": {"hidden": [16]}},
             "strategy": {"name": "response"}, "training": {"epochs": 2, "seeds": [0, 1]},
             "output": {"plots": False, "tensorboard": False, "latency_repeats": 1}}
