@@ -164,15 +164,15 @@ def test_read_npz_uint8_images_gain_a_channel(tmp_path):
     assert test.labels.tolist() == [0, 2]
 
 
-def test_read_npz_float_vectors_become_1x1xD(tmp_path):
+def test_read_npz_float_vectors_stay_flat(tmp_path):
     x_train = np.arange(15, dtype=np.float64).reshape(5, 3)
     path = tmp_path / "vectors.npz"
     np.savez(path, x_train=x_train, y_train=np.zeros(5, np.int32),
              x_test=np.ones((2, 3), np.float64), y_test=np.zeros(2, np.int32))
     train, test = read_npz(path)
-    assert train.images.shape == (5, 1, 1, 3) and train.images.dtype == torch.float32
-    assert test.images.shape == (2, 1, 1, 3)
-    np.testing.assert_allclose(train.images[:, 0, 0].numpy(), x_train)
+    assert train.images.shape == (5, 3) and train.images.dtype == torch.float32
+    assert test.images.shape == (2, 3)
+    np.testing.assert_allclose(train.images.numpy(), x_train)
 
 
 def test_read_npz_missing_arrays_are_named(tmp_path):
