@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from distillab.engine.callbacks import Callback
+from distillab.engine.loop import Stop
 from distillab.models.loading import save_model
 from distillab.models.zoo import build_model
 
@@ -86,6 +88,17 @@ def tiny_teacher(tmp_path, _tiny_teacher_file) -> Path:
     path = tmp_path / "teacher.safetensors"
     shutil.copyfile(_tiny_teacher_file, path)
     return path
+
+
+class StopAt(Callback):
+    """An engine callback that stops a run (``Stop``) at the first step of ``epoch``."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_step(self, epoch, step, metrics):
+        if epoch == self.epoch:
+            raise Stop("asked to stop")
 
 
 def tiny_spec(npz: Path, teacher_path: Path, **overrides) -> dict:

@@ -3,25 +3,15 @@
 import json
 
 import pytest
-from conftest import tiny_spec
+from conftest import StopAt, tiny_spec
 from typer.testing import CliRunner
 
 from distillab.cli import app
-from distillab.engine.callbacks import Callback
 from distillab.engine.loop import Stop
 from distillab.errors import SpecError
 from distillab.experiment.run import run
 
 runner = CliRunner()
-
-
-class StopAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_step(self, epoch, step, metrics):
-        if epoch == self.epoch:
-            raise Stop("asked to stop")
 
 
 @pytest.fixture

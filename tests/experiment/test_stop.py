@@ -4,20 +4,10 @@ resume then finishes it."""
 import json
 
 import pytest
-from conftest import tiny_spec
+from conftest import StopAt, tiny_spec
 
-from distillab.engine.callbacks import Callback
 from distillab.engine.loop import Stop
 from distillab.experiment.run import run
-
-
-class StopAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_step(self, epoch, step, metrics):
-        if epoch == self.epoch:
-            raise Stop("asked to stop")
 
 
 def test_stop_keeps_checkpoints_and_writes_partial_summary_then_resume_finishes(tmp_path, blobs, tiny_teacher):

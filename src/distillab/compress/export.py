@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distillab.engine.checkpoint import atomic_write_json, refuse_used_folder, staged_folder
+from distillab.engine.checkpoint import atomic_write_json, check_output_folder, staged_folder
 from distillab.errors import DistillabError, close_matches
 from distillab.models.loading import file_checksum
 
@@ -149,7 +149,7 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
     if not held_out:
         raise ExportError("parity: there are no held-out inputs to compare on")
     tolerance = tolerance or default_tolerance(quantize)
-    out = refuse_used_folder(out, overwrite, ExportError, "export", inputs=inputs)
+    out = check_output_folder(out, "export", overwrite=overwrite, inputs=inputs, error_cls=ExportError)
     model = model.eval().float()
     with staged_folder(out, "export") as staging:
         path = staging / FORMATS[fmt]

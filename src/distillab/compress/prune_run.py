@@ -20,7 +20,7 @@ from distillab.compress.finetune import Finetuning, write_derived_run
 from distillab.compress.prune import (PRUNABLE_MODELS, PruneError, channel_targets, channels_to_keep,
                                       conv_blocks, cubic_schedule, magnitude_prune, make_permanent, rebuild)
 from distillab.compress.runs import read_report
-from distillab.engine.checkpoint import refuse_used_folder
+from distillab.engine.checkpoint import check_output_folder
 
 log = logging.getLogger("distillab")
 METHODS = ("channels", "magnitude")
@@ -40,7 +40,7 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
         raise PruneError("--steps must be >= 1 and --epochs-per-step >= 0")
     if not 0.0 < ratio < 1.0:
         raise PruneError(f"--ratio {ratio}: the share to remove must be in (0, 1)")
-    out = refuse_used_folder(out, overwrite, PruneError, "prune", inputs=[run_dir])
+    out = check_output_folder(out, "prune", overwrite=overwrite, inputs=[run_dir], error_cls=PruneError)
     spec = parse_spec(read_report(Path(run_dir))["spec"])
     if method == "channels" and spec.student.model not in PRUNABLE_MODELS:
         raise PruneError(f"{run_dir}: channel pruning rebuilds {', '.join(PRUNABLE_MODELS)}; the student is "

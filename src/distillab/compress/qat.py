@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from distillab.compress.finetune import Finetuning, write_derived_run
-from distillab.engine.checkpoint import refuse_used_folder
+from distillab.engine.checkpoint import check_output_folder
 from distillab.errors import DistillabError
 
 log = logging.getLogger("distillab")
@@ -111,7 +111,7 @@ def qat_run(run_dir: Path | str, out: Path | str, *, epochs: int = 3, kd: bool =
     returns the record written to ``qat.json``."""
     if epochs < 1:
         raise QATError(f"--epochs {epochs}: quantization-aware training needs at least one epoch")
-    out = refuse_used_folder(out, overwrite, QATError, "qat", inputs=[run_dir])
+    out = check_output_folder(out, "qat", overwrite=overwrite, inputs=[run_dir], error_cls=QATError)
     tuning = Finetuning.of_run(run_dir, seed, kd=kd, epochs=epochs, lr=lr, precision="fp32")
     model = tuning.student.model
     before = tuning.measure(model)

@@ -25,7 +25,7 @@ from pathlib import Path
 from distillab.compress.export import ExportError, Tolerance
 from distillab.compress.runs import export_run
 from distillab.deploy.server import MANIFEST, read_manifest
-from distillab.engine.checkpoint import OUTPUT_MARKER, atomic_write_json, refuse_used_folder, staged_folder
+from distillab.engine.checkpoint import OUTPUT_MARKER, atomic_write_json, check_output_folder, staged_folder
 from distillab.experiment.stats import p_value_text
 from distillab.models.loading import file_checksum
 
@@ -112,7 +112,7 @@ def requirements() -> str:
 def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = None, seed: int | None = None,
                 name: str | None = None, tolerance: Tolerance | None = None, overwrite: bool = False) -> dict:
     """Write the package of a run's distilled student into ``out``; returns the manifest."""
-    out = refuse_used_folder(out, overwrite, ExportError, "package", inputs=[run_dir])
+    out = check_output_folder(out, "package", overwrite=overwrite, inputs=[run_dir], error_cls=ExportError)
     with staged_folder(out, "package") as staging:
         record = export_run(run_dir, staging, fmt="onnx", quantize=quantize, seed=seed, tolerance=tolerance,
                             overwrite=True)

@@ -125,12 +125,6 @@ def check_output_folder(out: Path | str, command: str, *, overwrite: bool, input
     return target
 
 
-def refuse_used_folder(out: Path, overwrite: bool, error_cls=CheckpointError, command: str = "export",
-                       inputs=()) -> Path:
-    """``check_output_folder`` under its older name."""
-    return check_output_folder(out, command, overwrite=overwrite, inputs=inputs, error_cls=error_cls)
-
-
 @contextlib.contextmanager
 def staged_folder(out: Path, kind: str):
     """A fresh folder beside ``out`` to write into; when the block ends without an error it
