@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -305,3 +308,32 @@ def test_a_layer_name_that_does_not_exist(tmp_path, trained_teacher):
 def test_alpha_for_a_strategy_without_one():
     with pytest.raises(SpecError, match=r"^alpha: the feature strategy has no alpha parameter \(its parameters: pairs, "):
         Distiller(Teacher(), Student(), strategy="feature", alpha=0.5)
+
+
+_FIT_SCRIPT = """
+import sys, torch
+from torch import nn
+import distillab
+torch.manual_seed(0)
+X = torch.randn(200, 8); y = (X[:, 0] > 0).long()
+teacher = nn.Linear(8, 2); student = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+kwargs = {} if sys.argv[1] == "default" else {"progress": sys.argv[1] == "on"}
+distillab.Distiller(teacher, student, cache=False).fit((X, y), epochs=2, **kwargs)
+"""
+
+
+@pytest.mark.parametrize("progress, lines", [("default", 2), ("on", 2), ("off", 0)])
+def test_fit_logs_one_plain_line_per_epoch_by_default(tmp_path, progress, lines):
+    """From Python, with no logging configured, fit logs one line per epoch on stderr (outside a
+    terminal: no live bar, no blank lines); progress=False is quiet."""
+    script = tmp_path / "fit.py"
+    script.write_text(_FIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), progress], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    epoch_lines = [line for line in done.stderr.splitlines() if "fit epoch" in line]
+    assert len(epoch_lines) == lines, done.stderr
+    assert all("distillab:" in line and "val acc" in line for line in epoch_lines)
+    if lines:
+        assert "fit epoch 1/2" in epoch_lines[0] and "fit epoch 2/2" in epoch_lines[1]
+        assert not [line for line in done.stderr.splitlines() if not line.strip()], "blank lines outside a terminal"

@@ -9,12 +9,21 @@
 
 from __future__ import annotations
 
+import logging
+
 __version__ = "0.1.0"
+
+# Known third-party start-up noise that says nothing about the user's job: torchao's optional
+# CUDA kernels that a CPU build cannot load, its "no triton" notice, and torch's deprecation of
+# torchao's pytree registrations. Their loggers show errors only; everything else is untouched.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 def run(spec, out_dir=None, **options):
     """Run a job from a JobSpec, a dict, or a path to a YAML/JSON spec; returns a Report.
-    Options: resume, overwrite, callbacks (see distillab.experiment.run.run)."""
+    Options: resume, overwrite, callbacks, progress (default True: the start-up phases and one
+    log line per epoch; see distillab.experiment.run.run)."""
     from pathlib import Path
 
     from distillab.experiment.run import run as run_job

@@ -40,7 +40,7 @@ from torch import nn
 
 from distillab.api_text import TEXT_TASKS, as_text_model, name_of, task_of, text_data, tokenizer_of
 from distillab.data.user import LoaderData, user_data
-from distillab.engine.callbacks import ProgressBar
+from distillab.engine.callbacks import ProgressBar, show_progress
 from distillab.engine.evaluate import resolve_device
 from distillab.engine.loop import fit as engine_fit
 from distillab.errors import DataError, SpecError
@@ -261,8 +261,8 @@ class Distiller:
 
     def fit(self, train_data: DatasetLike, val_data: DatasetLike = None, epochs: int = 10, *, seed: int = 0,
             run_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence = (),
-            progress: bool = False, val_size: float = 0.1, context_length: int | None = None, test_size: float = 0.05,
-            limit: int | None = None) -> History:
+            progress: bool = True, val_size: float = 0.1, context_length: int | None = None, test_size: float = 0.05,
+            limit: int | None = None, eval_limit: int | None = None) -> History:
         """Train the student; keep the epoch best on validation (``val_data``, or ``val_size`` of
         ``train_data`` held out by ``seed``). ``run_dir`` keeps the epoch checkpoints, so
         ``resume=True`` continues an interrupted fit; without it they go to a temporary folder.
@@ -271,7 +271,7 @@ class Distiller:
         cut by position into train, validation (``val_size``) and test (``test_size``) parts of
         each document, in blocks (or sentences) of at most ``context_length`` tokens (default
         128, or the teacher's context when shorter); ``limit`` trains on that many tokens (or
-        sentences)."""
+        sentences), and ``eval_limit`` evaluates a language model on that many validation tokens."""
         if self.strategy_cls.stages(self.params):
             raise SpecError(f"strategy: {self.strategy_cls.__name__} trains several models in stages; use compare(), "
                             "which builds each one")
@@ -281,7 +281,7 @@ class Distiller:
                 raise SpecError("val_data: the validation text is the val_size part of each document of train_data; "
                                 "leave val_data unset")
             data = text_data(self.task.name, train_data, self.tokenizer, context_length, val_size, test_size, limit,
-                             self.teachers)
+                             self.teachers, eval_limit)
             self.data = data
         else:
             data = user_data(train_data, val_data, None, seed, val_size)
@@ -318,9 +318,9 @@ def train(model: nn.Module, train_data: DatasetLike, val_data: DatasetLike = Non
           seed: int = 0, optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4,
           batch_size: int = 128, schedule: str = "cosine", device: str = "auto", precision: str = "auto",
           label_smoothing: float = 0.0, run_dir: str | Path | None = None, resume: bool = False,
-          callbacks: Sequence = (), progress: bool = False, val_size: float = 0.1,
+          callbacks: Sequence = (), progress: bool = True, val_size: float = 0.1,
           task: str = "image_classification", tokenizer=None, context_length: int | None = None,
-          test_size: float = 0.05, limit: int | None = None) -> History:
+          test_size: float = 0.05, limit: int | None = None, eval_limit: int | None = None) -> History:
     """Train ``model`` on its labels alone (a teacher, or a baseline) with the same engine; it
     keeps the epoch best on validation, like ``Distiller.fit``. A language model
     (``task="language_modeling"``) trains on next-token CE over text, as ``Distiller.fit`` reads it."""
@@ -336,7 +336,7 @@ def train(model: nn.Module, train_data: DatasetLike, val_data: DatasetLike = Non
                             "leave val_data unset")
         model = as_text_model(model, tokenizer, "model", task_.name)
         data = text_data(task_.name, train_data, tokenizer_of([model], tokenizer), context_length, val_size,
-                         test_size, limit, [model])
+                         test_size, limit, [model], eval_limit)
     else:
         data = user_data(train_data, val_data, None, seed, val_size)
     none = STRATEGIES["none"]
@@ -349,6 +349,8 @@ def _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, prog
     """The engine's fit in ``run_dir`` (a temporary folder, removed afterwards, when None)."""
     temporary = run_dir is None
     folder = Path(tempfile.mkdtemp(prefix=f"distillab-{description}-")) if temporary else Path(run_dir)
+    if progress:
+        show_progress()
     bars = [ProgressBar(description, training.epochs)] if progress else []
     try:
         result = engine_fit(strategy, data, training, seed, folder, caches=caches, resume=resume,
@@ -370,12 +372,13 @@ def evaluate(model: nn.Module, data: DatasetLike, batch_size: int = 1024, device
 def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = None, *, val_data=None,
             seeds: Sequence[int] = (0, 1, 2), epochs: int = 10, strategy="response", temperature=None, alpha=None,
             strategy_params=None, loss=None, out_dir: str | Path | None = None, name: str = "comparison",
-            resume: bool = False, overwrite: bool = True, progress: bool = False, val_size: float = 0.1,
+            resume: bool = False, overwrite: bool = True, progress: bool = True, val_size: float = 0.1,
             optimizer: str = "adamw", lr: float = 2e-3, weight_decay: float = 5e-4, batch_size: int = 128,
             schedule: str = "cosine", device: str = "auto", precision: str = "auto", cache: bool = True,
             cache_views: int | str = 4, plots: bool = True, latency_repeats: int = 50,
             task: str = "image_classification", tokenizer=None, student_args: dict | None = None,
             context_length: int | None = None, test_size: float = 0.05, limit: int | None = None,
+            eval_limit: int | None = None,
             accept_weak_teacher: bool = False, discard_unfinished: bool = False):
     """Teacher, scratch student and distilled student over ``seeds``, with the paired test:
     ``distillab run``'s experiment on your own models. Returns the Report; report.md, report.json
@@ -390,7 +393,8 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
     Language models (``task="language_modeling"``) and text encoders (``"text_embedding"``):
     ``train_data`` is text, a list of documents or a corpus name, cut by position into train,
     validation and test parts of each document (``val_size``, ``test_size``; ``context_length``
-    tokens per block or sentence; ``limit`` training tokens or sentences), tokenised by
+    tokens per block or sentence; ``limit`` training tokens or sentences; ``eval_limit`` the
+    validation and test tokens of a language model, each), tokenised by
     ``tokenizer`` (default: the teacher's own); ``test_data`` and ``val_data`` stay unset. An
     encoder's scratch twin is the student as initialised (there are no labels to train it on).
     ``student_args`` go to a zoo student (``student="gpt", student_args={"layers": 4, ...}``).
@@ -399,7 +403,7 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
     comparison unless ``accept_weak_teacher``. ``overwrite`` replaces a finished comparison in
     ``out_dir``; an unfinished one is continued with ``resume`` or discarded with ``discard_unfinished``.
     """
-    from distillab.experiment.run import run_job
+    from distillab.experiment.run import progress_bars, run_job
     from distillab.models.zoo import MODELS, build_model
 
     task = task_of(task)
@@ -434,7 +438,8 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
         if test_data is not None or val_data is not None:
             raise SpecError("test_data: the validation and test text are the val_size and test_size parts of each "
                             "document of train_data; leave test_data and val_data unset")
-        splits = text_data(task.name, train_data, tokenizer, context_length, val_size, test_size, limit, teachers)
+        splits = text_data(task.name, train_data, tokenizer, context_length, val_size, test_size, limit, teachers,
+                           eval_limit)
         build_data = lambda seed: splits  # noqa: E731  (the split is by position: the same for every seed)
         data_record = {"dataset": splits.name if isinstance(train_data, (list, tuple)) else train_data,
                        "context_length": splits.context_length}
@@ -476,8 +481,10 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
               teacher_names=[name_of(t) for t in teachers],
               record={**settings.model_dump(), "task": task.name, "data": data_record,
                       "teacher": [name_of(t) for t in teachers], "student": student_name})
-    bars = (lambda role, seed: [ProgressBar(f"seed {seed} {role}", epochs)]) if progress else None
-    return run_job(job, out_dir, resume=resume, overwrite=overwrite, callbacks=bars,
+    if progress:
+        show_progress()
+    return run_job(job, out_dir, resume=resume, overwrite=overwrite,
+                   callbacks=progress_bars(job) if progress else None,
                    discard_unfinished=discard_unfinished)
 
 

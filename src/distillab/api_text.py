@@ -67,15 +67,18 @@ def context_of(teachers: list[nn.Module]) -> int | None:
 
 
 def text_data(task: str, train_data, tokenizer, context_length: int | None, val_size: float, test_size: float,
-              limit: int | None, teachers: list[nn.Module]):
+              limit: int | None, teachers: list[nn.Module], eval_limit: int | None = None):
     """TextData (language models) or SentenceData (encoders, ``data.teacher`` set to the first
     teacher) from documents, a corpus name or a spec's data section. ``limit``: training tokens,
-    or training sentences."""
+    or training sentences; ``eval_limit``: validation and test tokens each (language models)."""
     from distillab.data.corpora import CORPORA
     from distillab.data.text import checked_context
     from distillab.spec import DataSpec
 
     embedding = task == "text_embedding"
+    if embedding and eval_limit is not None:
+        raise SpecError("eval_limit: a text encoder is evaluated on every validation and test sentence; "
+                        "eval_limit applies to language models")
     max_context = context_of(teachers)
     if context_length is None:  # 128 tokens, or the teacher's whole context when it is shorter
         context_length = min(128, max_context or 128)
@@ -88,11 +91,12 @@ def text_data(task: str, train_data, tokenizer, context_length: int | None, val_
         else:
             from distillab.data.text import text_from_documents
 
-            data = text_from_documents(list(train_data), tokenizer, context, val_size, test_size, limit)
+            data = text_from_documents(list(train_data), tokenizer, context, val_size, test_size, limit, eval_limit)
     elif isinstance(train_data, (str, dict)):
         section = train_data if isinstance(train_data, dict) else {
             "dataset": train_data, "context_length": context_length, "val_size": val_size, "test_size": test_size,
-            ("limit_train" if embedding else "limit_tokens"): limit}
+            ("limit_train" if embedding else "limit_tokens"): limit,
+            **({} if embedding else {"limit_eval_tokens": eval_limit})}
         try:
             data_spec = DataSpec.model_validate(section)
         except ValidationError as error:

@@ -90,6 +90,8 @@ def run(
     from distillab.engine import distributed
     from distillab.experiment.folders import default_out_dir
     from distillab.experiment.render import summary_table
+    from distillab.experiment.job import Job
+    from distillab.experiment.run import progress_bars
     from distillab.experiment.run import run as run_job
 
     _logging(verbose)
@@ -112,13 +114,7 @@ def run(
             work = Path(tempfile.mkdtemp(prefix=f"distillab-rank{rank}-"))
             out, resume, overwrite = work / "run", False, False
 
-        def bars(role: str, seed: int) -> list:
-            if rank != 0:
-                return []
-            if role == "teacher":  # seed is the teacher's index
-                return [ProgressBar(f"teacher[{seed}]", (job.teachers[seed].training or job.training).epochs)]
-            return [ProgressBar(f"seed {seed} {role}", job.training.epochs)]
-
+        bars = progress_bars(Job.from_spec(job)) if rank == 0 else (lambda role, seed: [])
         try:
             report = run_job(job, out, resume=resume, overwrite=overwrite, callbacks=bars)
         except KeyboardInterrupt:
@@ -184,15 +180,17 @@ def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec: keys, types, ranges, files, the dataset and the teacher's output size."""
     from distillab.experiment.job import Job
     from distillab.experiment.run import check_precision, check_strategy
+    from distillab.tasks.language_modeling import weightless_teachers
 
     _logging(False)
     try:
         job = _load(spec, set_)
         check_precision(job)
         planned = Job.from_spec(job)
-        bundle = planned.build_data(job.training.seeds[0])
-        if all(t.checkpoint is not None or t.is_language_model for t in job.teachers):
-            check_strategy(planned, bundle, planned.load_teachers(bundle))
+        with weightless_teachers():  # a language model's config and tokenizer; its weights are not needed
+            bundle = planned.build_data(job.training.seeds[0])
+            if all(t.checkpoint is not None or t.is_language_model for t in job.teachers):
+                check_strategy(planned, bundle, planned.load_teachers(bundle))
     except DistillabError as error:
         _fail(error)
     console.print(f"{spec}: valid ({job.strategy.name}, {len(job.teachers)} teacher(s), "
@@ -310,7 +308,7 @@ def generate(
         (teacher, _, _), *_ = job.load_teachers(data)
         meta = generate_corpus(teacher, data, out, prompts=prompts, prompt_tokens=prompt_tokens,
                                new_tokens=new_tokens, temperature=temperature, keep=keep, seed=seed,
-                               progress=FillBar("teacher continuations"))
+                               progress=FillBar("teacher continuations", "prompts"))
     except DistillabError as error:
         _fail(error)
     console.print_json(json.dumps(meta))

@@ -103,3 +103,47 @@ def test_sweep_overrides_change_the_spec_for_every_trial(tmp_path, corpus, tiny_
     best = sweep(path, tmp_path / "sweep", {"strategy.params.alpha": [0.5]}, {}, overrides=["training.seeds=[1]"])
     assert best["trials"] == 1
     assert [p.name for p in (tmp_path / "sweep" / "trials" / "0000").iterdir()] == ["seed_1"]
+
+
+def test_validate_reads_a_language_model_teacher_without_its_weights(tmp_path, corpus, tiny_lm):
+    """validate needs the teacher's tokenizer and architecture, not its weights: inside
+    weightless_teachers the teacher is built on the meta device, and validate still checks the
+    strategy against it (a layer pair out of range is named)."""
+    import torch
+
+    from distillab.spec import parse_spec
+    from distillab.tasks.language_modeling import load_lm_teacher, weightless_teachers
+
+    spec = parse_spec(text_spec(corpus, tiny_lm))
+    with weightless_teachers():
+        skeleton = load_lm_teacher(spec.teachers[0])
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+    loaded = load_lm_teacher(spec.teachers[0])
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    assert skeleton.vocab_size == loaded.vocab_size and skeleton.context_length == loaded.context_length
+    assert [n for n, _ in skeleton.named_parameters()] == [n for n, _ in loaded.named_parameters()]
+
+    runner = CliRunner()
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(text_spec(corpus, tiny_lm)))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and "valid" in result.output, result.output
+    bad = text_spec(corpus, tiny_lm, strategy={"name": "layerwise", "params": {"pairs": [[1, 99]]}})
+    path.write_text(json.dumps(bad))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "pairs[0]" in result.output and "out of range" in result.output, result.output
+
+
+def test_known_third_party_start_up_noise_is_filtered(tmp_path):
+    """torchao's unloadable CUDA kernels, its no-triton notice and torch's pytree deprecations
+    are not shown once distillab is imported; other warnings still are."""
+    import subprocess
+    import sys
+
+    script = ("import logging, distillab, torchao, transformers\n"
+              "logging.getLogger('torchao').error('an error still shows')\n"
+              "logging.getLogger('distillab.x').warning('a warning still shows')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Failed to load" not in done.stderr and "triton" not in done.stderr and "_pytree" not in done.stderr
+    assert "an error still shows" in done.stderr and "a warning still shows" in done.stderr

@@ -41,11 +41,14 @@ def test_a_distiller_fits_a_student_lm_on_documents_from_the_teacher_cache(hf_te
 
 
 def test_compare_reports_bits_per_character_for_a_user_student(hf_teacher, tmp_path):
+    """... and eval_limit caps the validation and test text, as the spec's limit_eval_tokens does."""
     model, tokenizer = hf_teacher
     report = compare(model, lambda: small_gpt(len(tokenizer)), DOCUMENTS, task="language_modeling",
                      tokenizer=tokenizer, strategy="token_kd", strategy_params={"top_k": 4}, seeds=[0, 1], epochs=1,
                      context_length=16, val_size=0.15, test_size=0.15, batch_size=8, lr=0.01, plots=False,
-                     latency_repeats=2, out_dir=tmp_path / "run")
+                     latency_repeats=2, out_dir=tmp_path / "run", eval_limit=32)
+    assert 0 < report.data["dataset"]["tokens"]["test"] <= 32
+    assert report.data["dataset"]["tokens"]["train"] > 32  # the training text is not capped
     assert report.data["task"]["metric"] == "bits_per_character"
     assert report.data["comparisons"][0]["metric"] == "bits_per_character"
     assert report.data["comparisons"][0]["n"] == 2

@@ -19,11 +19,27 @@ class Callback:
     def close(self) -> None: ...
 
 
-class ProgressBar(Callback):
-    """A live bar with loss, accuracy and samples/s; one log line per epoch."""
+def show_progress() -> None:
+    """Make distillab's INFO lines visible when nothing else will: from Python, where the
+    application has configured no logging, one plain handler on stderr for the "distillab"
+    logger. A program that configured logging (a handler of its own, or on the root logger) is
+    left as it is; the CLI and the service configure their own."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s distillab: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
 
-    def __init__(self, description: str, epochs: int):
+
+class ProgressBar(Callback):
+    """One log line per epoch, and on a terminal a live bar with loss, accuracy and samples/s
+    (outside a terminal -- a log file, a notebook, a pipe -- the lines only)."""
+
+    def __init__(self, description: str, epochs: int, live: bool | None = None):
         self.description, self.epochs = description, epochs
+        self.live = sys.stderr.isatty() if live is None else live
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -35,6 +51,8 @@ class ProgressBar(Callback):
         self.task = None
 
     def on_epoch_start(self, epoch, steps):
+        if not self.live:
+            return
         if self.task is None:
             self.progress.start()
         else:
@@ -43,6 +61,8 @@ class ProgressBar(Callback):
         self.task = self.progress.add_task(label, total=steps, loss=0.0, acc=0.0, rate=0.0)
 
     def on_step(self, epoch, step, metrics):
+        if not self.live:
+            return
         self.progress.update(
             self.task, completed=step + 1, loss=metrics["loss"], acc=metrics["accuracy"], rate=metrics["samples_per_s"]
         )
@@ -57,7 +77,8 @@ class ProgressBar(Callback):
         )
 
     def close(self):
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
         self.task = None
 
 
@@ -91,10 +112,11 @@ class TensorBoardLogger(Callback):
 
 class FillBar:
     """``progress(done, total)`` for a teacher-output cache fill: a live bar on a terminal, an
-    info line every tenth of the views otherwise (a log file, the service's worker)."""
+    info line every tenth of the fill otherwise (a log file, the service's worker). ``unit``
+    names what is counted: an image's views, a text's blocks, prompts."""
 
-    def __init__(self, description: str):
-        self.description = description
+    def __init__(self, description: str, unit: str = "views"):
+        self.description, self.unit = description, unit
         self.progress = None
         self.task = None
         self.logged = 0
@@ -103,7 +125,7 @@ class FillBar:
         if sys.stderr.isatty():
             if self.progress is None:
                 self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TextColumn("views"), TimeRemainingColumn(), transient=True)
+                                         TextColumn(self.unit), TimeRemainingColumn(), transient=True)
                 self.progress.start()
                 self.task = self.progress.add_task(self.description, total=total)
             self.progress.update(self.task, completed=done)
@@ -111,4 +133,4 @@ class FillBar:
                 self.progress.stop()
         elif done == total or done * 10 // total > self.logged:
             self.logged = done * 10 // total
-            log.info("%s: %d of %d views", self.description, done, total)
+            log.info("%s: %d of %d %s", self.description, done, total, self.unit)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from distillab.data.cache import resolve_views, teacher_outputs
-from distillab.engine.callbacks import FillBar
+from distillab.engine.callbacks import FillBar, ProgressBar, show_progress
 from distillab.engine.checkpoint import atomic_write_json
 from distillab.engine.evaluate import resolve_device
 from distillab.engine.precision import precision_record, requested_precision, resolve_precision
@@ -245,9 +245,11 @@ def run(
     overwrite: bool = False,
     callbacks=None,
     on_phase=None,
+    progress: bool = True,
 ) -> Report:
     """Run the job. ``callbacks(role, seed)`` may return engine callbacks (progress, cancel);
-    role is "teacher" (seed = the teacher's index), "scratch" or "distilled".
+    role is "teacher" (seed = the teacher's index), "scratch" or "distilled". Without them,
+    ``progress`` logs the start-up phases and one line per epoch (``progress=False``: quiet).
     ``on_phase(name, info)`` is told when a phase begins: "teacher", "teacher_outputs",
     "scratch", "distilling" (info: seed, stages, done = skipped on resume), "evaluating".
 
@@ -256,8 +258,23 @@ def run(
     summary of what finished, and the ``Stop`` propagates."""
     spec = parse_spec(spec)
     check_precision(spec)
-    return run_job(Job.from_spec(spec), out_dir, resume=resume, overwrite=overwrite, callbacks=callbacks,
-                   on_phase=on_phase)
+    job = Job.from_spec(spec)
+    if callbacks is None and progress:
+        show_progress()
+        callbacks = progress_bars(job)
+    return run_job(job, out_dir, resume=resume, overwrite=overwrite, callbacks=callbacks, on_phase=on_phase)
+
+
+def progress_bars(job: Job):
+    """``callbacks(role, seed)`` giving each training its ProgressBar (a log line per epoch)."""
+    def bars(role: str, seed: int) -> list:
+        if role == "teacher":  # seed is the teacher's index
+            teachers = job.spec.teachers if job.spec is not None else []
+            epochs = (teachers[seed].training or job.settings.training).epochs if seed < len(teachers) \
+                else job.settings.training.epochs
+            return [ProgressBar(f"teacher[{seed}]", epochs)]
+        return [ProgressBar(f"seed {seed} {role}", job.settings.training.epochs)]
+    return bars
 
 
 def run_job(job: Job, out_dir: Path | str | None = None, *, resume: bool = False, overwrite: bool = False,
@@ -320,7 +337,8 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
             if needs_cache:
                 notify("teacher_outputs", {"seed": seed})
                 caches = job.task.teacher_caches(spec, bundle, teachers, job.params,
-                                                 progress=FillBar(f"seed {seed} teacher outputs"))
+                                                 progress=FillBar(f"seed {seed} teacher outputs",
+                                                                  job.task.cache_unit))
             scratch = _phase(job, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
                              resume, deadline, callbacks, notify=notify)
             distilled = _phase(job, bundle, seed, "distilled", teachers, caches,

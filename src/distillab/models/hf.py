@@ -138,6 +138,32 @@ def load_causal_lm(source, gguf_file: str | None = None, local_only: bool = True
     return CausalLM(model, tokenizer)
 
 
+def load_causal_lm_skeleton(source, gguf_file: str | None = None, local_only: bool = True, where: str = "teacher",
+                            cache_dir: Path | None = None) -> CausalLM:
+    """The model's architecture and tokenizer without its weights (on the meta device): what
+    validating a spec needs -- the vocabulary, the context, the layers and their widths -- read
+    from the config (a converted GGUF's folder when there is one, else the GGUF's header)."""
+    _quiet()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    converted = _converted_folder(Path(source), gguf_file, cache_dir) if gguf_file else None
+    if converted is not None and (converted / "config.json").is_file() \
+            and (converted / "tokenizer_config.json").is_file():
+        source, gguf_file, local_only = converted, None, True
+    tokenizer = load_tokenizer(source, gguf_file, local_only, where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, local_files_only=local_only)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        name = f"{source}/{gguf_file}" if gguf_file else str(source)
+        raise CheckpointError(f"{where}: {name} does not describe a causal language model: {str(error)[:300]}") \
+            from None
+    return CausalLM(model, tokenizer).eval()
+
+
 def _save_converted(model, tokenizer, folder: Path) -> None:
     """The dequantised weights as a safetensors folder (config + model.safetensors; transformers
     will not ``save_pretrained`` a model loaded from GGUF), written beside and renamed into place."""
@@ -172,6 +198,11 @@ class CausalLM(nn.Module):
             raise CheckpointError(f"the model has {rows} output rows but its tokenizer {self.vocab_size} tokens")
         self.padded_rows = rows - self.vocab_size  # extra rows are cut from the logits
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+
+    def hidden_widths(self) -> list[int]:
+        """The width of each hidden state the model returns: the embeddings', then each layer's."""
+        config = self.model.config
+        return [config.hidden_size] * (config.num_hidden_layers + 1)
 
     def forward(self, ids, hidden_states: bool = False, attentions: bool = False):
         if attentions and self.model.config._attn_implementation != "eager":

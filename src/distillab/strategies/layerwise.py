@@ -27,6 +27,17 @@ class LayerwiseParams(Params):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the logit KL; 1 - alpha weighs next-token CE")
 
 
+def _widths(model) -> list[int]:
+    """The width of each hidden state (embeddings first): from a Hugging Face model's config
+    (which also serves a teacher built without its weights), else from a probe forward pass."""
+    if hasattr(model, "hidden_widths"):
+        return model.hidden_widths()
+    probe = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    with torch.no_grad():
+        _, states, _ = _outputs(model, probe, False)
+    return [state.shape[-1] for state in states]
+
+
 def _outputs(model, ids, attentions: bool):
     logits, extra = model(ids, hidden_states=True, attentions=attentions)
     return logits, extra["hidden_states"], extra["attentions"]
@@ -53,12 +64,8 @@ class Layerwise(Strategy):
 
     def __init__(self, teachers, student, params, in_shape=None):
         super().__init__(teachers, student, params, in_shape)
-        probe = torch.zeros(1, 2, dtype=torch.long, device=next(student.parameters()).device)
-        with torch.no_grad():
-            _, student_states, _ = _outputs(student, probe, False)
-            _, teacher_states, _ = _outputs(self.teachers[0], probe.to(next(self.teachers[0].parameters()).device),
-                                            False)
-        n_student, n_teacher = len(student_states) - 1, len(teacher_states) - 1
+        student_widths, teacher_widths = _widths(student), _widths(self.teachers[0])
+        n_student, n_teacher = len(student_widths) - 1, len(teacher_widths) - 1
         pairs = params.pairs or [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
         for index, (s, t) in enumerate(pairs):
             if not 0 <= s <= n_student or not 0 <= t <= n_teacher:
@@ -66,7 +73,7 @@ class Layerwise(Strategy):
                                 f"0-{n_student}, the teacher 0-{n_teacher} (0 = embeddings)")
         self.pairs = pairs
         self.projections = nn.ModuleList(
-            nn.Linear(student_states[s].shape[-1], teacher_states[t].shape[-1], bias=False) for s, t in pairs)
+            nn.Linear(student_widths[s], teacher_widths[t], bias=False) for s, t in pairs)
 
     def loss(self, batch):
         p = self.params

@@ -46,6 +46,7 @@ class Task:
     metric: ClassVar[str]  # the primary metric: model selection on validation and the report's tables
     higher_is_better: ClassVar[bool] = True
     cache_kind: ClassVar[str] = "dense_logits"  # what the teacher-output cache stores
+    cache_unit: ClassVar[str] = "views"  # what a cache fill's progress counts
     # False when the task has no labels to train a student without its teacher (embeddings):
     # the scratch twin is then the student as initialised, evaluated untrained.
     trains_scratch: ClassVar[bool] = True

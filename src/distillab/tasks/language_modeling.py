@@ -12,6 +12,8 @@ it. The teacher cache stores its top-k log-probabilities with a tail bucket (``d
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,9 +51,33 @@ def _load(folder: str, gguf_file: str | None, local_only: bool, cache_dir: str |
     return model.eval()
 
 
+@lru_cache(maxsize=2)
+def _skeleton(folder: str, gguf_file: str | None, local_only: bool, cache_dir: str | None, where: str):
+    from distillab.models.hf import load_causal_lm_skeleton
+
+    return load_causal_lm_skeleton(folder if not local_only else Path(folder), gguf_file, local_only, where,
+                                   Path(cache_dir) if cache_dir else None)
+
+
+_WEIGHTLESS: ContextVar[bool] = ContextVar("weightless_teachers", default=False)
+
+
+@contextmanager
+def weightless_teachers():
+    """Inside it, language-model teachers load without their weights (the architecture on the
+    meta device, and the tokenizer): enough to tokenise the corpus and to check a spec, as
+    ``distillab validate`` does, without reading 100s of MB."""
+    token = _WEIGHTLESS.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTLESS.reset(token)
+
+
 def load_lm_teacher(teacher_spec, cache_dir=None, where: str = "teacher"):
-    """The teacher ``CausalLM`` of a spec (loaded once per process)."""
-    return _load(*_source(teacher_spec, cache_dir), where)
+    """The teacher ``CausalLM`` of a spec (loaded once per process; weightless inside
+    ``weightless_teachers()``)."""
+    return (_skeleton if _WEIGHTLESS.get() else _load)(*_source(teacher_spec, cache_dir), where)
 
 
 def lm_checksum(teacher_spec) -> str:
@@ -74,6 +100,7 @@ class LanguageModeling(Task):
                "next-token accuracy; the cache stores top-k log-probabilities with a tail bucket")
     metric = "bits_per_character"
     higher_is_better = False
+    cache_unit = "blocks"
     cache_kind = "topk_logprobs"
 
     def build(self, data_spec, seed: int, spec=None):
@@ -103,7 +130,10 @@ class LanguageModeling(Task):
                                 f"differs from the teacher's ({len(data.tokenizer)}); token-level distillation needs "
                                 "one tokenizer")
             return student
-        teacher = load_lm_teacher(spec.teachers[0], spec.cache.dir)
+        if name == "teacher_layers":  # copies the teacher's weights: load them, even for a validation
+            teacher = _load(*_source(spec.teachers[0], spec.cache.dir), "teacher")
+        else:  # the teacher's architecture only
+            teacher = load_lm_teacher(spec.teachers[0], spec.cache.dir)
         try:
             if name == "teacher_layers":
                 return hf.teacher_subset(teacher, **args)
