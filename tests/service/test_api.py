@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -176,7 +179,26 @@ def test_killed_worker_job_resumes_from_its_checkpoint(service):
     service.stop_workers()
 
 
-def test_two_workers_run_twenty_jobs_each_exactly_once(service):
+@contextmanager
+def loaded_cpu(processes: int = 3):
+    """Busy processes that keep every core loaded (a starved heartbeat is what a loaded machine risks)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def test_two_workers_run_twenty_jobs_each_exactly_once_on_a_loaded_cpu(service):
+    """Two workers, twenty jobs and three processes spinning on two cores: no job is run twice
+    (one attempt each, one "started by worker" line in each job's log)."""
+    with loaded_cpu():
+        _twenty_jobs_on_two_workers(service)
+
+
+def _twenty_jobs_on_two_workers(service):
     teacher = upload_teacher(service)
     with service.client() as client:
         body = seed_body(teacher, epochs=1)
