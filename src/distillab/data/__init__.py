@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,8 +104,40 @@ class DataBundle:
         return self.normalize(self.train.images[:n])
 
 
+def _stamp(name: str, path: str | None) -> tuple:
+    """Each data file's name, size and modification time: a file changed on disk is read again,
+    not served from this process's memory."""
+    info = DATASETS[name]
+    resolved = Path(path) if path else (Path(info.default_path) if info.default_path else None)
+    if resolved is None or not resolved.exists():
+        return ()
+    files = [resolved] if resolved.is_file() else sorted(p for p in resolved.iterdir() if p.is_file())
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def read_dataset(name: str, path: str | None) -> tuple[ArraySet, ArraySet]:
+    """(train, test) of a dataset, read once per process while its files stay the same."""
+    return _read(name, path, _stamp(name, path))
+
+
+def data_digest(name: str, path: str | None) -> str:
+    """A hash of the training inputs' contents (see ``_digest``)."""
+    return _digest(name, path, _stamp(name, path))
+
+
 @lru_cache(maxsize=4)
-def _read(name: str, path: str | None) -> tuple[ArraySet, ArraySet]:
+def _digest(name: str, path: str | None, stamp: tuple) -> str:
+    """A hash of the training inputs' contents: the teacher-output cache is keyed by what the
+    teacher sees, so a file replaced (or reordered) at the same path gets a new key."""
+    train, _ = _read(name, path, stamp)
+    images = train.images.contiguous()
+    digest = hashlib.blake2b(f"{images.dtype}{tuple(images.shape)}".encode(), digest_size=12)
+    digest.update(images.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _read(name: str, path: str | None, stamp: tuple) -> tuple[ArraySet, ArraySet]:
     info = DATASETS[name]
     resolved = Path(path) if path else (Path(info.default_path) if info.default_path else None)
     if resolved is None and name != "digits":
@@ -128,7 +161,7 @@ def _check(split: ArraySet, where: str) -> None:
 def split_sizes(data_spec) -> tuple[int, int, tuple[int, ...], int]:
     """(train rows, validation rows, input shape, classes) of a data spec, without building
     its splits (the files are read once and cached, as ``build`` reads them)."""
-    full_train, test = _read(data_spec.dataset, str(data_spec.path) if data_spec.path else None)
+    full_train, test = read_dataset(data_spec.dataset, str(data_spec.path) if data_spec.path else None)
     _check(full_train, f"{data_spec.dataset} train split")
     n_total = len(full_train) if data_spec.limit_train is None else min(data_spec.limit_train, len(full_train))
     n_val = max(1, round(n_total * data_spec.val_size))
@@ -139,7 +172,7 @@ def split_sizes(data_spec) -> tuple[int, int, tuple[int, ...], int]:
 def build(data_spec, seed: int) -> DataBundle:
     """Read the dataset (cached in memory) and split train/val deterministically by ``seed``."""
     path = str(data_spec.path) if data_spec.path else None
-    full_train, test = _read(data_spec.dataset, path)
+    full_train, test = read_dataset(data_spec.dataset, path)
     _check(full_train, f"{data_spec.dataset} train split")
     _check(test, f"{data_spec.dataset} test split")
     if full_train.images.shape[1:] != test.images.shape[1:]:
@@ -161,7 +194,8 @@ def build(data_spec, seed: int) -> DataBundle:
     val_rows, train_rows = order[:n_val].sort().values, order[n_val:].sort().values
     return DataBundle(
         name=data_spec.dataset,
-        source=f"{data_spec.dataset}:{Path(path).resolve() if path else 'default'}",
+        source=(f"{data_spec.dataset}:{Path(path).resolve() if path else 'default'}:"
+                f"{data_digest(data_spec.dataset, path)}"),
         train=ArraySet(full_train.images[train_rows], full_train.labels[train_rows]),
         train_index=train_rows,
         full_train=full_train,

@@ -90,6 +90,16 @@ def read_fortunes(path: Path | None, where: str = "data") -> list[Document]:
     return _non_empty(documents, folder, where)
 
 
+def files_stamp(path: Path | str | None) -> tuple:
+    """Each file's name, size and modification time under ``path``: what tells an edited corpus
+    from the one this process already read and tokenised."""
+    if path is None or not Path(path).exists():
+        return ()
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
 def read_text_folder(path: Path, where: str = "data") -> list[Document]:
     """``.txt`` files (a document each) and ``.jsonl`` files (a document per line's ``text``), sorted by name."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillab.data.corpora import CORPORA
-from distillab.data.text import SPLITS, SplitData, checked_context, cut_documents, tokenizer_fingerprint
+from distillab.data.corpora import CORPORA, files_stamp
+from distillab.data.text import (SPLITS, SplitData, checked_context, cut_documents, documents_digest,
+                                 tokenizer_fingerprint)
 from distillab.data.transforms import Augment
 from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json
 from distillab.errors import DataError
@@ -91,7 +92,7 @@ def build_sentences(data_spec, tokenizer, tokenizer_name: str, max_context: int 
     context = checked_context(data_spec.context_length, max_context)
     return _build(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                   data_spec.test_size, context, data_spec.limit_train, tokenizer_name,
-                  tokenizer_fingerprint(tokenizer), _Tok(tokenizer))
+                  tokenizer_fingerprint(tokenizer), _Tok(tokenizer), files_stamp(data_spec.path))
 
 
 class _Tok:
@@ -109,10 +110,13 @@ class _Tok:
 
 @lru_cache(maxsize=2)
 def _build(dataset: str, path: str | None, val_size: float, test_size: float, context: int, limit: int | None,
-           tokenizer_name: str, fingerprint: str, tok: _Tok) -> SentenceData:
+           tokenizer_name: str, fingerprint: str, tok: _Tok,
+           stamp: tuple = ()) -> SentenceData:  # stamp: the files' sizes and times, so an edit is read again
     reader, _ = CORPORA[dataset]
     documents = reader(Path(path) if path else None, "data")
-    source = f"sentences:{dataset}:{path}:{fingerprint}:ctx{context}:val{val_size}:test{test_size}:lim{limit}"
+    # the corpus's text, not only its name: an edited text_folder gets a new teacher-embedding key
+    source = (f"sentences:{dataset}:{path}:{documents_digest(documents)}:{fingerprint}:ctx{context}:val{val_size}"
+              f":test{test_size}:lim{limit}")
     return _sentence_data(dataset, source, documents, val_size, test_size, context, limit, tok.tokenizer, "data")
 
 
@@ -121,7 +125,7 @@ def sentences_from_documents(documents: list[str], tokenizer, context: int, val_
                              where: str = "train_data") -> SentenceData:
     """Sentence splits of the user's own documents (strings, from Python), cut by position
     inside each like a corpus; the source key hashes the text, for the embedding cache."""
-    from distillab.data.text import documents_digest, user_documents
+    from distillab.data.text import user_documents
 
     kept = user_documents(documents, where)
     source = (f"sentences:python:{documents_digest(kept)}:{tokenizer_fingerprint(tokenizer)}:ctx{context}:val{val_size}"

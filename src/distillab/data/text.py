@@ -211,9 +211,11 @@ def checked_context(context: int, max_context: int | None, where: str = "data.co
 def build_text(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> TextData:
     """The splits of a text ``data`` spec, tokenised by the teacher's ``tokenizer``."""
     context = checked_context(data_spec.context_length, max_context)
+    from distillab.data.corpora import files_stamp
+
     return _build_text(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                        data_spec.test_size, context, data_spec.limit_tokens, data_spec.limit_eval_tokens,
-                       _Hashable(tokenizer, tokenizer_name))
+                       _Hashable(tokenizer, tokenizer_name), files_stamp(data_spec.path))
 
 
 class _Hashable:
@@ -231,12 +233,16 @@ class _Hashable:
 
 @lru_cache(maxsize=4)
 def _build_text(dataset: str, path: str | None, val_size: float, test_size: float, context: int,
-                limit_tokens: int | None, limit_eval_tokens: int | None, tokenizer: _Hashable) -> TextData:
+                limit_tokens: int | None, limit_eval_tokens: int | None, tokenizer: _Hashable,
+                stamp: tuple = ()) -> TextData:  # stamp: the files' sizes and times, so an edit is read again
     from pathlib import Path
 
     reader, _ = CORPORA[dataset]
     documents = reader(Path(path) if path else None, "data")
-    source = (f"text:{dataset}:{path}:{tokenizer.key[1]}:ctx{context}:val{val_size}:test{test_size}"
+    # the corpus's text and the tokenizer's vocabulary, not only their names: an edited text_folder
+    # or another tokenizer under the same name gets a new teacher-output cache key
+    source = (f"text:{dataset}:{path}:{documents_digest(documents)}:{tokenizer.key[1]}:"
+              f"{tokenizer_fingerprint(tokenizer.tokenizer)}:ctx{context}:val{val_size}:test{test_size}"
               f":lim{limit_tokens}:{limit_eval_tokens}")
     return _text_data(dataset, source, documents, val_size, test_size, context, limit_tokens, limit_eval_tokens,
                       tokenizer.tokenizer, "data")

@@ -61,11 +61,14 @@ def train_teacher(spec, index: int, out_path: Path, work_dir: Path, *, resume: b
 
 
 def _trained_teacher_key(spec, index: int) -> str:
+    from distillab.data import data_digest
+
     teacher_spec = spec.teachers[index]
     training = teacher_spec.training or spec.training
     blob = json.dumps(
         {"teacher": teacher_spec.model_dump(mode="json"), "training": training.model_dump(mode="json"),
-         "data": spec.data.model_dump(mode="json")},
+         "data": spec.data.model_dump(mode="json"),  # and the data's contents: a file replaced at its path
+         "contents": data_digest(spec.data.dataset, str(spec.data.path) if spec.data.path else None)},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
