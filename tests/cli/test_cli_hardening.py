@@ -200,6 +200,14 @@ def test_booleans_and_numbers_are_not_interchangeable(tmp_path, blobs, tiny_teac
     ("mlp", {"hidden": [-5]}, "student.model_args"),
     ("mlp", {"dropout": 5}, "dropout"),
     ("resnet", {"depth": 9}, "depth must be 6n+2"),
+    # zero widths, and structures too long to build or that pool an 8x8 input away
+    ("mlp", {"hidden": [0]}, "hidden[0]: 0 is out of range"),
+    ("wrn", {"widen_factor": 0}, "widen_factor: 0 is out of range"),
+    ("resnet", {"width": 0}, "width: 0 is out of range"),
+    ("cnn", {"stages": [[0]]}, "stages[0][0]: 0 is out of range"),
+    ("cnn", {"stages": [[4]] * 5}, "leaves nothing of a 8x8 input"),
+    ("mlp", {"hidden": [1] * 100_000}, "at most 64 layers"),
+    ("resnet", {"depth": 60002, "width": 1}, "depth: 60002 is out of range"),
 ])
 def test_model_args_are_checked_by_building_the_model(tmp_path, blobs, tiny_teacher, model, args, needle):
     spec = tiny_spec(blobs, tiny_teacher, student={"model": model, "model_args": args})

@@ -101,6 +101,7 @@ def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path
     folder = make_tiny_lm(tmp_path / "lm")
     cases = [
         (post(b"GGUF" + b"\0" * 64), 400, "is GGUF v0; this reader handles v2 and v3"),
+        (post(crafted_gguf()), 400, "unpack_from requires a buffer"),  # a key declaring 2^60 bytes
         (post(tar_of(folder, extra=[entry("my-lm/pytorch_model.bin")])), 400, "pickle"),
         (post(tar_of(folder, extra=[entry("my-lm/evil", tarfile.SYMTYPE, link="/etc/passwd")])), 400,
          "not a plain file or folder"),
@@ -118,6 +119,42 @@ def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path
         assert response.json()["detail"]  # a JSON body, never a traceback
     assert not list((service.data_dir / "models").glob(".staging-*"))  # refused uploads leave nothing behind
     assert not list((service.data_dir / "models").glob(".upload-*"))
+
+
+def crafted_gguf() -> bytes:
+    """A GGUF v3 header whose one metadata key declares a length of 2^60 bytes."""
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2**60) + b"abc"
+
+
+def test_a_giant_language_model_config_is_refused_before_anything_is_allocated(tmp_path, monkeypatch):
+    """A small upload whose config declares a model over the limit is counted on the meta device
+    from its config and refused; the weights are never loaded."""
+    import json as json_module
+
+    from distillab.models import hf
+    from distillab.service import registry
+
+    folder = make_tiny_lm(tmp_path / "lm")
+    config = json_module.loads((folder / "config.json").read_text())
+    config.update(hidden_size=4096, intermediate_size=16384, num_hidden_layers=48, num_attention_heads=32,
+                  num_key_value_heads=32)
+    (folder / "config.json").write_text(json_module.dumps(config))  # about 10 billion parameters declared
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(hf, "load_causal_lm", never)
+    models = tmp_path / "models"
+    models.mkdir()
+    upload = models / "upload.tar"
+    upload.write_bytes(tar_of(folder))
+    with pytest.raises(registry.UploadError) as refused:
+        registry.validate_and_store_language_model(upload, registry.HF_ARCHIVE, models, 2**24, tmp_path / "cache",
+                                                   max_parameters=150_000_000)
+    assert refused.value.status == 400 and "this service builds at most 150,000,000" in refused.value.message
+    assert not [p for p in models.iterdir() if p.name != "upload.tar"]
 
 
 def test_a_language_model_over_the_parameter_limit_is_refused_and_not_kept(tiny_lm_tar, tmp_path):

