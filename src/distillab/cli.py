@@ -36,6 +36,13 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def proxy_settings(trusted: str) -> dict:
+    """uvicorn's proxy options: X-Forwarded-For is believed only from the listed addresses (by
+    default uvicorn believes 127.0.0.1, which lets a local client pick its own address)."""
+    addresses = [a.strip() for a in (trusted or "").split(",") if a.strip()]
+    return {"proxy_headers": bool(addresses), "forwarded_allow_ips": addresses or None}
+
+
 def _fail(error: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {error}", highlight=False)
     raise typer.Exit(2)
@@ -494,6 +501,9 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    trusted_proxies: Annotated[Optional[str], typer.Option(
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (default: the "
+             "DISTILLAB_TRUSTED_PROXIES setting, else none)")] = None,
 ) -> None:
     """Serve the REST API (settings from DISTILLAB_* variables or .env); OpenAPI docs at /docs."""
     import uvicorn
@@ -504,10 +514,12 @@ def serve(
     _logging(False)
     os.umask(0o077)  # the database, uploads and job files: readable by the service's user only
     try:
-        application = create_app(Settings())
+        settings = Settings()
+        application = create_app(settings)
     except Exception as error:  # a bad DATABASE_URL or data dir is a configuration mistake
         _fail(f"cannot start the service: {error}")
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    uvicorn.run(application, host=host, port=port, log_level=log_level,
+                **proxy_settings(settings.trusted_proxies if trusted_proxies is None else trusted_proxies))
 
 
 @app.command()
@@ -601,6 +613,9 @@ def serve_teacher(
     api_key_env: Annotated[str, typer.Option(help="variable holding the API key")] = "DISTILLAB_TEACHER_KEY",
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8090,
+    trusted_proxies: Annotated[str, typer.Option(
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (default: none, so "
+             "a client cannot choose the address that its wrong keys count against)")] = "",
     set_: SetOpt = None,
 ) -> None:
     """Serve the spec's teacher over HTTP, answering only top-k probabilities to holders of the API key."""
@@ -633,7 +648,7 @@ def serve_teacher(
         _fail(error)
     except ValueError as error:
         _fail(error)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    uvicorn.run(application, host=host, port=port, log_level="warning", **proxy_settings(trusted_proxies))
 
 
 @app.command("serve-model")
@@ -648,6 +663,9 @@ def serve_model(
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch waits for more requests")] = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="largest request body (413 above)")] = 8.0,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per package")] = 1,
+    trusted_proxies: Annotated[str, typer.Option(
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (default: none, so "
+             "a client cannot choose the address that its wrong keys count against)")] = "",
 ) -> None:
     """Serve a package: /predict with micro-batching, /healthz, /metrics (Prometheus), /stats."""
     import argparse
@@ -663,7 +681,7 @@ def serve_model(
         application = build(args)
     except PackageError as error:
         _fail(error)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    uvicorn.run(application, host=host, port=port, log_level="warning", **proxy_settings(trusted_proxies))
 
 
 @app.command()

@@ -132,6 +132,13 @@ def test_packaging_into_a_used_folder_or_a_bad_run_is_a_clear_error(packaged, tm
     assert result.exit_code == 2 and "no report.json" in result.output and not (tmp_path / "p").exists()
 
 
+def bomb_png() -> bytes:
+    picture = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(picture, format="PNG")
+    assert len(picture.getvalue()) < 10_000
+    return picture.getvalue()
+
+
 def test_the_package_server_predicts_batches_and_rejects_bad_requests(packaged, tmp_path):
     run_dir, pkg0, _ = packaged
     student = run_student(run_dir, 0)
@@ -169,9 +176,20 @@ def test_the_package_server_predicts_batches_and_rejects_bad_requests(packaged, 
         for body, headers, status in [(b"{not json", {"content-type": "application/json"}, 422),
                                       (b'{"x": 1}', {"content-type": "application/json"}, 422),
                                       (b"GIF89", {"content-type": "image/gif"}, 422),
-                                      (b"hello", {"content-type": "text/plain"}, 415)]:
-            response = httpx.post(url + "/predict", content=body, headers=headers)
-            assert response.status_code == status and "detail" in response.json(), body
+                                      (b"hello", {"content-type": "text/plain"}, 415),
+                                      # numbers past int64 and float32, too long to parse, nested too deep
+                                      (b'{"inputs": [' + b"9" * 400 + b"]}", {}, 422),
+                                      (b'{"inputs": [' + b"9" * 5000 + b"]}", {}, 422),
+                                      (b'{"inputs": [1e39]}', {}, 422),
+                                      (b'{"inputs": ' + b"[" * 4000 + b"]" * 4000 + b"}", {}, 422),
+                                      # text and booleans are not numbers
+                                      (b'{"inputs": "0"}', {}, 422), (b'{"inputs": true}', {}, 422),
+                                      (json.dumps({"inputs": [[[[True] * 8] * 8]]}).encode(), {}, 422),
+                                      # a 6000x6000 1-bit PNG of a few KB: refused before it is decoded
+                                      (bomb_png(), {"content-type": "image/png"}, 413)]:
+            response = httpx.post(url + "/predict", content=body,
+                                  headers=headers or {"content-type": "application/json"})
+            assert response.status_code == status and "detail" in response.json(), (body[:60], response.text)
         assert 'distillab_requests_total{outcome="rejected"' in httpx.get(url + "/metrics").text
 
 

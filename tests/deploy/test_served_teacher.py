@@ -161,3 +161,37 @@ def test_serve_teacher_needs_a_key_and_an_image_task(blobs, tiny_teacher, tmp_pa
     result = CliRunner().invoke(app, ["serve-teacher", str(tmp_path / "spec.json"), "--k", "7"])
     assert result.exit_code == 2 and "--k 7" in result.output
     assert os.environ["DISTILLAB_TEACHER_KEY"] == KEY
+
+
+def test_the_teacher_server_refuses_hostile_inputs_with_json_4xx(served):
+    """Non-finite inputs, a header that declares 2^40 rows, a streamed body past the limit and
+    a flood of wrong keys get JSON 4xx answers; a valid key still works after the flood."""
+    import struct
+
+    url, _ = served
+    headers = {"Content-Type": NPY, "Authorization": f"Bearer {KEY}"}
+    for value in (np.nan, np.inf, -np.inf, 3e38):
+        inputs = np.full((2, 1, 8, 8), value, np.float32)
+        answer = httpx.post(url + "/v1/topk", content=npy_bytes(inputs), headers=headers)
+        if value == 3e38 and answer.status_code == 200:  # finite; the teacher may or may not overflow on it
+            assert np.isfinite(answer.json()["probabilities"]).all()
+            continue
+        assert answer.status_code == 422 and "finite" in answer.json()["detail"], (value, answer.text)
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1, 8, 8), }"
+    header += " " * (118 - len(header)) + "\n"
+    forged = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\0" * 256
+    answer = httpx.post(url + "/v1/topk", content=forged, headers=headers)
+    assert answer.status_code == 422 and "expected float32" in answer.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit must hold while reading
+        for _ in range(300):
+            yield b"\0" * (1 << 20)
+
+    answer = httpx.post(url + "/v1/topk", content=chunks(), headers=headers, timeout=60)
+    assert answer.status_code == 413 and "over the limit" in answer.json()["detail"]
+
+    wrong = {"Content-Type": NPY, "Authorization": "Bearer wrong"}
+    body = npy_bytes(np.zeros((1, 1, 8, 8), np.float32))
+    statuses = [httpx.post(url + "/v1/topk", content=body, headers=wrong).status_code for _ in range(30)]
+    assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
+    assert httpx.post(url + "/v1/topk", content=body, headers=headers).status_code == 200

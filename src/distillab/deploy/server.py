@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import random
 import sys
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "package.json"
+MAX_IMAGE_PIXELS = 4096 * 4096  # an image body larger than this is not decoded (a 31 KB PNG can hold 256 Mpx)
+log = logging.getLogger("distillab")
 MODES = ("shadow", "canary")
 
 
@@ -114,9 +117,14 @@ class Package:
     def as_batch(self, values) -> np.ndarray:
         """(N, *in_shape) float32 raw inputs from one sample or a list of them; 422 otherwise."""
         try:
-            array = np.asarray(values, dtype=np.float32)
-        except (ValueError, TypeError):
+            array = np.asarray(values)  # its dtype says what the JSON held: numbers, text, booleans
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise InputError("inputs: must be a (nested) list of numbers of one shape") from None
+        if array.dtype.kind not in "iuf":  # booleans, strings, integers too large for int64 (object)
+            raise InputError("inputs: must be numbers (not text, booleans or integers beyond 64 bits), in a "
+                             "(nested) list of one shape")
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)  # beyond float32's range: infinite, refused below
         if array.shape == self.in_shape:
             array = array[None]
         if array.ndim != len(self.in_shape) + 1 or array.shape[1:] != self.in_shape or len(array) == 0:
@@ -132,10 +140,13 @@ class Package:
 
         channels, height, width = self.in_shape
         try:
-            with Image.open(io.BytesIO(data)) as picture:
+            with Image.open(io.BytesIO(data)) as picture:  # reads the header only
+                if picture.width * picture.height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"body: a {picture.width}x{picture.height} image; at most "
+                                     f"{MAX_IMAGE_PIXELS:,} pixels are decoded", 413)
                 picture = picture.convert("L" if channels == 1 else "RGB").resize((width, height))
                 pixels = np.asarray(picture, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError):
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError):
             raise InputError("body: not a readable image (PNG, JPEG, ...)") from None
         return (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
 
@@ -266,6 +277,11 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
     async def input_error(request, error: InputError):
         return JSONResponse({"detail": str(error)}, status_code=error.status)
 
+    @app.exception_handler(Exception)
+    async def internal(request, error):  # never a plain-text 500
+        log.error("%s %s: internal error", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
     async def timed(package: Package, inputs: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
         logits = await batchers[package.name].submit(inputs)
@@ -313,8 +329,8 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
             elif kind in ("application/json", ""):
                 try:
                     document = json.loads(body)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    raise InputError("body: not valid JSON") from None
+                except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5,000-digit number, deep nesting
+                    raise InputError("body: not valid JSON (or nested too deep, or a number too long)") from None
                 if not isinstance(document, dict) or "inputs" not in document:
                     raise InputError('body: expected a JSON object {"inputs": [...]}')
                 inputs = serving.as_batch(document["inputs"])
@@ -391,7 +407,7 @@ def main(argv=None) -> None:
     except PackageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -120,10 +120,6 @@ async def _current_user(request: Request, key: Annotated[str | None, Security(ap
     one trip to a worker thread (FastAPI runs each sync dependency in its own)."""
     limiter = request.app.state.auth_limiter
     client = request.client.host if request.client else "unknown"
-    wait = limiter.retry_after(client)
-    if wait is not None:
-        raise HTTPException(429, "too many wrong API keys from this address; try again later",
-                            headers={"Retry-After": str(wait)})
     user = None
     if key:
         digest = hash_key(key)
@@ -133,6 +129,13 @@ async def _current_user(request: Request, key: Annotated[str | None, Security(ap
             if user is not None:
                 request.app.state.users.put(digest, user)
     if user is None:
+        # wrong keys are limited per address; a valid key is never refused by it, so one client
+        # behind a shared address cannot lock the others out (keys are 256-bit random tokens:
+        # answering a valid one among the 429s gives a guesser nothing)
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            raise HTTPException(429, "too many wrong API keys from this address; try again later",
+                                headers={"Retry-After": str(wait)})
         if key:
             limiter.failed(client)
         raise HTTPException(401, "missing or unknown API key: send it in the X-API-Key header")

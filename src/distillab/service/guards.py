@@ -133,7 +133,8 @@ def storage_error(settings):
 
 class AuthLimiter:
     """At most ``per_minute`` wrong API keys per client address in a sliding minute; past
-    that every request from the address gets 429 until the window has room again."""
+    that, wrong keys from the address get 429 until the window has room again. Callers check a
+    key before asking, so a valid key is never refused by it."""
 
     def __init__(self, per_minute: int, window_s: float = 60.0):
         self.per_minute, self.window = per_minute, window_s

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
                                                                       "or a language model upload may hold")
     max_queued_jobs_per_user: int = Field(20, ge=1, description="a user's queued jobs; one more is a 429")
     auth_failures_per_minute: int = Field(20, ge=1, description="wrong API keys from one client before 429s")
+    trusted_proxies: str = Field("", description="comma-separated addresses of reverse proxies whose "
+                                                 "X-Forwarded-For names the client; empty: none is believed")
     requests_per_minute: int = Field(1200, ge=1, description="API requests per user per sliding minute; then 429")
     max_running_jobs_per_user: int = Field(2, ge=1, description="a user's jobs running at once; workers leave "
                                                                 "the user's next ones queued")
