@@ -139,6 +139,36 @@ def test_bad_uploads(hardened, tmp_path):
         assert_clean_4xx(client.post("/models", content=good, params={**params, "model_args": "[1, 1, 1"}), 422)
 
 
+def test_the_queue_cap_holds_under_forty_simultaneous_submits(hardened):
+    """JSON and YAML submits at once from an empty queue: exactly the cap (3) get in; the rest
+    get a 429 that states the limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    from test_api import _spec_of
+
+    body = seed_body(hardened.teacher)
+    spec_text = yaml.safe_dump(_spec_of({**body, "dataset_config": {"dataset": "digits", "sample_count": 300}}))
+
+    def submit(index):
+        with hardened.client() as client:
+            if index % 2:
+                return client.post("/jobs", json=body)
+            return client.post("/jobs/yaml", content=spec_text, headers={"Content-Type": "application/yaml"})
+
+    with ThreadPoolExecutor(40) as pool:
+        responses = list(pool.map(submit, range(40)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) == 3 and statuses.count(429) == 37, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert_clean_4xx(refused, 429, "the limit is 3")
+    with hardened.client() as client:
+        for response in responses:
+            if response.status_code == 201:
+                client.delete(f"/jobs/{response.json()['job_id']}")
+
+
 def test_queued_jobs_per_user_are_capped(hardened):
     with hardened.client() as client, hardened.client("bob") as bob:
         bob_teacher = upload_teacher(hardened, "bob")

@@ -444,12 +444,7 @@ def _router(settings: Settings) -> APIRouter:
         check_limits(spec, seed_shaped, settings)
         with request.app.state.read_sessions() as session:
             _check_storage(session, user)
-            queued = session.scalar(select(func.count()).select_from(Job).where(
-                Job.owner_id == user.id, Job.status == "queued"))
-            if queued >= settings.max_queued_jobs_per_user:
-                raise BodyError([error([], f"you have {queued} queued jobs, the limit "
-                                           f"(DISTILLAB_MAX_QUEUED_JOBS_PER_USER); wait for some to start")],
-                                status=429, headers={"Retry-After": "30"})
+            _check_queue(session, user)  # early, before the estimate; checked again where the job is added
             rows = session.execute(select(Job.spec, Job.device_seconds, Job.metrics).where(
                 Job.status == "completed", Job.strategy == spec.strategy.name)
                 .order_by(Job.finished_at.desc()).limit(50)).all()
@@ -465,6 +460,10 @@ def _router(settings: Settings) -> APIRouter:
         options = {**options_of(body, body.teacher_model_ids), "estimate": {
             "basis": estimate.basis, "samples_per_s": estimate.samples_per_s}}
         with request.app.state.write_sessions.begin() as session:
+            # the count and the insert in one transaction, the user's row locked (PostgreSQL; SQLite's
+            # BEGIN IMMEDIATE serialises writers): simultaneous submits cannot pass the cap together
+            session.execute(select(User.id).where(User.id == user.id).with_for_update())
+            _check_queue(session, user)
             job_id = request.app.state.store.create(
                 user.id, spec.name, spec.strategy.name, spec.model_dump(mode="json"), description=body.description,
                 estimated_seconds=estimate.seconds, estimated_cost_usd=estimate.cost_usd, options=options,
@@ -473,6 +472,15 @@ def _router(settings: Settings) -> APIRouter:
         return JobCreated(job_id=job_id, name=spec.name, strategy=spec.strategy.name, status="queued",
                           estimated_duration=estimate.human, estimated_duration_seconds=round(estimate.seconds, 1),
                           estimated_cost=round(estimate.cost_usd, 6), estimate_basis=estimate.basis)
+
+    def _check_queue(session: Session, user: User) -> None:
+        """429, stating the limit, when the user already has the most queued jobs allowed."""
+        queued = session.scalar(select(func.count()).select_from(Job).where(
+            Job.owner_id == user.id, Job.status == "queued"))
+        if queued >= settings.max_queued_jobs_per_user:
+            raise BodyError([error([], f"you have {queued} queued jobs; the limit is "
+                                       f"{settings.max_queued_jobs_per_user} (DISTILLAB_MAX_QUEUED_JOBS_PER_USER); "
+                                       "wait for some to start")], status=429, headers={"Retry-After": "30"})
 
     def _check_storage(session: Session, user: User) -> None:
         """403 when the user's uploads and job folders already hold their quota."""
