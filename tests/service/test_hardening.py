@@ -282,3 +282,17 @@ def test_wrong_keys_are_rate_limited_without_locking_out_valid_ones(hardened):
     with hardened.client() as client:  # someone else behind the same address, with a valid key
         assert client.get("/jobs").status_code == 200
     assert httpx.get(hardened.url + "/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("job_id", ["%00", "a%00b", "x" * 10_000, "0" * 31 + "g"])
+def test_ids_that_cannot_be_ids_are_a_short_404_on_every_job_route(hardened, job_id):
+    """A NUL (which PostgreSQL refuses in a text value) or a 10,000-character id never reaches
+    the database; the answer echoes at most 200 characters of it."""
+    with hardened.client("admin") as client:
+        for method, path in [("GET", ""), ("DELETE", ""), ("GET", "/results"), ("GET", "/events"),
+                             ("GET", "/artifacts/report.md")]:
+            response = client.request(method, f"/jobs/{job_id}{path}")
+            assert_clean_4xx(response, 404, "no job")
+            assert len(response.content) < 400, (method, path, len(response.content))
+        response = client.post("/jobs", json={**seed_body(hardened.teacher), "teacher_model_ids": [job_id]})
+        assert response.status_code in (404, 422) and len(response.content) < 1000

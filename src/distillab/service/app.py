@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -191,10 +192,24 @@ async def _owned_job(job_id: str, user: CurrentUser, request: Request) -> Job:
     """The caller's job; an admin may reach anyone's (their cancellations are audited as such)."""
     # inline in the event loop: on SQLite and on a local PostgreSQL a primary-key read took less than
     # a trip to a worker thread (benchmarks/api_load.py, both databases, measured both ways)
-    job = _load_job(request, job_id) if len(job_id) <= 32 else None
+    job = _load_job(request, job_id) if is_id(job_id) else None  # no database trip for what cannot be an id
     if job is None or (job.owner_id != user.id and not user.is_admin):
-        raise HTTPException(404, f"no job {job_id!r}")
+        raise HTTPException(404, f"no job {echo(job_id)}")
     return job
+
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` has the form of a job or model id (32 hex digits). Anything else (a NUL,
+    100,000 characters) is answered 404 without reaching the database."""
+    return _ID.fullmatch(value) is not None
+
+
+def echo(value: str, limit: int = 200) -> str:
+    """A user's text quoted in an error message, cut to ``limit`` characters."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
 OwnedJob = Annotated[Job, Depends(_owned_job)]
@@ -425,9 +440,10 @@ def _router(settings: Settings) -> APIRouter:
             teachers = []
             with request.app.state.read_sessions() as session:
                 for index, model_id in enumerate(body.teacher_model_ids):
-                    model = session.get(RegisteredModel, model_id) if len(model_id) <= 32 else None
+                    model = session.get(RegisteredModel, model_id) if is_id(model_id) else None
                     if model is None or model.owner_id != user.id:
-                        raise BodyError([error(["teacher_model_ids", index], f"no registered model {model_id!r}")])
+                        raise BodyError([error(["teacher_model_ids", index],
+                                               f"no registered model {echo(model_id)}")])
                     path = str(registry.model_path(models_dir, model.id, model.file_format))
                     if model.file_format in registry.LANGUAGE_MODEL_FORMATS:  # its own architecture and tokenizer
                         teachers.append({"checkpoint": path, "format": model.file_format, "_dataset": ""})
@@ -617,7 +633,7 @@ def _router(settings: Settings) -> APIRouter:
         """Download one artifact by its name in the results' ``artifacts`` map."""
         files = artifacts(job_dir(settings, job.id))
         if name not in files:  # names come from the listing; a request never builds a path
-            raise HTTPException(404, f"job {job.id} has no artifact {name!r}; it has: {', '.join(files) or 'none'}")
+            raise HTTPException(404, f"job {job.id} has no artifact {echo(name)}; it has: {', '.join(files) or 'none'}")
         _audit(session, user, "artifact.download", job.id, name=name)
         media = "application/json" if name.endswith(".json") else "text/markdown" if name.endswith(".md") else None
         return FileResponse(files[name], filename=name, media_type=media)
