@@ -257,10 +257,11 @@ def layers(
             raise DistillabError(f"--in-shape: expected positive integers such as 1,28,28, got {in_shape!r}")
         try:
             args = json.loads(model_args) if model_args else {}
-        except ValueError as error:  # json.JSONDecodeError
-            raise DistillabError(f"--model-args: not valid JSON ({error})") from None
+        except (ValueError, RecursionError) as error:  # json.JSONDecodeError; nested too deep
+            raise DistillabError(f"--model-args: not valid JSON ({str(error)[:200]})") from None
         if not isinstance(args, dict):
-            raise DistillabError(f"--model-args: expected a JSON object such as '{{\"depth\": 8}}', got {model_args!r}")
+            raise DistillabError(f"--model-args: expected a JSON object such as '{{\"depth\": 8}}', got "
+                                 f"{model_args[:200]!r}")
         net = build_model(model, shape, classes, args)
         try:
             rows = tappable_layers(net, shape)
@@ -401,7 +402,7 @@ def sweep(
     out: Annotated[Path, typer.Option(help="sweep folder (study.db, trials.md, best.json, heatmap.png)")] = ...,
     grid: Annotated[Optional[list[str]], typer.Option(help="key.path=v1,v2,... (GridSampler)")] = None,
     range_: Annotated[Optional[list[str]], typer.Option("--range", help="key.path=low:high[:log] (TPE)")] = None,
-    trials: Annotated[Optional[int], typer.Option(help="trials for --range sweeps (default 20)")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="trials for --range sweeps (default 20)")] = None,
     storage: Annotated[Optional[str], typer.Option(help="a shared study database (SQLAlchemy URL, e.g. "
                                                         "postgresql+psycopg://user@host/db) that other "
                                                         "machines --join")] = None,
@@ -482,16 +483,18 @@ def users_add(
     from distillab.service.migrate import upgrade
     from distillab.service.settings import Settings, private_data_dir
 
-    settings = Settings()
     os.umask(0o077)  # the database it may create holds the key hashes: owner-only, like serve and worker
-    private_data_dir(settings)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
     try:
+        settings = Settings()
+        private_data_dir(settings)
+        engine = make_engine(settings.resolved_database_url)
+        upgrade(engine)
         with Session(engine) as session, session.begin():
             key = add_user(session, name, admin)
     except DistillabError as error:
         _fail(error)
+    except Exception as error:  # a refused port, a wrong password, a bad URL: configuration, as serve says
+        _fail(f"cannot open the service database (DISTILLAB_DATABASE_URL): {str(error).splitlines()[0][:300]}")
     console.print(f"created {'admin' if admin else 'user'} {name!r}; the API key is shown once:", markup=False)
     print(key)
 

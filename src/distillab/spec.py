@@ -507,7 +507,8 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def read_spec_file(path: Path) -> dict:
     if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
+        kind = "a folder" if path.is_dir() else "not a regular file" if path.exists() else None
+        raise SpecError(f"{path}: {'no such spec file' if kind is None else kind + ', not a spec file'}")
     if path.stat().st_size > MAX_SPEC_BYTES:
         raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}")
     try:

@@ -298,6 +298,8 @@ def _npz(tmp_path, name, **arrays):
     ({"y_train": np.zeros((40, 2), np.int64)}, "one label per row"),
     ({"x_test": np.zeros((10, 9, 9), np.uint8)}, "must match"),
     ({"y_train": np.arange(39) % 3}, "x_train has 40 rows but y_train has 39"),
+    ({"x_train": np.ones((40, 8, 8), np.complex64)}, "imaginary part would be lost"),
+    ({"x_train": np.array([np.ones(3)] * 40, dtype=object)}, "cannot be read"),
     ({"y_train": np.full(40, 1.5)}, "whole-number class labels"),
     ({"y_test": -(np.arange(10) % 3)}, "labels must be >= 0"),
 ])
@@ -316,3 +318,33 @@ def test_a_safetensors_teacher_with_wrong_shapes(tmp_path, blobs):
 def test_mixing_with_a_strategy_that_needs_the_true_class(tmp_path, blobs, tiny_teacher):
     spec = tiny_spec(blobs, tiny_teacher, data={"augment": {"mix": "mixup"}}, strategy={"name": "dkd"})
     run_and_validate_refuse(tmp_path, spec_file(tmp_path, spec), "data.augment.mix", "dkd")
+
+
+# ---------------------------------------------------------------- 4. configuration and odd inputs
+def test_layers_with_model_args_nested_10000_deep(tmp_path):
+    refused(tmp_path, ["layers", "resnet", "--model-args", "[" * 10_000 + "]" * 10_000], "--model-args", "not valid")
+
+
+def test_a_sweep_with_negative_trials_leaves_nothing(tmp_path, blobs, tiny_teacher):
+    spec = spec_file(tmp_path, tiny_spec(blobs, tiny_teacher))
+    result = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sweep"), "--range",
+                                 "strategy.params.alpha=0.1:0.9", "--trials", "-1"])
+    assert result.exit_code == 2 and "--trials" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("postgresql+psycopg://user:password@127.0.0.1:1/none", "Connection refused"),
+    ("postgresql+psycopg://user:password@127.0.0.1:port/none", "invalid literal"),
+])
+def test_users_add_with_an_unreachable_database_is_a_clear_error(tmp_path, monkeypatch, url, needle):
+    monkeypatch.setenv("DISTILLAB_DATABASE_URL", url)
+    monkeypatch.setenv("DISTILLAB_DATA_DIR", str(tmp_path.parent / f"{tmp_path.name}-data"))  # outside the check
+    refused(tmp_path, ["users", "add", "bob"], "cannot open the service database", needle)
+
+
+def test_a_folder_or_a_fifo_named_as_the_spec(tmp_path):
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    refused(tmp_path, ["validate", tmp_path / "folder"], "a folder, not a spec file")
+    refused(tmp_path, ["validate", tmp_path / "fifo"], "not a regular file")

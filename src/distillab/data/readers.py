@@ -134,7 +134,11 @@ def read_npz(path: Path) -> tuple[ArraySet, ArraySet]:
         raise DataError(f"{path}: missing arrays {', '.join(missing)}")
     sets = []
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        try:
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        except (ValueError, OSError) as error:  # object arrays (pickles), a corrupt member
+            raise DataError(f"{path}: x_{split} / y_{split} cannot be read: {str(error)[:200]} (save plain numeric "
+                            "arrays)") from None
         if y.ndim != 1:
             raise DataError(f"{path}: y_{split} must be one label per row (shape (N,)), got shape {y.shape}")
         if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
@@ -145,8 +149,9 @@ def read_npz(path: Path) -> tuple[ArraySet, ArraySet]:
                 raise DataError(f"{path}: y_{split} must hold whole-number class labels; row {bad[0]} is {y[bad[0]]}")
         if x.ndim == 0 or len(x) != len(y):
             raise DataError(f"{path}: x_{split} has {len(x) if x.ndim else 0} rows but y_{split} has {len(y)}")
-        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            raise DataError(f"{path}: x_{split} must be numeric, got dtype {x.dtype}")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+            raise DataError(f"{path}: x_{split} must be real numbers, got dtype {x.dtype}"
+                            + (" (the imaginary part would be lost)" if np.iscomplexobj(x) else ""))
         sets.append(ArraySet(_as_images(x, path, f"x_{split}"), torch.from_numpy(y.astype(np.int64))))
     return sets[0], sets[1]
 
