@@ -7,6 +7,7 @@ Set DISTILLAB_SCREENSHOTS=docs to write each page's screenshot (the README's).""
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,13 @@ def _login(page, service, key: str) -> None:
     page.click("#login-form button[type=submit]")
 
 
+def _until(check, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def test_a_user_submits_watches_reads_and_downloads_and_another_user_sees_none(service, browser, tmp_path):
     context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()
@@ -96,12 +104,13 @@ def test_a_user_submits_watches_reads_and_downloads_and_another_user_sees_none(s
     page.wait_for_url("**/ui/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
 
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'completed'", timeout=240_000)
+    # (no wait_for_function: its polling evaluates strings, which the dashboard's CSP forbids)
+    page.wait_for_selector("#job-status:text-is('completed')", timeout=240_000)
     page.wait_for_selector("#results:not([hidden]) #report-table tbody tr")
     roles = page.eval_on_selector_all("#report-table tbody tr td:nth-child(2)", "cells => cells.map(c => c.textContent)")
     assert {"teacher", "scratch", "distilled"} <= set(roles), roles
     page.wait_for_selector("#plots img")
-    page.wait_for_function("[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth > 0)")
+    _until(lambda: page.eval_on_selector_all("#plots img", "images => images.every(i => i.complete && i.naturalWidth > 0)"))
     assert "%" in page.inner_text("#report-table") and page.inner_text("#verdict")
     _shot(page, "job")
     with page.expect_download() as download:

@@ -296,3 +296,16 @@ def test_ids_that_cannot_be_ids_are_a_short_404_on_every_job_route(hardened, job
             assert len(response.content) < 400, (method, path, len(response.content))
         response = client.post("/jobs", json={**seed_body(hardened.teacher), "teacher_model_ids": [job_id]})
         assert response.status_code in (404, 422) and len(response.content) < 1000
+
+
+def test_security_headers_and_a_405_that_lists_every_method(hardened):
+    page = httpx.get(hardened.url + "/ui/jobs")
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    with hardened.client() as client:
+        assert client.get("/jobs").headers["x-content-type-options"] == "nosniff"
+        refused = client.put("/jobs")
+        assert_clean_4xx(refused, 405)
+        assert {m.strip() for m in refused.headers["allow"].split(",")} >= {"GET", "POST"}

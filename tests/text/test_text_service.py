@@ -103,6 +103,7 @@ def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path
         (post(b"GGUF" + b"\0" * 64), 400, "is GGUF v0; this reader handles v2 and v3"),
         (post(crafted_gguf()), 400, "unpack_from requires a buffer"),  # a key declaring 2^60 bytes
         (post(tar_of(folder, extra=[entry("my-lm/pytorch_model.bin")])), 400, "pickle"),
+        (post(tar_of(folder, extra=[entry("../../escape.txt")])), 400, "would be written outside the upload"),
         (post(tar_of(folder, extra=[entry("my-lm/evil", tarfile.SYMTYPE, link="/etc/passwd")])), 400,
          "not a plain file or folder"),
         (post(tar_of(tmp_path, arcname="a", extra=[entry("b/config.json")])), 400, "no config.json"),
@@ -116,6 +117,7 @@ def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path
     ]
     for response, status, text in cases:
         assert response.status_code == status and text in response.text, (status, text, response.text)
+        assert str(service.data_dir) not in response.text and "/tmp" not in response.text  # no server paths
         assert response.json()["detail"]  # a JSON body, never a traceback
     assert not list((service.data_dir / "models").glob(".staging-*"))  # refused uploads leave nothing behind
     assert not list((service.data_dir / "models").glob(".upload-*"))

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, defer, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distillab import __version__
 from distillab.errors import DistillabError, SpecError
@@ -36,8 +37,8 @@ from distillab.inputs import parse_document, text_problem
 from distillab.service import registry
 from distillab.service.auth import hash_key, user_by_key_hash
 from distillab.service.estimate import cost_table
-from distillab.service.guards import (AuthLimiter, BodyLimit, RequestLimiter, clean_errors, storage_error,
-                                      validation_error)
+from distillab.service.guards import (AuthLimiter, BodyLimit, RequestLimiter, SecurityHeaders, clean_errors,
+                                      storage_error, validation_error)
 from distillab.service.db import AuditEvent, Job, RegisteredModel, User, Worker, make_engine, utcnow
 from distillab.service.jobs import (BodyError, JobCreate, build_spec, check_body, check_limits, error, options_of,
                                     validate_spec)
@@ -342,6 +343,16 @@ def _public_fields(job, settings: Settings) -> dict:
     )
 
 
+def allowed_methods(app, path: str) -> set[str]:
+    """The methods the API answers for ``path``, read from its OpenAPI paths (each template's
+    ``{parameter}`` matches one path segment)."""
+    if not hasattr(app.state, "path_methods"):
+        app.state.path_methods = [(re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"),
+                                   {method.upper() for method in operations})
+                                  for template, operations in app.openapi()["paths"].items()]
+    return {method for pattern, methods in app.state.path_methods if pattern.match(path) for method in methods}
+
+
 # ---------------------------------------------------------------- the app
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
@@ -366,12 +377,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_limiter = RequestLimiter(settings.requests_per_minute)
     app.state.users = UserCache()
     app.add_middleware(BodyLimit, limit_bytes=int(settings.max_body_kb * 1024), exempt=(f"{PREFIX}/models",))
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(RequestValidationError, validation_error)
     # OSError and database errors get their own handlers (answered in place, the connection
     # kept); Exception is the last resort, where Starlette answers and then re-raises to the log.
     for kind in (OSError, OperationalError, Exception):
         app.add_exception_handler(kind, storage_error(settings))
     threading.Thread(target=cost_table, name="estimate-table", daemon=True).start()  # measured once, off the requests
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, problem: StarletteHTTPException):
+        headers = dict(problem.headers or {})
+        if problem.status_code == 405:  # Allow lists every method of the path, not only one route's
+            headers["Allow"] = ", ".join(sorted(allowed_methods(request.app, request.url.path)))
+        return JSONResponse(status_code=problem.status_code, content={"detail": problem.detail}, headers=headers)
 
     @app.exception_handler(BodyError)
     async def _body_error(_request, problem: BodyError):

@@ -175,8 +175,13 @@ def _unpack(archive_path: Path, dest: Path, limit_bytes: int) -> None:
                 raise UploadError(413, f"the archive unpacks to {total} bytes, over the limit of {limit_bytes} "
                                        "(DISTILLAB_MAX_UPLOAD_MB)")
             archive.extractall(dest, filter="data")
-    except tarfile.TarError as problem:  # a corrupt archive, or an entry outside it (FilterError)
-        raise UploadError(400, f"not a readable tar archive of a Hugging Face folder: {problem}") from None
+    except tarfile.FilterError as problem:  # an entry outside the archive: name it, not the server's folders
+        member = getattr(problem, "tarinfo", None)
+        raise UploadError(400, f"the archive entry {member.name[:200] if member else '?'!r} would be written outside "
+                               "the upload (absolute paths, .. and links out are refused)") from None
+    except tarfile.TarError as problem:  # a corrupt archive
+        raise UploadError(400, "not a readable tar archive of a Hugging Face folder: "
+                               f"{str(problem).replace(str(dest), 'the upload')[:200]}") from None
     except EOFError:
         raise UploadError(400, "the tar archive is truncated") from None
 
