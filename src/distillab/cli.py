@@ -36,6 +36,17 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def _env_key(variable: str | None, option: str) -> str | None:
+    """The key held in the environment variable an option names (the key itself never goes on a
+    command line, where other users' `ps` would see it)."""
+    if not variable:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise DistillabError(f"{option}: the environment variable {variable} is not set")
+    return value
+
+
 def proxy_settings(trusted: str) -> dict:
     """uvicorn's proxy options: X-Forwarded-For is believed only from the listed addresses (by
     default uvicorn believes 127.0.0.1, which lets a local client pick its own address)."""
@@ -533,13 +544,18 @@ def package(
     seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
     name: Annotated[Optional[str], typer.Option(help="the package's name (default: run-seedN)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    sign_key_env: Annotated[Optional[str], typer.Option(
+        help="variable holding a key: also write package.json.sig (HMAC-SHA256 of the manifest), which "
+             "serve-model --verify-key-env checks")] = None,
 ) -> None:
     """A deployable folder: the parity-checked ONNX student, its manifest, model card, server and Dockerfile."""
     from distillab.deploy.package import package_run
 
     _logging(False)
     try:
-        manifest = package_run(run_dir, out, quantize=quantize, seed=seed, name=name, overwrite=overwrite)
+        sign_key = _env_key(sign_key_env, "--sign-key-env")
+        manifest = package_run(run_dir, out, quantize=quantize, seed=seed, name=name, overwrite=overwrite,
+                               sign_key=sign_key.encode() if sign_key else None)
     except DistillabError as error:
         _fail(error)
     console.print(f"wrote package {manifest['name']!r} to {out}: {', '.join(manifest['files'])}, package.json",
@@ -666,6 +682,10 @@ def serve_model(
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch waits for more requests")] = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="largest request body (413 above)")] = 8.0,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per package")] = 1,
+    api_key_env: Annotated[Optional[str], typer.Option(
+        help="variable holding an API key that /predict, /metrics and /stats then require")] = None,
+    verify_key_env: Annotated[Optional[str], typer.Option(
+        help="variable holding the key the package was signed with; refuse to start unless it matches")] = None,
     trusted_proxies: Annotated[str, typer.Option(
         help="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (default: none, so "
              "a client cannot choose the address that its wrong keys count against)")] = "",
@@ -679,7 +699,8 @@ def serve_model(
 
     args = argparse.Namespace(package=str(package_dir), candidate=str(candidate) if candidate else None, mode=mode,
                               fraction=fraction, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                              max_body_mb=max_body_mb, threads=threads)
+                              max_body_mb=max_body_mb, threads=threads, api_key_env=api_key_env,
+                              verify_key_env=verify_key_env)
     try:
         application = build(args)
     except PackageError as error:

@@ -124,6 +124,54 @@ def test_a_tampered_or_incomplete_package_is_refused(packaged, tmp_path):
     assert result.exit_code == 2 and "no such package folder" in result.output
 
 
+def test_a_signed_package_refuses_a_consistent_swap_and_a_key_guards_the_routes(packaged, tmp_path, monkeypatch):
+    """The sha256 list alone cannot catch a swap that rewrites a file and its checksum together;
+    the signature (an HMAC of the manifest under the operator's key) does. With an API key,
+    /predict, /metrics and /stats need it, and /healthz does not."""
+    import hashlib
+
+    run_dir, pkg0, _ = packaged
+    monkeypatch.setenv("SIGN_KEY", "operator-secret")
+    monkeypatch.setenv("SERVE_KEY", "client-secret")
+    signed = tmp_path / "signed"
+    result = runner.invoke(app, ["package", str(run_dir), "--out", str(signed), "--seed", "0",
+                                 "--sign-key-env", "SIGN_KEY"])
+    assert result.exit_code == 0, result.output
+    assert (signed / "package.json.sig").is_file()
+    Package.load(signed, verify_key=b"operator-secret")
+    with pytest.raises(PackageError, match="does not match its signature"):
+        Package.load(signed, verify_key=b"another-key")
+    with pytest.raises(PackageError, match="was not signed"):
+        Package.load(pkg0, verify_key=b"operator-secret")
+
+    swapped = tmp_path / "swapped"  # a consistent swap: a file and its checksum changed together
+    shutil.copytree(signed, swapped)
+    (swapped / "MODEL_CARD.md").write_text("a different card\n")
+    manifest = json.loads((swapped / "package.json").read_text())
+    manifest["files"]["MODEL_CARD.md"] = hashlib.sha256(b"a different card\n").hexdigest()
+    (swapped / "package.json").write_text(json.dumps(manifest))
+    Package.load(swapped)  # the checksums alone accept it
+    result = runner.invoke(app, ["serve-model", str(swapped), "--verify-key-env", "SIGN_KEY"])
+    assert result.exit_code == 2 and "does not match its signature" in result.output
+    result = runner.invoke(app, ["serve-model", str(signed), "--verify-key-env", "UNSET_VARIABLE"])
+    assert result.exit_code == 2 and "UNSET_VARIABLE is not set" in result.output
+
+    command = [sys.executable, str(signed / "serve.py"), str(signed), "--verify-key-env", "SIGN_KEY",
+               "--api-key-env", "SERVE_KEY"]
+    with server(command, tmp_path) as url:
+        body = {"inputs": [[[0] * 8] * 8]}
+        assert httpx.post(url + "/predict", json=body).status_code == 401
+        assert httpx.get(url + "/metrics").status_code == 401 and httpx.get(url + "/stats").status_code == 401
+        assert httpx.get(url + "/healthz").status_code == 200
+        good = {"Authorization": "Bearer client-secret"}
+        assert httpx.post(url + "/predict", json=body, headers=good).status_code == 200
+        statuses = [httpx.post(url + "/predict", json=body, headers={"Authorization": "Bearer no"}).status_code
+                    for _ in range(25)]
+        # 20 wrong keys a minute from one address (the three above count): then 429s
+        assert statuses[:17] == [401] * 17 and set(statuses[17:]) == {429}
+        assert httpx.post(url + "/predict", json=body, headers=good).status_code == 200  # not locked out
+
+
 def test_packaging_into_a_used_folder_or_a_bad_run_is_a_clear_error(packaged, tmp_path):
     run_dir, pkg0, _ = packaged
     result = runner.invoke(app, ["package", str(run_dir), "--out", str(pkg0)])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from distillab.compress.export import ExportError, Tolerance
 from distillab.compress.runs import export_run
-from distillab.deploy.server import MANIFEST, read_manifest
+from distillab.deploy.server import MANIFEST, read_manifest, sign_manifest
 from distillab.engine.checkpoint import OUTPUT_MARKER, atomic_write_json, check_output_folder, staged_folder
 from distillab.experiment.stats import p_value_text
 from distillab.models.loading import file_checksum
@@ -110,8 +110,11 @@ def requirements() -> str:
 
 
 def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = None, seed: int | None = None,
-                name: str | None = None, tolerance: Tolerance | None = None, overwrite: bool = False) -> dict:
-    """Write the package of a run's distilled student into ``out``; returns the manifest."""
+                name: str | None = None, tolerance: Tolerance | None = None, overwrite: bool = False,
+                sign_key: bytes | None = None) -> dict:
+    """Write the package of a run's distilled student into ``out``; returns the manifest.
+    ``sign_key`` also writes package.json.sig (an HMAC of the manifest), which ``serve-model
+    --verify-key-env`` checks."""
     out = check_output_folder(out, "package", overwrite=overwrite, inputs=[run_dir], error_cls=ExportError)
     with staged_folder(out, "package") as staging:
         record = export_run(run_dir, staging, fmt="onnx", quantize=quantize, seed=seed, tolerance=tolerance,
@@ -142,5 +145,7 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
             "parity": record["parity"], "files": files,
         }
         atomic_write_json(staging / MANIFEST, manifest)
-        read_manifest(staging)  # what serve-model will check, checked once before the package exists
+        if sign_key is not None:
+            sign_manifest(staging, sign_key)
+        read_manifest(staging, sign_key)  # what serve-model will check, checked once before the package exists
     return manifest

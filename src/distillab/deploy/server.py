@@ -13,9 +13,11 @@ container runs it with numpy, onnxruntime, fastapi, uvicorn, prometheus-client a
 import argparse
 import asyncio
 import hashlib
+import hmac
 import io
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "package.json"
+SIGNATURE = "package.json.sig"  # HMAC-SHA256 of package.json's bytes, hex; written by `package --sign-key-env`
 MAX_IMAGE_PIXELS = 4096 * 4096  # an image body larger than this is not decoded (a 31 KB PNG can hold 256 Mpx)
 log = logging.getLogger("distillab")
 MODES = ("shadow", "canary")
@@ -52,14 +55,36 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(folder: Path) -> dict:
-    """The package's manifest, after checking every file it lists against its sha256."""
+def manifest_signature(manifest_bytes: bytes, key: bytes) -> str:
+    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
+
+
+def sign_manifest(folder: Path, key: bytes) -> None:
+    """Write ``package.json.sig``: the manifest's HMAC under the operator's key. As the manifest
+    holds every file's sha256, the signature covers the whole package."""
+    folder = Path(folder)
+    (folder / SIGNATURE).write_text(manifest_signature((folder / MANIFEST).read_bytes(), key) + "\n")
+
+
+def read_manifest(folder: Path, verify_key: bytes | None = None) -> dict:
+    """The package's manifest, after checking every file it lists against its sha256, and, with
+    ``verify_key``, the manifest against its signature. The checksums catch a damaged or partly
+    copied package; only the signature catches a consistent swap (files and checksums changed
+    together) by someone without the key."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
         raise PackageError(f"{folder}: no such package folder")
     if not path.is_file():
         raise PackageError(f"{folder}: incomplete package: {MANIFEST} is missing")
+    if verify_key is not None:
+        signature = folder / SIGNATURE
+        if not signature.is_file():
+            raise PackageError(f"{folder}: {SIGNATURE} is missing; the package was not signed (package "
+                               "--sign-key-env)")
+        if not hmac.compare_digest(signature.read_text().strip(), manifest_signature(path.read_bytes(), verify_key)):
+            raise PackageError(f"{folder}: {MANIFEST} does not match its signature (changed after signing, or "
+                               "signed with another key)")
     try:
         manifest = json.loads(path.read_text())
         files, model = manifest["files"], manifest["model"]["file"]
@@ -93,11 +118,11 @@ class Package:
     scale: float
 
     @classmethod
-    def load(cls, folder: Path | str, threads: int = 1) -> "Package":
+    def load(cls, folder: Path | str, threads: int = 1, verify_key: bytes | None = None) -> "Package":
         import onnxruntime
 
         folder = Path(folder)
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, verify_key)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -233,9 +258,12 @@ class Stats:
 
 
 def create_app(primary: Package, candidate: Package | None = None, *, mode: str = "shadow", fraction: float = 0.1,
-               max_batch: int = 32, max_wait_ms: float = 5.0, max_body_bytes: int = 8 << 20, seed: int | None = None):
+               max_batch: int = 32, max_wait_ms: float = 5.0, max_body_bytes: int = 8 << 20, seed: int | None = None,
+               api_key: str | None = None, auth_failures_per_minute: int = 20):
     """The FastAPI app serving ``primary`` (and ``candidate`` on ``fraction`` of the requests:
-    answering them in canary mode, or only compared with ``primary`` in shadow mode)."""
+    answering them in canary mode, or only compared with ``primary`` in shadow mode). With
+    ``api_key``, /predict, /metrics and /stats need ``Authorization: Bearer KEY`` (/healthz
+    does not); wrong keys past ``auth_failures_per_minute`` from one address get 429."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -272,6 +300,27 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
             await batcher.stop()
 
     app = FastAPI(title=f"distillab model server: {primary.name}", lifespan=lifespan)
+    failures: dict[str, deque] = {}  # address -> times of its recent wrong keys
+
+    @app.middleware("http")
+    async def key_check(request: Request, call_next):
+        if api_key is None or request.url.path == "/healthz":
+            return await call_next(request)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if hmac.compare_digest(given.encode(), api_key.encode()):
+            return await call_next(request)
+        client, now = (request.client.host if request.client else "unknown"), time.monotonic()
+        recent = failures.setdefault(client, deque())
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= auth_failures_per_minute:
+            return JSONResponse({"detail": "too many wrong API keys from this address; try again later"},
+                                status_code=429, headers={"Retry-After": str(max(1, int(61 - (now - recent[0]))))})
+        recent.append(now)
+        if len(failures) > 10_000:  # forget idle addresses
+            for address in [a for a, times in failures.items() if not times][:5_000]:
+                del failures[address]
+        return JSONResponse({"detail": "a valid API key is needed (Authorization: Bearer KEY)"}, status_code=401)
 
     @app.exception_handler(InputError)
     async def input_error(request, error: InputError):
@@ -383,17 +432,35 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-body-mb", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per package")
+    parser.add_argument("--api-key-env", help="variable holding an API key that /predict, /metrics and /stats "
+                                              "then require (Authorization: Bearer KEY)")
+    parser.add_argument("--verify-key-env", help="variable holding the key the package was signed with; the "
+                                                 "server refuses to start unless package.json's signature matches")
     return parser
+
+
+def key_from_env(variable: str | None, option: str) -> str | None:
+    """The value of the environment variable an option names; PackageError when it is unset."""
+    if not variable:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise PackageError(f"{option}: the environment variable {variable} is not set")
+    return value
 
 
 def build(args) -> object:
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_body_mb <= 0 or args.threads < 1:
         raise PackageError("--max-batch and --threads must be >= 1, --max-wait-ms >= 0 and --max-body-mb > 0")
-    primary = Package.load(args.package, args.threads)
-    candidate = Package.load(args.candidate, args.threads) if args.candidate else None
+    api_key = key_from_env(getattr(args, "api_key_env", None), "--api-key-env")
+    verify = key_from_env(getattr(args, "verify_key_env", None), "--verify-key-env")
+    verify_key = verify.encode() if verify else None
+    primary = Package.load(args.package, args.threads, verify_key)
+    candidate = Package.load(args.candidate, args.threads, verify_key) if args.candidate else None
     try:
         return create_app(primary, candidate, mode=args.mode, fraction=args.fraction, max_batch=args.max_batch,
-                          max_wait_ms=args.max_wait_ms, max_body_bytes=int(args.max_body_mb * (1 << 20)))
+                          max_wait_ms=args.max_wait_ms, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                          api_key=api_key)
     except ValueError as error:
         raise PackageError(str(error)) from None
 
