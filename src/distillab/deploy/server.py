@@ -265,7 +265,7 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
     ``api_key``, /predict, /metrics and /stats need ``Authorization: Bearer KEY`` (/healthz
     does not); wrong keys past ``auth_failures_per_minute`` from one address get 429."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
     if mode not in MODES:
@@ -304,7 +304,7 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
 
     @app.middleware("http")
     async def key_check(request: Request, call_next):
-        if api_key is None or request.url.path == "/healthz":
+        if api_key is None or request.url.path not in ("/predict", "/metrics", "/stats"):  # health, docs: open
             return await call_next(request)
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if hmac.compare_digest(given.encode(), api_key.encode()):
@@ -363,7 +363,19 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @app.post("/predict")
+    error = {"content": {"application/json": {"schema": {"type": "object", "properties": {
+        "detail": {"type": "string"}}, "required": ["detail"]}}}}
+    keyed = {401: {"description": "a valid API key is needed (when the server has one)", **error},
+             429: {"description": "too many wrong API keys from this address", **error}} if api_key else {}
+
+    @app.post("/predict", responses={413: {"description": "body over the limit", **error},
+                                     415: {"description": "neither JSON nor an image", **error},
+                                     422: {"description": "inputs that the model cannot take", **error}, **keyed},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+                      "inputs": {"type": "array", "description": "one sample or a list of samples, raw values "
+                                                                 "as the dataset stores them"}}}},
+                  "image/png": {"schema": {"type": "string", "format": "binary"}}}}})
     async def predict(request: Request):
         """JSON ``{"inputs": [...]}`` (one sample or a list, raw values as the dataset stores them:
         0-255 pixels for images) or an image body (``Content-Type: image/png``, ``image/jpeg``...)."""
@@ -408,11 +420,11 @@ def create_app(primary: Package, candidate: Package | None = None, *, mode: str 
         return {"status": "ok", "primary": primary.name, "candidate": candidate.name if candidate else None,
                 "mode": mode if candidate else None, "fraction": fraction if candidate else None}
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=keyed, response_class=PlainTextResponse)
     async def metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/stats")
+    @app.get("/stats", responses=keyed)
     async def stats_route():
         return stats.summary()
 

@@ -80,14 +80,24 @@ def create_teacher_app(model: torch.nn.Module, *, k: int, temperature: float, ap
     async def healthz():
         return {"status": "ok"}
 
-    @app.get(INFO_PATH)
+    error = {"content": {"application/json": {"schema": {"type": "object", "properties": {
+        "detail": {"type": "string"}}, "required": ["detail"]}}}}
+    keyed = {401: {"description": "a valid API key is needed", **error},
+             429: {"description": "too many wrong API keys from this address", **error}}
+
+    @app.get(INFO_PATH, responses=keyed)
     async def info(request: Request):
         if (error := refused(request)) is not None:
             return error
         return {"k": k, "temperature": temperature, "num_classes": num_classes, "in_shape": list(in_shape),
                 "fingerprint": fingerprint}
 
-    @app.post(TOPK_PATH)
+    @app.post(TOPK_PATH, responses={**keyed, 413: {"description": "body over the limit", **error},
+                                    415: {"description": f"not {NPY}", **error},
+                                    422: {"description": "not a float32 array of the teacher's input shape, or "
+                                                         "not finite", **error}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  NPY: {"schema": {"type": "string", "format": "binary"}}}}})
     async def topk(request: Request):
         if (error := refused(request)) is not None:
             return error
