@@ -557,8 +557,13 @@ def _router(settings: Settings) -> APIRouter:
         """Check a YAML spec as POST /jobs/yaml would, without creating a job: 200 with its
         name and strategy, or 422 with the errors at their key paths."""
         body = _yaml_body(await request.body())
-        spec = validate_spec(body.spec, False)
-        check_limits(spec, False, settings)
+
+        def checked():  # building the models on the meta device: off the event loop
+            spec = validate_spec(body.spec, False)
+            check_limits(spec, False, settings)
+            return spec
+
+        spec = await asyncio.to_thread(checked)
         return {"valid": True, "name": spec.name, "strategy": spec.strategy.name, "task": spec.task,
                 "seeds": spec.training.seeds, "epochs": spec.training.epochs}
 

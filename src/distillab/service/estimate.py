@@ -18,9 +18,11 @@ trained. Cost = estimated device-hours x ``price_per_device_hour``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -121,10 +123,19 @@ def lm_teacher_macs(teacher_spec, context: int) -> int | None:
 
 def model_macs(name: str, model_args: dict, in_shape, num_classes: int) -> int:
     """MACs per sample of a zoo model, counted on the meta device (a language model's sample
-    is a block of token ids)."""
+    is a block of token ids); counted once per process for the same arguments."""
     if name in LM_STUDENTS:  # built from the teacher: not counted before it is loaded
         return 0
-    return macs_per_sample(meta_model(name, tuple(in_shape), num_classes, model_args), in_shape)
+    try:
+        args = json.dumps(model_args or {}, sort_keys=True)
+    except (TypeError, ValueError):
+        return macs_per_sample(meta_model(name, tuple(in_shape), num_classes, model_args), in_shape)
+    return _macs(name, args, tuple(in_shape), num_classes)
+
+
+@lru_cache(maxsize=64)
+def _macs(name: str, args: str, in_shape: tuple, num_classes: int) -> int:
+    return macs_per_sample(meta_model(name, in_shape, num_classes, json.loads(args)), in_shape)
 
 
 def seconds_per_sample(kind: str, macs: int) -> float:
