@@ -147,3 +147,31 @@ def test_known_third_party_start_up_noise_is_filtered(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Failed to load" not in done.stderr and "triton" not in done.stderr and "_pytree" not in done.stderr
     assert "an error still shows" in done.stderr and "a warning still shows" in done.stderr
+
+
+def test_a_language_model_teachers_evaluation_is_cached_by_its_key(tmp_path, corpus, tiny_lm):
+    """The teacher's test-split evaluation of a text job is kept by (teacher, split contents):
+    a second run reads it; other text is measured again."""
+    from distillab.experiment.teacher_check import cached_evaluation
+    from distillab.spec import parse_spec
+    from distillab.tasks import TASKS
+    from distillab.tasks.language_modeling import load_lm_teacher
+
+    spec = parse_spec(text_spec(corpus, tiny_lm))
+    task = TASKS["language_modeling"]
+    data = task.build(spec.data, 0, spec)
+    teacher = load_lm_teacher(spec.teachers[0])
+    calls = []
+
+    class Counting(type(task)):
+        def evaluate(self, *args, **kwargs):
+            calls.append(1)
+            return super().evaluate(*args, **kwargs)
+
+    counting = Counting()
+    first = cached_evaluation(counting, teacher, "key-a", data, "test", 16, "cpu", tmp_path)
+    again = cached_evaluation(counting, teacher, "key-a", data, "test", 16, "cpu", tmp_path)
+    assert len(calls) == 1 and again.metrics == first.metrics
+    cached_evaluation(counting, teacher, "key-a", data, "val", 16, "cpu", tmp_path)
+    cached_evaluation(counting, teacher, "key-b", data, "test", 16, "cpu", tmp_path)
+    assert len(calls) == 3

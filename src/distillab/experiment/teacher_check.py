@@ -30,12 +30,17 @@ CLEARLY_BETTER = 0.05  # another input convention scoring this much higher (accu
 
 
 def _split_digest(data, split: str) -> str | None:
-    """sha256 of a split's inputs and labels, or None for data without addressable splits."""
-    if not hasattr(data, "full_train"):
+    """sha256 of a split's inputs and labels (images) or token blocks, mask and characters per
+    target (text), or None for data without addressable splits."""
+    part = getattr(data, split, None)
+    if hasattr(data, "full_train"):
+        tensors = (data.split(split).images, data.split(split).labels)
+    elif all(hasattr(part, name) for name in ("tokens", "mask", "chars")):
+        tensors = (part.tokens, part.mask, part.chars)
+    else:
         return None
-    part = data.split(split)
     digest = hashlib.sha256()
-    for tensor in (part.images, part.labels):
+    for tensor in tensors:
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -47,8 +52,9 @@ def evaluation_key(teacher_key: str | None, task, data, split: str) -> str | Non
     contents = _split_digest(data, split)
     if teacher_key is None or contents is None:
         return None
+    prepared = data.normalize.describe() if hasattr(data, "normalize") else "token ids"
     parts = [f"teacher={teacher_key}", f"task={task.name}", f"split={split}", f"contents={contents}",
-             f"normalize={data.normalize.describe()}"]
+             f"normalize={prepared}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
