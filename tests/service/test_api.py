@@ -191,20 +191,20 @@ def loaded_cpu(processes: int = 3):
             spinner.wait()
 
 
-def test_two_workers_run_twenty_jobs_each_exactly_once_on_a_loaded_cpu(service):
-    """Two workers, twenty jobs and three processes spinning on two cores: no job is run twice
+def test_two_workers_run_twelve_jobs_each_exactly_once_on_a_loaded_cpu(service):
+    """Two workers, twelve jobs and three processes spinning on two cores: no job is run twice
     (one attempt each, one "started by worker" line in each job's log)."""
     with loaded_cpu():
-        _twenty_jobs_on_two_workers(service)
+        _jobs_on_two_workers(service, 12)
 
 
-def _twenty_jobs_on_two_workers(service):
+def _jobs_on_two_workers(service, count: int):
     teacher = upload_teacher(service)
     with service.client() as client:
         body = seed_body(teacher, epochs=1)
         body["dataset_config"]["sample_count"] = 300
         ids = []
-        for _ in range(20):
+        for _ in range(count):
             response = client.post("/jobs", json={"spec": {**_spec_of(body), "output": {
                 "plots": False, "tensorboard": False, "latency_repeats": 1}}, "teacher_model_ids": [teacher]})
             assert response.status_code == 201, response.text

@@ -23,7 +23,12 @@ def test_a_hub_teacher_is_downloaded_and_a_missing_repo_is_named(tmp_path, corpu
         spec["teacher"] = {"hub": "org/tiny"}
         path = tmp_path / "spec.json"
         path.write_text(json.dumps(spec))
+        # validate reads the config and tokenizer only; a run downloads the weights
         done = subprocess.run([*CLI, "validate", str(path)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert not any("model.safetensors" in r for r in requests)
+        done = subprocess.run([*CLI, "run", str(path), "--out", str(tmp_path / "run"), "--set", "training.seeds=[0]",
+                               "--set", "training.epochs=1"], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert any("/org/tiny/resolve/" in r and "model.safetensors" in r for r in requests)
         assert list(Path(tmp_path / "hub").rglob("model.safetensors"))  # in the hub cache, as a user's would be
