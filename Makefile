@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 R_DATA := /usr/lib/R/site-library
 CORPORA := $(R_DATA)/janeaustenr/data/Rdata.rdb $(R_DATA)/tokenizers/data/Rdata.rdb /usr/share/games/fortunes/science
 
-.PHONY: setup dataset corpora browser run test clean
+.PHONY: setup dataset corpora browser run test test-fast docs clean
 
 setup: $(STAMP) dataset corpora browser
 
@@ -57,5 +57,13 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing"; exit 1; fi; \
 	exit $$rc
 
+# the quick tier: no servers, workers, browsers or PostgreSQL (under 2 minutes); `make test` runs everything
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration and not postgres and not browser"
+
+# the documentation site, from docs/ (offline; strict: a broken link or reference fails the build)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

@@ -1,4 +1,4 @@
-"""Adaptive distillation v2 against static KD (issue 16): does an input-conditioned student
+"""Adaptive distillation v2 against static KD: does an input-conditioned student
 (dynamic convolutions, `adaptive_v2`) beat static Hinton KD at about the same inference cost,
 and does it beat a static student simply widened to the same parameter count?
 

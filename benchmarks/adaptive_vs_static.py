@@ -12,7 +12,7 @@ Variants (all from configs/fashion_mnist_kd.yaml, the shipped ResNet-20 teacher,
   adaptive_no_complexity the same with the complexity head off (complexity_weight=0)
   adaptive_finetune_base the base weights keep training while G trains (finetune_base=true)
   adaptive_full          G writes the whole last Linear layer per input (mode=full)
-  adaptive_v2            issue 16's dynamic convolution (K = 4 kernels mixed per input in the last 3x3
+  adaptive_v2            the dynamic convolution (K = 4 kernels mixed per input in the last 3x3
                          convolution), KD from step 0 for all E epochs; calibration steps its routers
 Every variant reads the same cached teacher outputs for E epochs: equal teacher passes.
 

@@ -8,7 +8,7 @@ concurrent clients on loopback with its p50/p99.
         # -> benchmarks/results/deploy.{json,md}; models and runs in benchmarks/results/deploy/
         # (not committed). Resumable: a finished base run, prune or export is read back.
 
-Targets (issue 14): ONNX int8 >= 1.5x faster than the eager student at batch 1 for <= 0.3 points
+Targets: ONNX int8 >= 1.5x faster than the eager student at batch 1 for <= 0.3 points
 of accuracy; the pruned student >= 2x fewer MACs within 0.5 points.
 """
 

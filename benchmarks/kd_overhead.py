@@ -173,7 +173,7 @@ def main() -> None:
            f"{parity['comparison']['p_value'] if parity['comparison']['p_value'] is None else round(parity['comparison']['p_value'], 3)}; "
            f"an epoch {parity['seconds_per_epoch']['fp32'] / parity['seconds_per_epoch']['bf16']:.2f}x faster in bf16."]
           if parity else []),
-        *([f"\nTarget (issue 11): a full-data cached-KD epoch >= 1.7x faster in bf16: "
+        *([f"\nTarget: a full-data cached-KD epoch >= 1.7x faster in bf16: "
            f"{out['bf16_target']['speedup']['measured']:.3f}x on {len(bundle.train)} images "
            f"({'met' if out['bf16_target']['speedup']['met'] else 'missed'})."] if "bf16_target" in out else []),
         *[f"\n{r['mode']} under torch.compile: its first epoch, compilation included, took "

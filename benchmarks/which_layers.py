@@ -1,4 +1,4 @@
-"""Layer ablation for feature (FitNets) distillation (seed 003, question 2): which
+"""Layer ablation for feature (FitNets) distillation: which
 teacher/student layer pairs help most? Runs `feature` on each single default pair and on
 all pairs together, against the shared scratch twins.
 

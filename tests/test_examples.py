@@ -14,9 +14,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
-def test_the_keras_seed_example_runs_and_reports_three_models(tmp_path):
+def test_the_keras_style_example_runs_and_reports_three_models(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "keras_seed_example.py"), "--limit", "600", "--epochs", "1",
+        [sys.executable, str(ROOT / "examples" / "keras_style_example.py"), "--limit", "600", "--epochs", "1",
          "--seeds", "0", "1", "--out", str(tmp_path), "--threads", "1", "--latency-repeats", "2"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from distillab.errors import SpecError
 from distillab.spec import JobSpec, apply_override, load_spec, parse_spec
@@ -95,7 +96,7 @@ def test_yaml_tags_are_not_executed(tmp_path):
 
 def test_the_spec_is_immutable(blobs, tiny_teacher):
     spec = parse_spec(tiny_spec(blobs, tiny_teacher))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.training.epochs = 5
 
 

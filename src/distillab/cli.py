@@ -745,8 +745,33 @@ def worker(
     console.print(f"worker {runner.id}: {done} job(s) done", markup=False)
 
 
+# the optional parts of distillab, by the top-level module each needs: a command that reaches one
+# that is not installed says which extra to install (exit 2), instead of a traceback
+EXTRAS = {
+    "fastapi": "service", "uvicorn": "service", "sqlalchemy": "service", "alembic": "service",
+    "pydantic_settings": "service", "limits": "service", "prometheus_client": "service",
+    "jinja2": "service", "psycopg": "postgres",
+    "transformers": "text", "gguf": "text", "rdata": "text", "tokenizers": "text",
+    "optuna": "sweep", "tensorboard": "tensorboard", "sklearn": "digits",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The extra that provides the module an import could not find, or None for any other module."""
+    name = (error.name or "").split(".")[0]
+    return EXTRAS.get(name)
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        extra = missing_extra(error)
+        if extra is None:
+            raise
+        err_console.print(f"[bold red]error:[/] this command needs the Python package '{error.name}', which is not "
+                          f"installed: pip install 'distillab[{extra}]'", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

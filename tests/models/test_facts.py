@@ -126,29 +126,34 @@ def test_onnx_teacher_counts_initializers_and_has_unknown_macs(tiny_cnn, tmp_pat
     assert latency_ms(teacher, IN_SHAPE, batch_size=2, repeats=1, warmup=0) > 0
 
 
-class Slow(nn.Module):
-    """Sleeps a fixed time per call: a model whose true latency is known."""
+class Logged(nn.Module):
+    """Appends its name to a shared log at every call, and sleeps a fixed time: a model whose
+    calls can be counted and whose latency has a known floor."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, name: str, log: list, seconds: float):
         super().__init__()
-        self.seconds = seconds
+        self.name, self.log, self.seconds = name, log, seconds
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
         import time
 
+        self.log.append(self.name)
         time.sleep(self.seconds)
         return x.flatten(1)[:, :2] + self.weight
 
 
 def test_interleaved_latency_times_every_model_in_each_round():
-    models = {"fast": Slow(0.001), "slow": Slow(0.004)}
-    result = interleaved_latency(models, IN_SHAPE, 1, repeats=6, warmup=0)
+    log: list[str] = []
+    models = {"fast": Logged("fast", log, 0.001), "slow": Logged("slow", log, 0.004)}
+    result = interleaved_latency(models, IN_SHAPE, 1, repeats=6, warmup=2)
     assert set(result) == {"fast", "slow"}
-    for name, low in (("fast", 1.0), ("slow", 4.0)):
+    warmup, rounds = log[:4], log[4:]
+    assert sorted(warmup) == ["fast", "fast", "slow", "slow"]
+    assert len(rounds) == 12 and all(sorted(rounds[i:i + 2]) == ["fast", "slow"] for i in range(0, 12, 2))
+    for name, floor in (("fast", 1.0), ("slow", 4.0)):  # sleep() never returns early
         assert result[name]["p25"] <= result[name]["median"] <= result[name]["p75"]
-        assert result[name]["median"] >= low
-    assert result["slow"]["median"] > result["fast"]["median"]
+        assert result[name]["p25"] >= floor
 
 
 def test_interleaved_latency_leaves_the_global_random_state_alone(tiny_cnn):

@@ -127,7 +127,7 @@ def test_cancel_mid_run_keeps_partial_results(service):
         results = client.get(f"/jobs/{job['job_id']}/results").json()
         assert results["partial"] is True and results["stopped"] == "cancelled by the user"
         scratch = results["phases"][0]
-        assert scratch["role"] == "scratch" and not scratch["complete"] and 1 <= scratch["epochs_done"] < 60
+        assert scratch["role"] == "scratch" and not scratch["complete"] and scratch["epochs_done"] >= 1
         name = "seed_0_scratch_student.safetensors"
         assert name in results["artifacts"]
         weights = client.get(f"/jobs/{job['job_id']}/artifacts/{name}")
@@ -146,9 +146,10 @@ def test_budget_stops_the_job_with_partial_results_and_says_why(service):
         final = service.wait(job["job_id"], lambda j: j["status"] in TERMINAL)
         assert final["status"] == "stopped", final
         assert "max_duration_hours" in final["stop_reason"]
-        assert 2.0 <= final["device_seconds"] < 30
+        assert final["device_seconds"] >= 2.0  # stopped once the budget was spent, not before
         results = client.get(f"/jobs/{job['job_id']}/results").json()
         assert results["partial"] and "max_duration_hours" in results["stopped"]
+        assert not any(phase["complete"] for phase in results["phases"])  # and long before 200 epochs
     service.stop_workers()
 
 
@@ -221,7 +222,7 @@ def _jobs_on_two_workers(service, count: int):
 
 
 def _spec_of(body: dict) -> dict:
-    """The JobSpec of a seed-shaped body, written by hand (teacher from teacher_model_ids)."""
+    """The JobSpec of a body in the documented job shape, written by hand (teacher from teacher_model_ids)."""
     return {"name": body["name"], "data": {"dataset": "digits", "limit_train": body["dataset_config"]["sample_count"]},
             "teacher": {"model": "mlp"}, "student": {"model": "mlp", "model_args": {"hidden": [16]}},
             "strategy": {"name": "response"}, "training": body["training"]}

@@ -271,15 +271,21 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_service_keeps_answering(harde
 
 def test_wrong_keys_are_rate_limited_without_locking_out_valid_ones(hardened):
     """Wrong keys from one address are limited (a forged X-Forwarded-For does not move them to
-    another address: no proxy is trusted by default); a valid key from that address still works."""
-    with httpx.Client(base_url=hardened.url + PREFIX, headers={"X-API-Key": "wrong"}, timeout=30) as wrong:
+    another address: no proxy is trusted by default); a valid key from that address still works.
+    The requests come from an address of their own (127.0.0.2), so the limit they reach neither
+    depends on nor affects the module's other tests."""
+    own_address = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=hardened.url + PREFIX, headers={"X-API-Key": "wrong"}, timeout=30,
+                      transport=own_address) as wrong:
         statuses = [wrong.get("/jobs", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(5)]
         assert statuses == [401] * 5
         limited = wrong.get("/jobs", headers={"X-Forwarded-For": "10.0.1.1"})
         assert_clean_4xx(limited, 429, "too many wrong API keys")
         assert 1 <= int(limited.headers["retry-after"]) <= 60
         assert wrong.get("/jobs", headers={"X-API-Key": ""}).status_code in (401, 429)
-    with hardened.client() as client:  # someone else behind the same address, with a valid key
+    valid = {"X-API-Key": hardened.keys["alice"]}  # someone else behind the same address, with a valid key
+    with httpx.Client(base_url=hardened.url + PREFIX, headers=valid, timeout=30,
+                      transport=httpx.HTTPTransport(local_address="127.0.0.2")) as client:
         assert client.get("/jobs").status_code == 200
     assert httpx.get(hardened.url + "/healthz").status_code == 200
 

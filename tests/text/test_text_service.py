@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 from conftest import make_tiny_lm  # noqa: E402
 from service_processes import PREFIX, digits_teacher, running_service  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (Path("/usr/lib/R/site-library/janeaustenr/data").is_dir()),
-                                reason="r-cran-janeaustenr is not installed")
+needs_austen = pytest.mark.skipif(not (Path("/usr/lib/R/site-library/janeaustenr/data").is_dir()),
+                                  reason="r-cran-janeaustenr is not installed")
 
 
 @pytest.fixture(scope="module", params=["sqlite"])
@@ -52,6 +52,7 @@ def tiny_lm_tar(tmp_path_factory) -> bytes:
     return tar_of(make_tiny_lm(tmp_path_factory.mktemp("upload_lm")))
 
 
+@needs_austen
 def test_an_uploaded_language_model_teaches_a_text_job_over_http(service, tiny_lm_tar):
     with service.client() as client:
         types = client.get("/model-types").json()

@@ -1,4 +1,4 @@
-"""Adaptive distillation via a GAN (the user's seed 000).
+"""Adaptive distillation via a GAN.
 
 - ``WeightGenerator`` (G): a VAE whose decoder writes per-input student weights;
 - ``AdaptiveStudent``: G plus the student, run functionally and vectorised over the batch;

@@ -1,4 +1,4 @@
-"""The multi-head discriminator D of the adaptive distiller (seed 000, section 3).
+"""The multi-head discriminator D of the adaptive distiller.
 
 Three heads, each a spectral-norm MLP critic trained with the GAN loss (score > 0 means
 "real"):

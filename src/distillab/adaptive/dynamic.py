@@ -1,4 +1,4 @@
-"""Input-conditioned convolutions for adaptive distillation v2 (issue 16): a per-input mixture
+"""Input-conditioned convolutions for adaptive distillation v2: a per-input mixture
 of K stored kernels, in the family of CondConv (Yang et al. 2019) and Dynamic Convolution
 (Chen et al. 2020).
 

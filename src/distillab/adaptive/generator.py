@@ -2,7 +2,7 @@
 
 The encoder maps an input to a diagonal Gaussian over a small latent (mu, log-variance,
 reparameterisation); the decoder maps the latent to the weights of chosen student layers,
-so the latent is a compressed code of the student's weights for that input (seed 000).
+so the latent is a compressed code of the student's weights for that input.
 
 Two modes, because writing every weight per input is expensive:
 

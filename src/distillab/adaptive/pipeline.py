@@ -1,4 +1,4 @@
-"""``AdaptivePipeline``: the inference pipeline of seed 000, with calibration and monitoring.
+"""``AdaptivePipeline``: the inference pipeline of adaptive distillation, with calibration and monitoring.
 
     predict(x):
         if calibrating:                       # the first N calls, or after the monitor asks
@@ -11,7 +11,7 @@ keeps the rolling agreement (same top-1 class) of the last ``window`` audited in
 output-head score. When the agreement falls below ``agreement_threshold`` (with at least
 ``min_audits`` audits in the window) it re-calibrates for ``recalibration_calls`` calls.
 Calibration and audits need the teacher; an exported pipeline (``save``/``load``) has none
-and is feed-forward only, which is the deployment the seed names (the teacher stays private).
+and is feed-forward only, so the teacher can stay private.
 
 Two kinds of model: an ``AdaptiveStudent`` (the ``adaptive`` strategy: G writes the student's
 weights) or a student with dynamic convolutions (``adaptive_v2``: each dynamic layer's router

@@ -1,4 +1,4 @@
-"""Sequence-level distillation data (Kim & Rush 2016; seed 004's "automated dataset
+"""Sequence-level distillation data (Kim & Rush 2016; "automated dataset
 generation"): the teacher continues prompts taken from the training text, each continuation
 is scored by the teacher's own perplexity, the most fluent fraction is kept, and the result is
 a JSONL corpus (one ``{"text": ...}`` document per line) that a job reads with

@@ -1,7 +1,7 @@
 """The inference server of a distillab package (``distillab serve-model PKG``): FastAPI on ONNX
 Runtime with dynamic micro-batching, ``/predict``, ``/healthz``, ``/metrics`` (Prometheus text
 format) and ``/stats``, a bounded request size, and an optional second package served in canary
-or shadow mode, so a new student can be tried on live traffic and rolled back (seed 004).
+or shadow mode, so a new student can be tried on live traffic and rolled back.
 
 This file is copied into every package as ``serve.py``: it imports nothing from distillab, so a
 container runs it with numpy, onnxruntime, fastapi, uvicorn, prometheus-client and pillow only.

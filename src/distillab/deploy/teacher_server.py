@@ -1,6 +1,6 @@
 """``distillab serve-teacher SPEC``: a teacher behind HTTP that answers only its top-k
 probabilities per input, at a fixed temperature, to callers with the API key. Its weights and
-full logits never leave the process (seed 000: the teacher stays protected).
+full logits never leave the process (the teacher stays protected).
 
     GET  /healthz    no key
     GET  /v1/info    k, temperature, classes, input shape, a fingerprint of (weights, k, T)

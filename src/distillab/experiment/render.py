@@ -41,7 +41,7 @@ def derived_rows(report: dict) -> list[dict]:
             "speedup": teacher["latency_ms"] / m["latency_ms"] if m["latency_ms"] else None,
             "compression": teacher["size_mb"] / m["size_mb"] if m["size_mb"] else None,
             "retention": acc / teacher["accuracy"]["mean"] if teacher["accuracy"]["mean"] else None,
-            # seed 002's score: accuracy / (size MB x latency ms); higher is better
+            # the efficiency score: accuracy / (size MB x latency ms); higher is better
             "efficiency": acc / (m["size_mb"] * m["latency_ms"]) if m["size_mb"] and m["latency_ms"] else None,
         })
     return rows

@@ -1,4 +1,4 @@
-"""The self-hosted job service (seed 004).
+"""The self-hosted job service.
 
 ``settings`` (pydantic-settings, ``DISTILLAB_`` prefix), ``db`` (SQLAlchemy 2.x schema and
 engines), ``migrations`` (Alembic), ``store`` (atomic claims, heartbeats, re-queueing,

@@ -451,7 +451,7 @@ def _router(settings: Settings) -> APIRouter:
     # ------------------------------------------------------------ jobs
     @router.post("/jobs", status_code=201, tags=["jobs"], responses=_errors(400, 403, 422))
     def create_job(body: JobCreate, user: CurrentUser, request: Request) -> JobCreated:
-        """Create a job from the seed-shaped body or from ``{"spec": JobSpec}``."""
+        """Create a job from the documented job shape or from ``{"spec": JobSpec}``."""
         check_body(body)
         seed_shaped = body.spec is None
         teachers = None

@@ -2,7 +2,7 @@
 
 Two shapes are accepted:
 
-* the seed's shape: ``name``, ``description``, ``teacher_model_ids`` (ids from the model
+* the documented job shape: ``name``, ``description``, ``teacher_model_ids`` (ids from the model
   registry), ``student_specification``, ``strategy`` (+ ``strategy_params``),
   ``dataset_config``, ``training``, ``constraints`` (``budget_constraints``,
   ``quality_thresholds``) and ``usage_stats``;
@@ -93,7 +93,7 @@ def error(loc: list, msg: str, kind: str = "value_error") -> dict:
 
 
 SEED_FIELDS = ("name", "student_specification", "strategy", "dataset_config", "training")
-# where each JobSpec key came from in a seed-shaped body
+# where each JobSpec key came from in a body of the documented job shape
 SEED_LOCATIONS = {
     ("data", "dataset"): ["dataset_config", "dataset"],
     ("data", "limit_train"): ["dataset_config", "sample_count"],
@@ -158,7 +158,7 @@ def build_spec(body: JobCreate, teachers: list[dict] | None) -> dict:
     problems: list[dict] = []
     if body.spec is not None:
         given = [name for name in SEED_FIELDS if getattr(body, name) is not None]
-        problems += [error([name], "give either spec or the seed-shaped fields, not both") for name in given]
+        problems += [error([name], "give either spec or the job-shape fields (name, teacher_model_ids, ...), not both") for name in given]
         problems += refuse_paths(body.spec)
         spec = dict(body.spec)
         if teachers is not None:

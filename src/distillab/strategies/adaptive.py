@@ -1,4 +1,4 @@
-"""Adaptive distillation via a GAN (seed 000): a VAE generator writes per-input student weights."""
+"""Adaptive distillation via a GAN: a VAE generator writes per-input student weights."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class AdaptiveParams(Params):
 
 
 class Adaptive(OwnDiscriminator, Strategy):
-    """Input-adaptive distillation with a GAN (the user's seed 000). A generator G (a VAE:
+    """Input-adaptive distillation with a GAN. A generator G (a VAE:
     encoder -> mu, log sigma^2 -> z -> decoder) writes student weights for each input; the
     student runs with them (vmap over ``functional_call``); a three-head discriminator D
     judges the outputs against the teacher's and the weights against the statically
@@ -80,7 +80,7 @@ class Adaptive(OwnDiscriminator, Strategy):
     """
 
     summary = "GAN-guided input-adaptive KD: a VAE writes per-input student weights, a 3-head D judges them"
-    paper = "the user's seed 000; VAE: Kingma & Welling 2014; hypernetworks: Ha, Dai & Le 2016"
+    paper = "distillab's adaptive distiller; VAE: Kingma & Welling 2014; hypernetworks: Ha, Dai & Le 2016"
     Params = AdaptiveParams
 
     def __init__(self, teachers, student, params, in_shape=None):

@@ -1,6 +1,6 @@
-"""Adaptive distillation v2 (seed 000, issue 16): the student's last 3x3 convolution (or the
+"""Adaptive distillation v2: the student's last 3x3 convolution (or the
 chosen ones) becomes input-conditioned (a per-input mixture of K kernels, ``adaptive.dynamic``),
-trained end to end with KD from the first step; the seed's discriminator heads act as weak
+trained end to end with KD from the first step; the adaptive distiller's discriminator heads act as weak
 regularisers."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class AdaptiveV2Params(Params):
                                                                  "to a decisive mixture (0 = off)")
     max_macs_ratio: float = Field(1.1, ge=1, le=10, description="hard MAC budget against the static student "
                                                                 "(the complexity head's role)")
-    vae: bool = Field(False, description="routing logits drawn from a Gaussian with a KL term (the seed's VAE)")
+    vae: bool = Field(False, description="routing logits drawn from a Gaussian with a KL term (a VAE over the routing)")
     kl_weight: float = Field(1e-3, ge=0, le=10, description="weight of the routing VAE's KL term")
     d_lr: float = Field(1e-4, gt=0, le=1, description="learning rate of the discriminator's own Adam")
     d_hidden: int = Field(128, ge=8, le=2048, description="width of the discriminator's output head")
@@ -57,7 +57,7 @@ class AdaptiveV2(OwnDiscriminator, Strategy):
     MAC budget is checked when the student is built."""
 
     summary = "input-adaptive KD: dynamic convolutions (per-input mixture of K kernels) trained end to end with KD"
-    paper = "the user's seed 000; CondConv (Yang et al. 2019); Dynamic Convolution (Chen et al. 2020)"
+    paper = "distillab's adaptive distiller; CondConv (Yang et al. 2019); Dynamic Convolution (Chen et al. 2020)"
     Params = AdaptiveV2Params
 
     def __init__(self, teachers, student, params, in_shape=None):

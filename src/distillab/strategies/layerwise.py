@@ -44,7 +44,7 @@ def _outputs(model, ids, attentions: bool):
 
 
 class Layerwise(Strategy):
-    """Layer-wise KD of intermediate representations (seed 001), as in DistilBERT (Sanh et al.
+    """Layer-wise KD of intermediate representations, as in DistilBERT (Sanh et al.
     2019, cosine of hidden states), TinyBERT (Jiao et al. 2020, hidden-state MSE through a learned
     projection, attention maps) and MiniLM (Wang et al. 2020, attention distributions):
 

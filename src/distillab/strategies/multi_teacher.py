@@ -48,7 +48,7 @@ class MultiTeacher(Strategy):
     """Hinton KD towards a weighted ensemble of N teachers (possibly different architectures).
     Distilling an ensemble's averaged softened outputs follows Hinton et al. (2015) and You et
     al. (2017), "Learning from Multiple Teacher Networks" (KDD, output-layer term only); the
-    teacher weighting schemes are ours (performance weighting from seed 004):
+    teacher weighting schemes are ours (performance weighting by validation accuracy):
 
         p_ens(x) = sum_i w_i(x) softmax(t_i(x)/T),   sum_i w_i(x) = 1
         L = alpha * T^2 * KL(p_ens || softmax(s/T)) + (1 - alpha) * CE(s, y)

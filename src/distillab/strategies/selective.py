@@ -8,14 +8,14 @@ from distillab.strategies.response import ResponseParams
 
 
 class Selective(Strategy):
-    """Hinton KD restricted to samples the teacher classifies correctly (seed 003, question 1).
+    """Hinton KD restricted to samples the teacher classifies correctly.
 
     Per sample i:  L_i = alpha * T^2 * KL(softmax(t_i/T) || softmax(s_i/T)) + (1 - alpha) * CE(s_i, y_i)
                    if argmax t_i = y_i, else L_i = CE(s_i, y_i).   L = mean_i L_i
     """
 
     summary = "Hinton KD on samples the teacher gets right, plain CE on the rest"
-    paper = "Hinton et al. 2015 arXiv:1503.02531 (loss); teacher-correctness selection from seed 003"
+    paper = "Hinton et al. 2015 arXiv:1503.02531 (loss); teacher-correctness selection is distillab's"
     Params = ResponseParams
     supports_mix = False  # uses each sample's one true class
 

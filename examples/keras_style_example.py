@@ -4,20 +4,20 @@ The seed trains a Conv 256 -> LeakyReLU -> MaxPool -> Conv 512 -> Dense teacher,
 Conv 16 -> Conv 32 student by distillation and the same student from scratch, with Adam,
 T = 10, 10 epochs each and batch 64, and reports the students' test accuracy.
 
-Alpha, mapped explicitly: the seed's Keras code computes
+Alpha, mapped explicitly: the original Keras code computes
     loss = alpha * student_loss + (1 - alpha) * distillation_loss   with alpha = 0.1,
 so its 0.1 weighs the *hard* (label) loss and 0.9 the soft (teacher) loss, while its formula
 text writes alpha on the soft term. distillab's ``alpha`` always weighs the soft term, so the
-seed's setting is distillab ``alpha = 1 - 0.1 = 0.9``.
+original setting is distillab ``alpha = 1 - 0.1 = 0.9``.
 
 Differences from the seed, on purpose: the data is Fashion-MNIST (the embedded data set; pass
-``--mnist DIR`` with the four MNIST IDX files to run the seed's own data); 10 % of the training
+``--mnist DIR`` with the four MNIST IDX files to run the original's own data); 10 % of the training
 images are held out to pick each student's best epoch (Keras keeps the last); 3 seeds with a
 paired test instead of one run. Keras's ``padding="same"`` with stride 2 pads one pixel on the
 bottom/right only, PyTorch's ``padding=1`` one on each side: the output sizes are the same.
 
-    .venv/bin/python examples/keras_seed_example.py            # -> runs/keras_seed/ (report.md)
-    .venv/bin/python examples/keras_seed_example.py --mnist ~/mnist --out runs/keras_seed_mnist
+    .venv/bin/python examples/keras_style_example.py            # -> runs/keras_seed/ (report.md)
+    .venv/bin/python examples/keras_style_example.py --mnist ~/mnist --out runs/keras_seed_mnist
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from distillab import compare, evaluate, train
 from distillab.data.readers import read_mnist_folder
 from distillab.models.loading import load_state_into, save_model
 
-KERAS_ALPHA = 0.1  # the seed's weight of the hard-label loss
+KERAS_ALPHA = 0.1  # the original's weight of the hard-label loss
 ALPHA = 1 - KERAS_ALPHA  # distillab's weight of the soft (teacher) loss
 TEMPERATURE = 10.0
 EPOCHS = 10
@@ -101,7 +101,7 @@ def main() -> None:
 
     report = compare(teacher, lambda: seed_model(16, 32), (x_train, y_train), (x_test, y_test),
                      seeds=args.seeds, epochs=args.epochs, strategy="response", temperature=TEMPERATURE,
-                     alpha=ALPHA, out_dir=args.out / "comparison", name="keras_seed_example", progress=True,
+                     alpha=ALPHA, out_dir=args.out / "comparison", name="keras_style_example", progress=True,
                      latency_repeats=args.latency_repeats, **settings)
     for model in report.models:
         accuracy = model["accuracy"]
