@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
-from distillab.experiment.run import _phase, environment, teacher_caches
+from distillab.files import atomic_write_json, atomic_write_text
+from distillab.experiment.run import _phase, environment
+from distillab.data.cache import fill_teacher_caches as teacher_caches
 from distillab.experiment.stats import paired_comparison
 from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import interleaved_latency, macs_per_sample

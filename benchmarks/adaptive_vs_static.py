@@ -42,9 +42,11 @@ from distillab import losses
 from distillab.adaptive.dynamic import dynamic_layers
 from distillab.adaptive.pipeline import AdaptivePipeline, PipelineConfig
 from distillab.data.readers import ArraySet
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text, load_training_checkpoint
-from distillab.engine.evaluate import evaluate
-from distillab.experiment.run import _phase, environment, teacher_caches
+from distillab.files import atomic_write_json, atomic_write_text
+from distillab.engine.checkpoint import load_training_checkpoint
+from distillab.tasks.image_classification import evaluate
+from distillab.experiment.run import _phase, environment
+from distillab.data.cache import fill_teacher_caches as teacher_caches
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import model_facts

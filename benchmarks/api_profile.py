@@ -31,7 +31,7 @@ def main() -> None:
     os.environ["DISTILLAB_REQUESTS_PER_MINUTE"] = "100000000"
     import httpx
 
-    from distillab.engine.checkpoint import atomic_write_text
+    from distillab.files import atomic_write_text
     from distillab.service.app import PREFIX, create_app
     from distillab.service.auth import add_user
     from distillab.service.db import User

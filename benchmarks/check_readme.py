@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import distillab
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
-from distillab.engine.precision import bf16_path
+from distillab.files import atomic_write_json, atomic_write_text
+from distillab.runtime import bf16_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "distillab.cli"]

@@ -43,8 +43,8 @@ def run_one(cpu: str, seeds: list[int], out: Path, spec_path: str, threads: int)
     import torch
 
     import distillab
-    from distillab.engine.checkpoint import atomic_write_json
-    from distillab.engine.precision import bf16_path
+    from distillab.files import atomic_write_json
+    from distillab.runtime import bf16_path
     from distillab.spec import load_spec
 
     torch.set_num_threads(threads)
@@ -103,7 +103,7 @@ def main() -> None:
 
     from scipy import stats
 
-    from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+    from distillab.files import atomic_write_json, atomic_write_text
     from distillab.experiment.stats import paired_comparison
 
     results = {}

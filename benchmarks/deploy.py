@@ -31,8 +31,8 @@ from distillab.compress import export_run, run_student
 from distillab.compress.export import Tolerance
 from distillab.compress.prune_run import prune_run
 from distillab.deploy.package import package_run
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
-from distillab.engine.precision import cpu_features, cpu_supports_bf16
+from distillab.files import atomic_write_json, atomic_write_text
+from distillab.runtime import cpu_features, cpu_supports_bf16
 from distillab.experiment.stats import paired_comparison
 from distillab.models.facts import macs_per_sample
 from distillab.spec import load_spec

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import distillab
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.files import atomic_write_json
 from distillab.experiment.sweep import sweep
 from distillab.spec import load_spec
 

@@ -26,10 +26,10 @@ import torch
 
 from distillab import data as data_module
 from distillab.data.cache import teacher_outputs
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
-from distillab.engine import precision as precision_module
+from distillab.files import atomic_write_json, atomic_write_text
+from distillab import runtime as precision_module
 from distillab.engine.loop import fit
-from distillab.engine.precision import cpu_features, cpu_supports_bf16
+from distillab.runtime import cpu_features, cpu_supports_bf16
 from distillab.experiment.run import environment
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
@@ -115,7 +115,7 @@ def main() -> None:
                 spec.strategy.params if name != "none" else {}), in_shape=bundle.in_shape)
             with _native_bf16(precision.endswith("(emulated)")):
                 run_dir = Path(scratch) / f"{label}-{precision}-{compiled}".replace(" ", "_")
-                result = fit(strategy, bundle, training, 0, run_dir, caches=caches or (), tensorboard=False,
+                result = fit(strategy, bundle, training, 0, run_dir, task=TASKS["image_classification"], caches=caches or (), tensorboard=False,
                              description=f"{label} {precision}")
             epoch_seconds = [h["epoch_seconds"] for h in result.history]
             key = f"{label} | {precision}" + (" compiled" if compiled else "")
@@ -199,7 +199,7 @@ def _parity(spec, bundle, teacher, cache, seeds: list[int], epochs: int, scratch
             student = build_model(spec.student.model, bundle.in_shape, bundle.num_classes, spec.student.model_args)
             strategy = cls([teacher], student, cls.Params.model_validate(spec.strategy.params),
                            in_shape=bundle.in_shape)
-            result = fit(strategy, bundle, training, seed, scratch / f"parity-{seed}-{precision}", caches=[cache],
+            result = fit(strategy, bundle, training, seed, scratch / f"parity-{seed}-{precision}", task=task, caches=[cache],
                          tensorboard=False, description=f"parity seed {seed} {precision}")
             test = task.evaluate(student, bundle, "test", 1024, torch.device("cpu"))
             accuracy[precision].append(test.accuracy)

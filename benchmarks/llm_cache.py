@@ -27,7 +27,7 @@ import torch
 
 from distillab import losses
 from distillab.data.text_cache import bytes_per_token, teacher_topk
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.job import Job
 from distillab.spec import load_spec
 from distillab.strategies import STRATEGIES

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import distillab
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.job import Job
 from distillab.experiment.run import _phase
 from distillab.experiment.sweep import sweep

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import distillab
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from distillab.compress.prune_run import prune_run
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.stats import paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ from distillab.compress.export import Tolerance
 from distillab.compress.finetune import Finetuning, write_derived_run
 from distillab.compress.prune_run import prune_run
 from distillab.compress.qat import qat_run
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.stats import paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from deploy import accuracy, eager, onnx, timed
 from distillab.compress import export_run, run_student
 from distillab.compress.export import Tolerance
 from distillab.compress.runs import batches_of
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

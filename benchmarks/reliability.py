@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
 
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

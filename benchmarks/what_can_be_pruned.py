@@ -25,7 +25,7 @@ import torch
 
 from deploy import base_run
 from distillab.compress.prune_run import prune_run
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.stats import paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common import base_spec, comparison_parser
 from distillab import data as data_module
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.run import _phase, environment
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers

@@ -41,7 +41,7 @@ from torch import nn
 from distillab.api_text import TEXT_TASKS, as_text_model, name_of, task_of, text_data, tokenizer_of
 from distillab.data.user import LoaderData, user_data
 from distillab.engine.callbacks import ProgressBar, show_progress
-from distillab.engine.evaluate import resolve_device
+from distillab.runtime import resolve_device
 from distillab.engine.loop import fit as engine_fit
 from distillab.errors import DataError, SpecError
 from distillab.experiment.job import Job, Settings, StrategyChoice

@@ -397,7 +397,7 @@ def export(
 
 def _export_adaptive(run_dir: Path, out: Path, seed: int | None) -> None:
     """The generator G and the student of an adaptive run, without the teacher."""
-    from distillab.adaptive.export import export_run
+    from distillab.compress.adaptive_export import export_run
 
     try:
         path = export_run(run_dir, out, seed)

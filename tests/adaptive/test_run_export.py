@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from distillab.adaptive.export import load_run
+from distillab.compress.adaptive_export import load_run
 from distillab.adaptive.pipeline import AdaptivePipeline
 from distillab.cli import app
 from distillab.data.readers import read_npz

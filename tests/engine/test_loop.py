@@ -13,6 +13,7 @@ from distillab.errors import TrainingDiverged
 from distillab.models.zoo import build_model
 from distillab.spec import DataSpec, TrainingSpec
 from distillab.strategies import STRATEGIES
+from distillab.tasks import TASKS
 from distillab.strategies.base import StepOutput
 
 
@@ -32,19 +33,20 @@ def new_strategy(name="none"):
     return cls([], student, cls.Params())
 
 
+IMAGES = TASKS["image_classification"]
 TRAINING = TrainingSpec(epochs=3, batch_size=32, schedule="cosine", warmup_epochs=1, lr=0.01)
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(blobs, tmp_path):
     bundle = data_module.build(DataSpec(dataset="npz", path=blobs, augment={"crop_padding": 1, "hflip": True}), 0)
     straight = new_strategy()
-    fit(straight, bundle, TRAINING, 0, tmp_path / "straight", tensorboard=False)
+    fit(straight, bundle, TRAINING, 0, tmp_path / "straight", task=IMAGES, tensorboard=False)
 
     broken = new_strategy()
     with pytest.raises(KeyboardInterrupt):
-        fit(broken, bundle, TRAINING, 0, tmp_path / "resumed", callbacks=[Interrupt(after_epoch=1)], tensorboard=False)
+        fit(broken, bundle, TRAINING, 0, tmp_path / "resumed", task=IMAGES, callbacks=[Interrupt(after_epoch=1)], tensorboard=False)
     resumed = new_strategy()
-    result = fit(resumed, bundle, TRAINING, 0, tmp_path / "resumed", resume=True, tensorboard=False)
+    result = fit(resumed, bundle, TRAINING, 0, tmp_path / "resumed", task=IMAGES, resume=True, tensorboard=False)
 
     assert len(result.history) == 3
     for key, value in straight.student.state_dict().items():
@@ -63,13 +65,13 @@ def test_nan_loss_stops_training_with_a_clear_error(blobs, tmp_path):
 
     strategy = Exploding([], build_model("mlp", (1, 8, 8), 3), STRATEGIES["none"].Params())
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1.*training.lr"):
-        fit(strategy, bundle, TRAINING, 0, tmp_path / "nan", tensorboard=False)
+        fit(strategy, bundle, TRAINING, 0, tmp_path / "nan", task=IMAGES, tensorboard=False)
 
 
 def test_the_selected_student_is_the_best_on_validation(blobs, tmp_path):
     bundle = data_module.build(DataSpec(dataset="npz", path=blobs), 0)
     strategy = new_strategy()
-    result = fit(strategy, bundle, TrainingSpec(epochs=4, batch_size=32, lr=0.02), 0, tmp_path / "sel",
+    result = fit(strategy, bundle, TrainingSpec(epochs=4, batch_size=32, lr=0.02), 0, tmp_path / "sel", task=IMAGES,
                  tensorboard=True)
     val = [h["val_accuracy"] for h in result.history]
     assert result.best_val_accuracy == max(val)
@@ -84,5 +86,5 @@ def test_optimizers_and_schedules_learn(blobs, tmp_path, optimizer, schedule):
     strategy = new_strategy()
     training = TrainingSpec(epochs=4, batch_size=32, lr=0.05 if optimizer == "sgd" else 0.01, optimizer=optimizer,
                             schedule=schedule, step_size=2, grad_clip=1.0)
-    result = fit(strategy, bundle, training, 0, tmp_path / "opt", tensorboard=False)
+    result = fit(strategy, bundle, training, 0, tmp_path / "opt", task=IMAGES, tensorboard=False)
     assert result.best_val_accuracy > 0.6  # three classes: chance is 1/3

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from distillab.engine import precision as precision_module
-from distillab.engine.precision import agreement, autocast, resolve_precision
+from distillab import runtime as precision_module
+from distillab.runtime import agreement, autocast, resolve_precision
 from distillab.errors import SpecError
 from distillab.models.zoo import build_model
 

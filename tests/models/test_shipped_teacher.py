@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distillab import data as data_module
-from distillab.engine.evaluate import evaluate
+from distillab.tasks.image_classification import evaluate
 from distillab.experiment.teacher import get_teachers
 from distillab.models.loading import file_checksum
 from distillab.spec import load_spec

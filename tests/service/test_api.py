@@ -18,7 +18,7 @@ from service_processes import service  # noqa: F401  (fixture)
 from service_processes import PREFIX, UPLOAD_LIMIT_MB, seed_body, upload_teacher
 
 from distillab import data as data_module
-from distillab.engine.evaluate import evaluate
+from distillab.tasks.image_classification import evaluate
 from distillab.models.zoo import build_model
 from distillab.spec import DataSpec
 

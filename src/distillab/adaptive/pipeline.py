@@ -39,7 +39,7 @@ from distillab.adaptive.generator import WeightGenerator
 from distillab.adaptive.objective import Weights, discriminator_step, generator_loss
 from distillab.adaptive.student import AdaptiveStudent
 from distillab.data.transforms import Normalize
-from distillab.engine.checkpoint import check_output_folder, staged_folder
+from distillab.files import check_output_folder, staged_folder
 from distillab.errors import CheckpointError, DistillabError, SpecError
 from distillab.models.critic import critic_loss, critic_step, input_condition, join_condition
 from distillab.models.loading import load_state_into

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distillab.engine.checkpoint import atomic_write_json, check_output_folder, staged_folder
+from distillab.files import atomic_write_json, check_output_folder, staged_folder
 from distillab.errors import DistillabError, close_matches
 from distillab.models.loading import file_checksum
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillab.compress.runs import RunStudent, run_student
-from distillab.engine.checkpoint import atomic_write_json, staged_folder
+from distillab.files import atomic_write_json, staged_folder
 from distillab.errors import DistillabError
 
 
@@ -31,7 +31,7 @@ class Finetuning:
     def of_run(cls, run_dir: Path | str, seed: int | None, *, kd: bool, epochs: int, lr: float | None,
                precision: str | None = None, kd_params: dict | None = None) -> Finetuning:
         """``kd_params`` (temperature, alpha) override the run's response-KD settings."""
-        from distillab.engine.evaluate import resolve_device
+        from distillab.runtime import resolve_device
         from distillab.experiment.job import Job
         from distillab.spec import parse_spec
         from distillab.strategies import STRATEGIES

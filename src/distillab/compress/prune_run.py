@@ -20,7 +20,7 @@ from distillab.compress.finetune import Finetuning, write_derived_run
 from distillab.compress.prune import (PRUNABLE_MODELS, PruneError, channel_targets, channels_to_keep,
                                       conv_blocks, cubic_schedule, magnitude_prune, make_permanent, rebuild)
 from distillab.compress.runs import read_report
-from distillab.engine.checkpoint import check_output_folder
+from distillab.files import check_output_folder
 
 log = logging.getLogger("distillab")
 METHODS = ("channels", "magnitude")

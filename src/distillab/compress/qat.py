@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from distillab.compress.finetune import Finetuning, write_derived_run
-from distillab.engine.checkpoint import check_output_folder
+from distillab.files import check_output_folder
 from distillab.errors import DistillabError
 
 log = logging.getLogger("distillab")

@@ -75,7 +75,7 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
                           f"{', '.join(EXPORT_TASKS)}")
     if spec.strategy.name == "adaptive":
         raise ExportError(f"{run_dir}: an adaptive run's student is exported by its own pipeline "
-                          "(distillab.adaptive.export), not from the run folder")
+                          "(distillab.compress.adaptive_export), not from the run folder")
     chosen = best_seed(run_dir, report) if seed is None else seed
     if chosen not in report["seeds"]:
         raise ExportError(f"--seed {chosen}: the run has seeds {report['seeds']}")
@@ -129,7 +129,7 @@ def export_run(run_dir: Path | str, out: Path | str, *, fmt: str = "onnx", quant
     ``parity_samples`` test inputs, int8 calibration on ``calibration_samples`` training inputs."""
     if calibration_samples < 0 or parity_samples < 1:
         raise ExportError("calibration samples must be >= 0 and parity samples >= 1")
-    from distillab.engine.checkpoint import check_output_folder
+    from distillab.files import check_output_folder
 
     check_output_folder(out, "export", overwrite=overwrite, inputs=[run_dir], error_cls=ExportError)
     student = run_student(run_dir, seed)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from distillab.data.transforms import MIX_COLUMNS, Augment, augmented, draw_augment_params, draw_mix_params
-from distillab.engine.precision import agreement, autocast
+from distillab.runtime import agreement, autocast, requested_precision, resolve_device, resolve_precision
 from distillab.errors import DiskFull, SpecError, is_disk_full
 
 log = logging.getLogger("distillab")
@@ -345,3 +345,18 @@ def _publish(staging: Path, folder: Path) -> None:
             return
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
+
+
+def fill_teacher_caches(spec, bundle, teachers, progress=None) -> list:
+    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache,
+    or when the data has no stable rows to cache by). ``progress(done_views, views)`` follows a fill."""
+    if not spec.cache.enabled or not bundle.cacheable:
+        return []
+    device = resolve_device(spec.training.device)
+    return [
+        teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
+                        cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device,
+                        precision=resolve_precision(requested_precision(spec.training), device),
+                        max_gb=spec.cache.max_gb, progress=progress)
+        for model, checksum, _ in teachers
+    ]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from distillab.engine.checkpoint import atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_json, atomic_write_text
 from distillab.errors import SpecError
 
 

@@ -22,7 +22,7 @@ from distillab.data.corpora import CORPORA, files_stamp
 from distillab.data.text import (SPLITS, SplitData, checked_context, cut_documents, documents_digest,
                                  tokenizer_fingerprint)
 from distillab.data.transforms import Augment
-from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json
+from distillab.files import atomic_write_bytes, atomic_write_json
 from distillab.errors import DataError
 
 EVAL_SENTENCES = 2000

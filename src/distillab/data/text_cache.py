@@ -32,7 +32,7 @@ import torch
 
 from distillab import losses
 from distillab.data.cache import _Array, _locked, default_cache_dir, full_disk_removes, publish_fill, staging_folder
-from distillab.engine.precision import autocast
+from distillab.runtime import autocast
 from distillab.errors import SpecError
 
 log = logging.getLogger("distillab")

@@ -25,7 +25,7 @@ from pathlib import Path
 from distillab.compress.export import ExportError, Tolerance
 from distillab.compress.runs import export_run
 from distillab.deploy.server import MANIFEST, read_manifest, sign_manifest
-from distillab.engine.checkpoint import OUTPUT_MARKER, atomic_write_json, check_output_folder, staged_folder
+from distillab.files import OUTPUT_MARKER, atomic_write_json, check_output_folder, staged_folder
 from distillab.experiment.stats import p_value_text
 from distillab.models.loading import file_checksum
 

@@ -15,10 +15,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from distillab.engine.callbacks import Callback, JsonlLogger, TensorBoardLogger
 from distillab.engine import distributed
-from distillab.engine.checkpoint import atomic_torch_save, atomic_write_bytes, load_training_checkpoint
-from distillab.engine.evaluate import resolve_device
+from distillab.files import atomic_torch_save, atomic_write_bytes
+from distillab.engine.checkpoint import load_training_checkpoint
+from distillab.runtime import resolve_device
 from distillab.engine.optim import build_optimizer, build_scheduler
-from distillab.engine.precision import autocast, requested_precision, resolve_precision
+from distillab.runtime import autocast, requested_precision, resolve_precision
 from distillab.errors import DistillabError, TrainingDiverged
 
 log = logging.getLogger("distillab")
@@ -63,23 +64,20 @@ def fit(
     seed: int,
     run_dir: Path,
     *,
+    task,
     caches: Sequence = (),
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     deadline: float | None = None,
     tensorboard: bool = True,
     description: str = "train",
-    task=None,
 ) -> FitResult:
     """Train ``strategy``'s trainable parameters on ``bundle`` (any data object of the task:
     ``train_batches``, ``eval_batches``, ``steps_per_epoch``); keep the student with the best
     validation score on the task's primary metric (never test). Writes ``checkpoint.pt`` every
     epoch, ``metrics.jsonl``, a TensorBoard log, and ``student.safetensors`` (the selected
-    weights) to ``run_dir``."""
-    if task is None:
-        from distillab.tasks import TASKS
-
-        task = TASKS["image_classification"]
+    weights) to ``run_dir``. ``task`` (a ``tasks.Task``) says what a batch is and how a model is
+    measured; the engine names no task itself."""
     device = resolve_device(training.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from distillab.experiment.teacher import get_teachers
 from distillab.models.zoo import build_model
 from distillab.spec import CacheSpec, ConstraintsSpec, JobSpec, OutputSpec, TrainingSpec
 from distillab.strategies import STRATEGIES
@@ -85,8 +86,8 @@ class Job:
             params=strategy_cls.Params.model_validate(spec.strategy.params),
             build_data=lambda seed: task.build(spec.data, seed, spec),
             build_student=lambda data: task.build_student(spec, data),
-            load_teachers=lambda first, resume=False, callbacks=None: task.load_teachers(spec, first, resume,
-                                                                                         callbacks),
+            load_teachers=lambda first, resume=False, callbacks=None: spec_teachers(spec, task, first, resume,
+                                                                                    callbacks),
             student_name=spec.student.model,
             teacher_names=[t.model or t.pretrained or t.hub or t.url
                            or (t.checkpoint.name if t.is_language_model else t.resolved_format) for t in spec.teachers],
@@ -97,3 +98,12 @@ class Job:
 def as_job(job_or_spec) -> Job:
     """A Job, from a Job or a JobSpec (the benchmarks and the CLI hold specs)."""
     return job_or_spec if isinstance(job_or_spec, Job) else Job.from_spec(job_or_spec)
+
+
+def spec_teachers(spec: JobSpec, task: Task, first, resume: bool = False, callbacks=None) -> list[tuple]:
+    """[(model, checksum, facts)] for the spec's teachers: the task's own loading when it has one
+    (language models, encoders), else the teacher files, or the teachers trained (once, cached)."""
+    teachers = task.load_teachers(spec, first, resume, callbacks)
+    if teachers is not None:
+        return teachers
+    return get_teachers(spec, first, resume=resume, callbacks=callbacks)

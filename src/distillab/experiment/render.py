@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from distillab.files import atomic_write_bytes, atomic_write_text
 from distillab.errors import DistillabError
 from distillab.models.facts import relative_spread
 

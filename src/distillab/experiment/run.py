@@ -22,9 +22,9 @@ import torch
 
 from distillab.data.cache import resolve_views, teacher_outputs
 from distillab.engine.callbacks import FillBar, ProgressBar, show_progress
-from distillab.engine.checkpoint import atomic_write_json
-from distillab.engine.evaluate import resolve_device
-from distillab.engine.precision import precision_record, requested_precision, resolve_precision
+from distillab.files import atomic_write_json
+from distillab.runtime import resolve_device
+from distillab.runtime import precision_record, requested_precision, resolve_precision
 from distillab.engine.loop import Stop, fit
 from distillab.errors import DiskFull, DistillabError, SpecError, is_disk_full
 from distillab.experiment.job import Job, as_job
@@ -58,7 +58,7 @@ class Report:
 
 
 def environment() -> dict:
-    from distillab.engine.precision import bf16_path
+    from distillab.runtime import bf16_path
 
     return {
         "bf16_path": bf16_path(),
@@ -71,21 +71,6 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def teacher_caches(spec, bundle, teachers, progress=None) -> list:
-    """The cached outputs of every teacher for this bundle ([] when the spec disables the cache,
-    or when the data has no stable rows to cache by). ``progress(done_views, views)`` follows a fill."""
-    if not spec.cache.enabled or not bundle.cacheable:
-        return []
-    device = resolve_device(spec.training.device)
-    return [
-        teacher_outputs(model, checksum, bundle, views=spec.cache.views, fp16=spec.cache.fp16,
-                        cache_dir=spec.cache.dir, batch_size=spec.training.eval_batch_size, device=device,
-                        precision=resolve_precision(requested_precision(spec.training), device),
-                        max_gb=spec.cache.max_gb, progress=progress)
-        for model, checksum, _ in teachers
-    ]
 
 
 def check_precision(spec: JobSpec) -> None:
@@ -159,7 +144,7 @@ def _untrained(job: Job, bundle, seed, phase_dir) -> dict:
     """The scratch twin of a task without labels: the student as initialised, measured."""
     from safetensors.torch import save as safetensors_bytes
 
-    from distillab.engine.checkpoint import atomic_write_bytes
+    from distillab.files import atomic_write_bytes
 
     spec = job.settings
     device = resolve_device(spec.training.device)

@@ -13,9 +13,9 @@ from pathlib import Path
 import optuna
 import yaml
 
-from distillab.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from distillab.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from distillab.errors import SpecError
-from distillab.experiment.job import Job
+from distillab.experiment.job import Job, spec_teachers
 from distillab.experiment.run import _phase, _trained_student
 from distillab.spec import apply_override, parse_spec, read_spec_file, resolve_spec_paths
 
@@ -119,7 +119,7 @@ def _objective(base: dict, grid: dict[str, list], ranges: dict, out_dir: Path):
     seeds = spec.training.seeds
     task = Job.from_spec(spec).task
     bundles = {seed: task.build(spec.data, seed, spec) for seed in seeds}
-    teachers = task.load_teachers(spec, bundles[seeds[0]])
+    teachers = spec_teachers(spec, task, bundles[seeds[0]])
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: trial.suggest_categorical(key, vals) for key, vals in grid.items()}

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from distillab import data as data_module
 from distillab.data.cache import default_cache_dir
-from distillab.engine.checkpoint import atomic_write_json
-from distillab.engine.evaluate import evaluate, resolve_device
+from distillab.files import atomic_write_json
+from distillab.tasks.image_classification import evaluate
+from distillab.runtime import resolve_device
 from distillab.engine.loop import fit
 from distillab.errors import SpecError
 from distillab.models.identity import file_teacher_key
@@ -23,6 +24,7 @@ from distillab.models.loading import file_checksum, load_state_into, load_teache
 from distillab.models.teacher_input import with_input_convention
 from distillab.models.zoo import build_model
 from distillab.strategies import STRATEGIES
+from distillab.tasks import TASKS
 
 log = logging.getLogger("distillab")
 
@@ -38,8 +40,8 @@ def train_teacher(spec, index: int, out_path: Path, work_dir: Path, *, resume: b
     bundle = data_module.build(spec.data, seed)
     model = build_model(teacher_spec.model, bundle.in_shape, bundle.num_classes, teacher_spec.model_args)
     strategy = STRATEGIES["none"]([], model, STRATEGIES["none"].Params(), in_shape=bundle.in_shape)
-    result = fit(strategy, bundle, training, seed, work_dir, resume=resume, callbacks=callbacks,
-                 description=f"teacher[{index}] {teacher_spec.model}")
+    result = fit(strategy, bundle, training, seed, work_dir, task=TASKS["image_classification"], resume=resume,
+                 callbacks=callbacks, description=f"teacher[{index}] {teacher_spec.model}")
     device = resolve_device(training.device)
     test = evaluate(model, bundle.test, bundle.normalize, training.eval_batch_size, device)
     facts = {

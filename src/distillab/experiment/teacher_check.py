@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from distillab.data.cache import default_cache_dir
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.files import atomic_write_json
 from distillab.errors import SpecError
 from distillab.models.teacher_input import TeacherInputs, with_input_convention
 from distillab.tasks.base import Evaluation

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from distillab.engine.checkpoint import atomic_write_bytes
+from distillab.files import atomic_write_bytes
 from distillab.errors import CheckpointError
 from distillab.models.zoo import build_model
 

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.files import atomic_write_json
 from distillab.engine.loop import Stop
 from distillab.errors import DistillabError
 

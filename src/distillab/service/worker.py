@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from distillab.engine.callbacks import Callback
-from distillab.engine.checkpoint import atomic_write_json
+from distillab.files import atomic_write_json
 from distillab.engine.loop import Stop
 from distillab.errors import DistillabError, is_disk_full
 from distillab.service.db import make_engine

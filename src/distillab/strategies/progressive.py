@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, model_validator
 
 from distillab import losses
-from distillab.engine.evaluate import predict
+from distillab.tasks.image_classification import predict
 from distillab.errors import DataError
 from distillab.strategies.base import Params, Stage, StepOutput, Strategy
 

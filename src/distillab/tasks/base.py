@@ -61,17 +61,17 @@ class Task:
 
         return build_model(spec.student.model, data.in_shape, data.num_classes, spec.student.model_args)
 
-    def load_teachers(self, spec, data, resume: bool = False, callbacks=None) -> list[tuple]:
-        """[(model, checksum, {"source": ...})] for the spec's teachers (trained when needed)."""
-        from distillab.experiment.teacher import get_teachers
-
-        return get_teachers(spec, data, resume=resume, callbacks=callbacks)
+    def load_teachers(self, spec, data, resume: bool = False, callbacks=None) -> list[tuple] | None:
+        """[(model, checksum, {"source": ...})] for the spec's teachers, for a task that loads its
+        own (language models, encoders); None (the default): the experiment loads the teacher
+        files, or trains the teachers the spec asks for."""
+        return None
 
     def teacher_caches(self, settings, data, teachers, params, progress=None) -> list:
         """The teachers' cached outputs for ``data`` ([] when the cache is off or cannot serve)."""
-        from distillab.experiment.run import teacher_caches
+        from distillab.data.cache import fill_teacher_caches
 
-        return teacher_caches(settings, data, teachers, progress)
+        return fill_teacher_caches(settings, data, teachers, progress)
 
     def model_facts(self, models: dict, data, repeats: int) -> dict[str, dict]:
         """Size and speed of each model (parameters, MB, MACs, latency), measured together."""

@@ -30,6 +30,27 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, mask: to
             "loss": F.cross_entropy(logits, targets).item()}
 
 
+@torch.no_grad()
+def predict(model, images: torch.Tensor, normalize, batch_size: int = 1024, device="cpu") -> torch.Tensor:
+    """(N, K) float32 logits for raw (N, C, H, W) images, in eval mode (the mode is restored)."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        inputs = normalize(images[start : start + batch_size]).to(device)
+        outputs.append(model(inputs).float().cpu())
+    if was_training:
+        model.train()
+    return torch.cat(outputs) if outputs else torch.zeros(0, 0)
+
+
+def evaluate(model, split, normalize, batch_size: int = 1024, device="cpu") -> Evaluation:
+    """Accuracy and loss of ``model`` on one split of images (``split.images``, ``split.labels``)."""
+    logits = predict(model, split.images, normalize, batch_size, device)
+    return Evaluation(classification_metrics(logits, split.labels), "accuracy", logits)
+
+
 class ImageClassification(Task):
     name = "image_classification"
     summary = "classes from inputs (images, or any tensors): accuracy, cross-entropy; the cache stores dense logits"

@@ -194,8 +194,7 @@ class LanguageModeling(Task):
         """The first teacher's top-k log-probabilities at the strategy's temperature, when the
         strategy reads a top-k (``params.top_k``) and the cache is on."""
         from distillab.data.text_cache import teacher_topk
-        from distillab.engine.evaluate import resolve_device
-        from distillab.engine.precision import requested_precision, resolve_precision
+        from distillab.runtime import requested_precision, resolve_device, resolve_precision
 
         k = getattr(params, "top_k", None)
         if not settings.cache.enabled or k is None:

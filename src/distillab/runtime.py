@@ -1,4 +1,5 @@
-"""Numeric precision of training and teacher inference: fp32, or bf16 autocast where the
+"""Where and in what precision models run: the device, and the numeric precision of training
+and teacher inference: fp32, or bf16 autocast where the
 hardware runs it natively (CUDA; on the CPU, AVX512-BF16 or AMX tiles, as torch reports).
 
 Weights, optimizer state and evaluation stay fp32; autocast runs matmuls and convolutions in
@@ -14,6 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from distillab.errors import SpecError
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a spec's ``device`` names (``auto``: CUDA when there is one)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("training.device: cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def cpu_supports_bf16() -> bool:
