@@ -35,13 +35,14 @@ from pathlib import Path
 import torch
 
 from distillab.files import atomic_write_json, atomic_write_text
-from distillab.experiment.run import _phase, environment
+from distillab.experiment.phases import phase as _phase
+from distillab.experiment.report import environment
 from distillab.data.cache import fill_teacher_caches as teacher_caches
 from distillab.experiment.stats import paired_comparison
 from distillab.experiment.teacher import get_teachers
 from distillab.models.facts import interleaved_latency, macs_per_sample
 from distillab.models.zoo import build_model, count_parameters
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 from distillab import data as data_module
 
 ROOT = Path(__file__).resolve().parents[1]

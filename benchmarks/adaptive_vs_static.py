@@ -45,7 +45,8 @@ from distillab.data.readers import ArraySet
 from distillab.files import atomic_write_json, atomic_write_text
 from distillab.engine.checkpoint import load_training_checkpoint
 from distillab.tasks.image_classification import evaluate
-from distillab.experiment.run import _phase, environment
+from distillab.experiment.phases import phase as _phase
+from distillab.experiment.report import environment
 from distillab.data.cache import fill_teacher_caches as teacher_caches
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers

@@ -9,7 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from distillab.spec import JobSpec, load_spec
+from distillab.spec import JobSpec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

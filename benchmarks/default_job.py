@@ -27,7 +27,7 @@ import torch
 import distillab
 from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.stats import paired_comparison
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 600

@@ -45,7 +45,7 @@ def run_one(cpu: str, seeds: list[int], out: Path, spec_path: str, threads: int)
     import distillab
     from distillab.files import atomic_write_json
     from distillab.runtime import bf16_path
-    from distillab.spec import load_spec
+    from distillab.spec_io import load_spec
 
     torch.set_num_threads(threads)
     spec = load_spec(spec_path, [f"training.seeds={seeds}", "output.tensorboard=false", "output.plots=false",

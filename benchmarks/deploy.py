@@ -35,7 +35,7 @@ from distillab.files import atomic_write_json, atomic_write_text
 from distillab.runtime import cpu_features, cpu_supports_bf16
 from distillab.experiment.stats import paired_comparison
 from distillab.models.facts import macs_per_sample
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["data.limit_train=20000", "training.epochs=12", "cache.views=8", "training.seeds=[0, 1, 2]",

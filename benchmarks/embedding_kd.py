@@ -22,7 +22,7 @@ import torch
 
 import distillab
 from distillab.files import atomic_write_json
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SPEARMAN = 0.97

@@ -24,7 +24,7 @@ import torch
 import distillab
 from distillab.files import atomic_write_json
 from distillab.experiment.sweep import sweep
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

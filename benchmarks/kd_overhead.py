@@ -30,11 +30,11 @@ from distillab.files import atomic_write_json, atomic_write_text
 from distillab import runtime as precision_module
 from distillab.engine.loop import fit
 from distillab.runtime import cpu_features, cpu_supports_bf16
-from distillab.experiment.run import environment
+from distillab.experiment.report import environment
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
 from distillab.models.zoo import build_model
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 from distillab.strategies import STRATEGIES
 from distillab.tasks import TASKS
 

@@ -29,7 +29,7 @@ from distillab import losses
 from distillab.data.text_cache import bytes_per_token, teacher_topk
 from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.job import Job
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 from distillab.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]

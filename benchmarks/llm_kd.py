@@ -37,9 +37,9 @@ import torch
 import distillab
 from distillab.files import atomic_write_json, atomic_write_text
 from distillab.experiment.job import Job
-from distillab.experiment.run import _phase
+from distillab.experiment.phases import phase as _phase
 from distillab.experiment.sweep import sweep
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "llm_kd"

@@ -22,7 +22,7 @@ import torch
 
 import distillab
 from distillab.files import atomic_write_json, atomic_write_text
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The reliability table of the README: bad inputs tried on the CLI and over HTTP, the fuzzed
+"""The reliability table (docs/reliability.md): bad inputs tried on the CLI and over HTTP, the fuzzed
 requests, and the faults, each counted from a real pytest run of the hardening tests.
 
     .venv/bin/python benchmarks/reliability.py     # writes benchmarks/results/reliability.{json,md}

@@ -19,7 +19,8 @@ from pathlib import Path
 from common import base_spec, comparison_parser
 from distillab import data as data_module
 from distillab.files import atomic_write_json, atomic_write_text
-from distillab.experiment.run import _phase, _trained_student, environment
+from distillab.experiment.phases import phase as _phase, trained_student as _trained_student
+from distillab.experiment.report import environment
 from distillab.data.cache import fill_teacher_caches as teacher_caches
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers

@@ -13,7 +13,8 @@ from pathlib import Path
 from common import base_spec, comparison_parser
 from distillab import data as data_module
 from distillab.files import atomic_write_json, atomic_write_text
-from distillab.experiment.run import _phase, environment
+from distillab.experiment.phases import phase as _phase
+from distillab.experiment.report import environment
 from distillab.experiment.stats import paired_comparison, summarize
 from distillab.experiment.teacher import get_teachers
 from distillab.models.taps import stage_outputs

@@ -114,8 +114,10 @@ def test_cli_help_and_catalogues_carry_no_internal_history():
 
 def test_the_openapi_document_carries_no_internal_history(tmp_path):
     from distillab.service.app import create_app
+    from distillab.service.estimate import cost_table
     from distillab.service.settings import Settings
 
+    cost_table()  # measured here, so the app's background measurement finishes at once
     app = create_app(Settings(data_dir=tmp_path / "data"))
     document = json.dumps(app.openapi())
     assert "/api/v1/distillation/jobs" in document

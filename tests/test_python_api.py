@@ -279,6 +279,23 @@ def test_a_teacher_on_another_device(trained_teacher):
         Distiller(Teacher().to("meta"), Student())
 
 
+def test_the_training_arguments_are_checked_alike_in_every_entry_point(tmp_path, trained_teacher):
+    """Distiller, train and compare share one set of training arguments: a misspelt one and a bad
+    value are the same error, naming the argument, before anything trains."""
+    from distillab import train
+
+    with pytest.raises(SpecError, match=r"^lrr: not a training argument \(did you mean: lr\?\)"):
+        Distiller(trained_teacher, Student(), lrr=0.1)
+    with pytest.raises(SpecError, match=r"^lrr: not a training argument"):
+        train(Student(), *blobs_tensors(tmp_path)[:1], lrr=0.1)
+    with pytest.raises(SpecError, match=r"^lrr: not a training argument"):
+        compare(trained_teacher, lambda: Student(), *blobs_tensors(tmp_path), lrr=0.1)
+    with pytest.raises(SpecError, match=r"^batch_size: Input should be greater than or equal to 1"):
+        Distiller(trained_teacher, Student(), batch_size=0)
+    with pytest.raises(SpecError, match=r"^optimizer: Input should be 'adamw' or 'sgd'"):
+        train(Student(), *blobs_tensors(tmp_path)[:1], optimizer="lion")
+
+
 def test_objects_that_are_not_modules(tmp_path, trained_teacher):
     with pytest.raises(SpecError, match=r"^teacher: expected a torch.nn.Module, got str"):
         Distiller("resnet", Student())

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from distillab.errors import SpecError
-from distillab.spec import JobSpec, apply_override, load_spec, parse_spec
+from distillab.spec import JobSpec
+from distillab.spec_io import apply_override, load_spec, parse_spec
 from conftest import tiny_spec
 
 

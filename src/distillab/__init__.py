@@ -27,7 +27,7 @@ def run(spec, out_dir=None, **options):
     from pathlib import Path
 
     from distillab.experiment.run import run as run_job
-    from distillab.spec import load_spec
+    from distillab.spec_io import load_spec
 
     if isinstance(spec, (str, Path)):
         spec = load_spec(spec)

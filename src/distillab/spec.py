@@ -14,7 +14,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       ValidationInfo, field_validator, model_validator)
 
 from distillab.errors import SpecError, close_matches
-from distillab.inputs import check_values, parse_document, text_problem
+from distillab.inputs import text_problem
 
 MAX_SEEDS = 100  # one job; the service caps it lower (DISTILLAB_MAX_SEEDS)
 MAX_MODEL_PARAMETERS = 1_000_000_000  # a model a spec may build; the service caps it lower
@@ -274,7 +274,7 @@ class StrategySpec(Strict):
         try:
             validated = STRATEGIES[self.name].Params.model_validate(self.params)
         except ValidationError as error:
-            raise ValueError("; ".join(f"params.{msg}" for msg in _messages(error, STRATEGIES[self.name].Params))) from None
+            raise ValueError("; ".join(f"params.{msg}" for msg in error_messages(error, STRATEGIES[self.name].Params))) from None
         object.__setattr__(self, "params", validated.model_dump())
         return self
 
@@ -458,98 +458,6 @@ def error_items(error: ValidationError, root: type[BaseModel] | None = None) -> 
             if not (kind == "missing" and loc and (tuple(map(str, loc[:-1])), str(loc[-1])) in meant)]
 
 
-def _messages(error: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
+def error_messages(error: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
     """'key.path: problem' for each error."""
     return [f"{'.'.join(str(part) for part in loc) or '(spec)'}: {msg}" for loc, msg, _ in error_items(error, root)]
-
-
-def parse_spec(data: dict | JobSpec, *, teacher_files: bool = True) -> JobSpec:
-    """Validate a dict into a JobSpec; a SpecError lists every problem with its key path.
-    ``teacher_files=False`` accepts teacher checkpoints that are not on this machine (a
-    finished run's student is rebuilt without its teacher)."""
-    if isinstance(data, JobSpec):
-        return data
-    if not isinstance(data, dict):
-        raise SpecError(f"(spec): expected a mapping of keys, got {type(data).__name__}")
-    problems = check_values(data)
-    if problems:
-        raise SpecError(_listing([f"{'.'.join(map(str, loc)) or '(spec)'}: {message}" for loc, message in problems]))
-    try:
-        return JobSpec.model_validate(data, context={"teacher_files": teacher_files})
-    except ValidationError as error:
-        raise SpecError(_listing(_messages(error))) from None
-
-
-def _listing(messages: list[str]) -> str:
-    """One problem on one line; several, one per line under a heading."""
-    if len(messages) == 1:
-        return f"invalid spec: {messages[0]}"
-    return "invalid spec:\n  " + "\n  ".join(messages)
-
-
-def apply_override(data: dict, assignment: str) -> None:
-    """Apply ``key.path=value`` in place; the value is parsed as YAML."""
-    if "=" not in assignment:
-        raise SpecError(f"--set {assignment!r}: expected key.path=value")
-    key, raw = assignment.split("=", 1)
-    value = parse_document(raw, "yaml", f"--set {key}")
-    parts = key.strip().split(".")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
-def read_spec_file(path: Path) -> dict:
-    if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file" if path.exists() else None
-        raise SpecError(f"{path}: {'no such spec file' if kind is None else kind + ', not a spec file'}")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a spec may have at most {MAX_SPEC_BYTES:,}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SpecError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
-    except OSError as error:
-        raise SpecError(f"{path}: cannot read ({error.strerror})") from None
-    data = parse_document(text, "json" if path.suffix == ".json" else "yaml", str(path))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of keys at the top level")
-    return data
-
-
-SPEC_PATH_KEYS = (("data", "path"), ("teacher", "checkpoint"), ("cache", "dir"))
-
-
-def resolve_spec_paths(data: dict, folder: Path) -> dict:
-    """Relative paths in a spec file (data.path, teacher.checkpoint, cache.dir) resolved against
-    the file's folder, so a spec runs the same from any working folder."""
-
-    def resolved(value):
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            return str((folder / value).resolve())
-        return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
-
-    for section, key in SPEC_PATH_KEYS:
-        node = data.get(section)
-        for entry in node if isinstance(node, list) else [node]:
-            if isinstance(entry, dict) and key in entry:
-                entry[key] = resolved(entry[key])
-    return data
-
-
-def load_spec(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
-    """A spec file, its relative paths resolved against its folder, then the ``--set`` overrides
-    (whose relative paths are the working folder's, as typed)."""
-    path = Path(path)
-    data = resolve_spec_paths(read_spec_file(path), path.resolve().parent)
-    for assignment in overrides:
-        apply_override(data, assignment)
-    return parse_spec(data)

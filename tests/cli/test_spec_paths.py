@@ -8,7 +8,7 @@ from conftest import tiny_spec
 from typer.testing import CliRunner
 
 from distillab.cli import app
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 runner = CliRunner()
 

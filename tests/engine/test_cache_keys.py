@@ -107,7 +107,7 @@ def test_a_trained_teachers_key_follows_the_data_contents(tmp_path):
     """A teacher distillab trains is cached by its spec and by the training data's contents: a
     data file replaced at the same path trains a new teacher."""
     from distillab.experiment.teacher import _trained_teacher_key
-    from distillab.spec import parse_spec
+    from distillab.spec_io import parse_spec
 
     npz = make_blobs_npz(tmp_path / "blobs.npz")
     spec = {"name": "t", "data": {"dataset": "npz", "path": str(npz)}, "teacher": {"model": "cnn_tiny"},

@@ -10,7 +10,7 @@ from distillab import data as data_module
 from distillab.tasks.image_classification import evaluate
 from distillab.experiment.teacher import get_teachers
 from distillab.models.loading import file_checksum
-from distillab.spec import load_spec
+from distillab.spec_io import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "teachers" / "fashion_mnist_resnet20.safetensors"

@@ -156,7 +156,7 @@ def test_budget_stops_the_job_with_partial_results_and_says_why(service):
 def test_killed_worker_job_resumes_from_its_checkpoint(service):
     teacher = upload_teacher(service)
     with service.client() as client:
-        job = client.post("/jobs", json=seed_body(teacher, epochs=30, batch_size=8)).json()
+        job = client.post("/jobs", json=seed_body(teacher, epochs=12, batch_size=8)).json()
         first = service.start_worker()
         service.wait(job["job_id"], lambda j: (j["current_metrics"].get("epoch") or 0) >= 3
                      and j["current_phase"] == "scratch")
@@ -174,7 +174,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint(service):
         assert resumed["attempt"] == 2 and resumed["epochs_done"] >= epochs_before
         report = client.get(f"/jobs/{job['job_id']}/artifacts/report.json").json()
         scratch = next(m for m in report["models"] if m["role"] == "scratch")
-        assert len(scratch["curves"]["0"]) == 30  # every epoch, once
+        assert len(scratch["curves"]["0"]) == 12  # every epoch, once
         log = (service.data_dir / "jobs" / job["job_id"] / "worker.log").read_text()
         assert f"resumed after epoch {epochs_before}" in log
     service.stop_workers()

@@ -2,7 +2,7 @@
 this server's measured cost per MAC."""
 
 from distillab.service.estimate import cost_table, estimate, model_macs
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 
 
 def spec_with(student_args: dict, teacher_args: dict | None = None):

@@ -10,7 +10,7 @@ from conftest import tiny_spec
 from distillab.experiment.run import run
 from distillab.service.settings import Settings
 from distillab.service.worker import LEASE_HEARTBEATS, UNRENEWED, Budget, JobProgress, LeaseLost, Worker
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 
 
 def _progress(spec_dict, fence_after_s):

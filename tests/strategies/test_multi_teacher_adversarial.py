@@ -13,7 +13,7 @@ from distillab import losses
 from distillab.data.user import tensor_bundle
 from distillab.errors import SpecError
 from distillab.models.zoo import build_model
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 from distillab.strategies.adversarial import Adversarial
 from distillab.strategies.multi_teacher import MultiTeacher
 from conftest import tiny_spec

@@ -7,7 +7,8 @@ from torch import nn
 import distillab
 from distillab import data as data_module
 from distillab.errors import SpecError
-from distillab.spec import DataSpec, parse_spec
+from distillab.spec import DataSpec
+from distillab.spec_io import parse_spec
 from distillab.strategies import STRATEGIES
 from distillab.strategies.progressive import Progressive, ProgressiveParams
 from conftest import tiny_spec

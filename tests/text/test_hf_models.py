@@ -12,7 +12,7 @@ from conftest import make_tiny_lm, text_spec
 from distillab.errors import CheckpointError, DataError, DistillabError, SpecError
 from distillab.models.hf import load_causal_lm, resolve_source
 from distillab.models.zoo import build_model
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 from distillab.tasks import TASKS
 
 REFERENCE = Path(__file__).parents[1] / "models" / "data" / "smollm2_reference.json"

@@ -7,7 +7,7 @@ import torch
 
 from distillab.data.text_cache import bytes_per_token, distinct_tail, teacher_topk, topk_logprobs
 from distillab.errors import SpecError
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 from distillab.tasks import TASKS
 from conftest import text_spec
 

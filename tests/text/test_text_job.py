@@ -111,7 +111,7 @@ def test_validate_reads_a_language_model_teacher_without_its_weights(tmp_path, c
     strategy against it (a layer pair out of range is named)."""
     import torch
 
-    from distillab.spec import parse_spec
+    from distillab.spec_io import parse_spec
     from distillab.tasks.language_modeling import load_lm_teacher, weightless_teachers
 
     spec = parse_spec(text_spec(corpus, tiny_lm))
@@ -153,7 +153,7 @@ def test_a_language_model_teachers_evaluation_is_cached_by_its_key(tmp_path, cor
     """The teacher's test-split evaluation of a text job is kept by (teacher, split contents):
     a second run reads it; other text is measured again."""
     from distillab.experiment.teacher_check import cached_evaluation
-    from distillab.spec import parse_spec
+    from distillab.spec_io import parse_spec
     from distillab.tasks import TASKS
     from distillab.tasks.language_modeling import load_lm_teacher
 

@@ -33,14 +33,14 @@ class Finetuning:
         """``kd_params`` (temperature, alpha) override the run's response-KD settings."""
         from distillab.runtime import resolve_device
         from distillab.experiment.job import Job
-        from distillab.spec import parse_spec
+        from distillab.spec_io import parse_spec
         from distillab.strategies import STRATEGIES
 
         student = run_student(run_dir, seed)
         spec = parse_spec(student.report["spec"])
-        if spec.strategy.name == "adaptive_v2":
-            raise DistillabError(f"{run_dir}: an adaptive_v2 student's dynamic convolutions are neither pruned nor "
-                                 "quantization-trained; export it (distillab export, optionally --quantize) instead")
+        if not STRATEGIES[spec.strategy.name].compressible:
+            raise DistillabError(f"{run_dir}: an {spec.strategy.name} student's dynamic convolutions are neither pruned "
+                                 "nor quantization-trained; export it (distillab export, optionally --quantize) instead")
         job = Job.from_spec(spec)
         update = {"epochs": max(1, epochs), "warmup_epochs": 0.0,
                   "lr": lr if lr is not None else spec.training.lr / 4}

@@ -32,7 +32,7 @@ def prune_run(run_dir: Path | str, out: Path | str, *, method: str = "channels",
               temperature: float | None = None, alpha: float | None = None) -> dict:
     """Prune the run's student; returns the history written to ``prune.json``. ``temperature``
     and ``alpha`` override the run's KD settings for the fine-tuning."""
-    from distillab.spec import parse_spec
+    from distillab.spec_io import parse_spec
 
     if method not in METHODS:
         raise PruneError(f"--method {method!r}: choose from {', '.join(METHODS)}")

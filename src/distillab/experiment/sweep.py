@@ -16,8 +16,8 @@ import yaml
 from distillab.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from distillab.errors import SpecError
 from distillab.experiment.job import Job, spec_teachers
-from distillab.experiment.run import _phase, _trained_student
-from distillab.spec import apply_override, parse_spec, read_spec_file, resolve_spec_paths
+from distillab.experiment.phases import phase, trained_student
+from distillab.spec_io import apply_override, parse_spec, read_spec_file, resolve_spec_paths
 
 log = logging.getLogger("distillab")
 
@@ -139,10 +139,10 @@ def _objective(base: dict, grid: dict[str, list], ranges: dict, out_dir: Path):
             trial_dir = out_dir / "trials" / f"{trial.number:04d}" / f"seed_{seed}"
             scratch = None
             if job.strategy_cls.stages(job.params):
-                summary = _phase(job, trial_bundles[seed], seed, "scratch", teachers, trial_caches[seed],
+                summary = phase(job, trial_bundles[seed], seed, "scratch", teachers, trial_caches[seed],
                                  trial_dir / "scratch", True, None, None, test_split=False)
-                scratch = _trained_student(job, trial_bundles[seed], seed, summary, trial_dir / "scratch")
-            result = _phase(job, trial_bundles[seed], seed, "distilled", teachers, trial_caches[seed],
+                scratch = trained_student(job, trial_bundles[seed], seed, summary, trial_dir / "scratch")
+            result = phase(job, trial_bundles[seed], seed, "distilled", teachers, trial_caches[seed],
                             trial_dir / "distilled", True, None, None, scratch=scratch, test_split=False)
             accuracies.append(result["val_accuracy"])
         return statistics.fmean(accuracies)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from distillab.engine import distributed
     from distillab.experiment.run import run
     from distillab.service.worker import Budget, JobProgress
-    from distillab.spec import parse_spec
+    from distillab.spec_io import parse_spec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--job-dir", type=Path, required=True)

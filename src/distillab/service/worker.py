@@ -31,7 +31,7 @@ from distillab.errors import DistillabError, is_disk_full
 from distillab.service.db import make_engine
 from distillab.service.settings import Settings, private_data_dir
 from distillab.service.store import Claim, JobStore
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 from distillab.strategies import STRATEGIES
 
 log = logging.getLogger("distillab.worker")
@@ -235,7 +235,8 @@ class Worker:
     def run_job(self, claim: Claim) -> str:
         """Run one claimed job to its end; returns the status it finished with. Whatever goes
         wrong (a full disk included) ends in a recorded status, never in a dead worker."""
-        from distillab.experiment.run import partial_summary, run
+        from distillab.experiment.report import partial_summary
+        from distillab.experiment.run import run
 
         folder = job_dir(self.settings, claim.job_id)
         out, partial = folder / "run", folder / "run.partial"

@@ -1,0 +1,5 @@
+"""``python -m distillab.cli``."""
+
+from distillab.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The job service's routes, one module per resource; ``service.app`` assembles them."""
