@@ -14,6 +14,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       ValidationInfo, field_validator, model_validator)
 
 from distillab.errors import SpecError, close_matches
+from distillab.spec_auto import AutoSpec
 from distillab.inputs import text_problem
 
 MAX_SEEDS = 100  # one job; the service caps it lower (DISTILLAB_MAX_SEEDS)
@@ -311,6 +312,7 @@ class JobSpec(Strict):
     cache: CacheSpec = CacheSpec()
     constraints: ConstraintsSpec = ConstraintsSpec()
     output: OutputSpec = OutputSpec()
+    auto: AutoSpec | None = Field(None, description="constraints, budget and space of distillab auto")
     accept_weak_teacher: StrictBool = Field(
         False, description="train even when the teacher scores near chance on validation, or better under another "
                            "teacher.input (the report records it)")

@@ -20,7 +20,7 @@ def spec_file(tmp_path, blobs, tiny_teacher):
 
 def test_grid_sweep_resumes_without_redoing_finished_trials(spec_file, tmp_path, monkeypatch):
     grid = parse_grid(["strategy.params.temperature=1,4", "strategy.params.alpha=0.1,0.9"])
-    real_phase = sweep_module._phase
+    real_phase = sweep_module.phase
     calls = []
 
     def interrupted_phase(*args, **kwargs):
@@ -29,11 +29,11 @@ def test_grid_sweep_resumes_without_redoing_finished_trials(spec_file, tmp_path,
         calls.append(args[3])
         return real_phase(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "_phase", interrupted_phase)
+    monkeypatch.setattr(sweep_module, "phase", interrupted_phase)
     with pytest.raises(KeyboardInterrupt):
         sweep(spec_file, tmp_path / "sweep", grid, {})
 
-    monkeypatch.setattr(sweep_module, "_phase", lambda *a, **k: (calls.append(a[3]), real_phase(*a, **k))[1])
+    monkeypatch.setattr(sweep_module, "phase", lambda *a, **k: (calls.append(a[3]), real_phase(*a, **k))[1])
     best = sweep(spec_file, tmp_path / "sweep", grid, {})
     assert len(calls) == 4  # 2 before the interruption + the 2 remaining grid points, nothing redone
     assert best["trials"] == 4 and best["selected_on"] == "validation split"

@@ -15,7 +15,7 @@ logging.basicConfig(level=logging.INFO)
 from distillab import data
 from distillab.experiment.teacher import get_teachers
 from distillab.models.loading import file_checksum
-from distillab.spec import parse_spec
+from distillab.spec_io import parse_spec
 spec = parse_spec(json.loads(sys.argv[1]))
 teachers = get_teachers(spec, data.build(spec.data, 0))
 _, checksum, facts = teachers[0]

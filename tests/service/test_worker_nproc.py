@@ -6,13 +6,14 @@ import os
 
 import pytest
 
-from service_databases import postgres_server  # noqa: F401  (fixture)
 from service_processes import running_service, seed_body, upload_teacher
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# SQLite only: what runs in two processes is the job, not the store (the store's claims and leases
+# are tested on PostgreSQL in test_api and test_store)
+@pytest.fixture(scope="module", params=["sqlite"])
 def service(request, tmp_path_factory):
     with running_service(request, tmp_path_factory) as running:
         running.start_worker("--nproc", "2")

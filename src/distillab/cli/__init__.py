@@ -1,4 +1,4 @@
-"""The ``distillab`` command line: one module per command group (``train``, ``catalog``,
+"""The ``distillab`` command line: one module per command group (``train``, ``auto``, ``catalog``,
 ``data``, ``compress``, ``serve``), sharing ``common``'s app and error wrapper."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import sys
 
 # each module registers its commands on import, in this order (the order of `distillab --help`)
 from distillab.cli import train  # noqa: F401,I001
+from distillab.cli import auto  # noqa: F401
 from distillab.cli import catalog  # noqa: F401
 from distillab.cli import data  # noqa: F401
 from distillab.cli import compress  # noqa: F401

@@ -173,7 +173,7 @@ def _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, prog
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
-    return History(result.history, result.best_epoch, result.best_val_accuracy, None if temporary else folder)
+    return History(result.history, result.best_epoch, result.best_val_score, None if temporary else folder)
 
 
 def _cache(enabled: bool, views) -> CacheSpec:

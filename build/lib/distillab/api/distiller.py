@@ -25,7 +25,7 @@ from distillab.api.functions import evaluate
 from distillab.api.text import TEXT_TASKS, as_text_model, task_of, text_data, tokenizer_of
 from distillab.data.user import user_data
 from distillab.errors import SpecError
-from distillab.experiment.job import Settings, StrategyChoice
+from distillab.experiment.job import RunSettings, StrategyChoice
 from distillab.runtime import resolve_device
 from distillab.spec import CacheSpec
 from distillab.strategies.base import Strategy
@@ -123,7 +123,7 @@ class Distiller:
         if self.cache.enabled and data.cacheable and self.strategy_cls.uses_teacher and self.strategy_cls.logits_only:
             keys = _teacher_keys(self.teachers, data)
             if all(key is not None for key in keys):
-                settings = Settings("fit", StrategyChoice(self.strategy_cls.__name__, {}), training, self.cache)
+                settings = RunSettings("fit", StrategyChoice(self.strategy_cls.__name__, {}), training, self.cache)
                 caches = self.task.teacher_caches(settings, data, [(t, key, {}) for t, key in zip(self.teachers, keys)],
                                                   self.params)
         self.history = _engine_fit(strategy, data, training, seed, run_dir, resume, callbacks, progress, "fit",

@@ -28,7 +28,7 @@ from distillab.api.text import TEXT_TASKS, as_text_model, name_of, task_of, text
 from distillab.data.user import LoaderData, user_data
 from distillab.engine.callbacks import show_progress
 from distillab.errors import SpecError
-from distillab.experiment.job import Job, Settings, StrategyChoice
+from distillab.experiment.job import Job, RunSettings, StrategyChoice
 from distillab.runtime import resolve_device
 from distillab.spec import OutputSpec
 from distillab.strategies import STRATEGIES
@@ -164,7 +164,7 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
     training = training_spec(arguments, epochs=epochs, seeds=list(seeds))
     strategy_name = strategy if isinstance(strategy, str) and loss is None else (
         "custom_loss" if loss is not None else strategy.__name__)
-    settings = Settings(name, StrategyChoice(strategy_name, params.model_dump(mode="json")), training,
+    settings = RunSettings(name, StrategyChoice(strategy_name, params.model_dump(mode="json")), training,
                         _cache(cache, cache_views), output=OutputSpec(plots=plots, tensorboard=False,
                                                                     latency_repeats=latency_repeats),
                         accept_weak_teacher=accept_weak_teacher)

@@ -38,9 +38,9 @@ class Finetuning:
 
         student = run_student(run_dir, seed)
         spec = parse_spec(student.report["spec"])
-        if spec.strategy.name == "adaptive_v2":
-            raise DistillabError(f"{run_dir}: an adaptive_v2 student's dynamic convolutions are neither pruned nor "
-                                 "quantization-trained; export it (distillab export, optionally --quantize) instead")
+        if not STRATEGIES[spec.strategy.name].compressible:
+            raise DistillabError(f"{run_dir}: an {spec.strategy.name} student's dynamic convolutions are neither pruned "
+                                 "nor quantization-trained; export it (distillab export, optionally --quantize) instead")
         job = Job.from_spec(spec)
         update = {"epochs": max(1, epochs), "warmup_epochs": 0.0,
                   "lr": lr if lr is not None else spec.training.lr / 4}

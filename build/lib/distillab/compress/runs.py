@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from distillab.compress.export import EXPORT_TASKS, ExportError, Tolerance, export_model
+from distillab.strategies import STRATEGIES
 from distillab.errors import DistillabError
 
 
@@ -73,8 +74,9 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
     if spec.task not in EXPORT_TASKS:
         raise ExportError(f"{run_dir}: a {spec.task} student outputs embeddings, not logits; export supports "
                           f"{', '.join(EXPORT_TASKS)}")
-    if spec.strategy.name == "adaptive":
-        raise ExportError(f"{run_dir}: an adaptive run's student is exported by its own pipeline "
+    strategy_cls = STRATEGIES[spec.strategy.name]
+    if strategy_cls.student_export == "pipeline":
+        raise ExportError(f"{run_dir}: an {spec.strategy.name} run's student is exported by its own pipeline "
                           "(distillab.compress.adaptive_export), not from the run folder")
     chosen = best_seed(run_dir, report) if seed is None else seed
     if chosen not in report["seeds"]:
@@ -86,7 +88,7 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
     job = Job.from_spec(spec)
     data = job.build_data(chosen)
     model = job.build_student(data)
-    if spec.strategy.name == "adaptive_v2":  # its chosen convolutions are dynamic: the strategy rebuilds them
+    if strategy_cls.student_export == "rebuilt":  # e.g. dynamic convolutions: the strategy rebuilds them
         model = job.make_strategy([], model, data).deployed_model()
     model = load_state_into(model, weights, "student").eval()
     distilled = next(m for m in report["models"] if m["role"] == "distilled")

@@ -75,7 +75,11 @@ def read_mnist_folder(folder: Path) -> tuple[ArraySet, ArraySet]:
 
 def read_digits(_: Path | None) -> tuple[ArraySet, ArraySet]:
     """scikit-learn's 8x8 digits (1797 images, values 0..16); a fixed 80/20 train/test split."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise DataError("data.dataset: digits comes with scikit-learn, which is not installed: "
+                        "pip install 'distillab[digits]'") from None
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)

@@ -44,7 +44,7 @@ class Stop(Exception):
 @dataclass
 class FitResult:
     best_epoch: int
-    best_val_accuracy: float  # the task's primary validation metric (accuracy for classification)
+    best_val_score: float  # the task's primary validation metric (accuracy; bits per character; Spearman)
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     seconds_per_epoch: float = 0.0

@@ -26,7 +26,7 @@ class StrategyChoice:
 
 
 @dataclass
-class Settings:
+class RunSettings:
     """The parts of a spec that do not name models or data: how to train, cache and report.
     A ``JobSpec`` has the same attributes; the Python API builds one of these."""
 
@@ -47,7 +47,7 @@ class Settings:
 
 @dataclass
 class Job:
-    settings: Any  # JobSpec or Settings
+    settings: Any  # JobSpec or RunSettings
     task: Task
     strategy_cls: type
     params: BaseModel

@@ -42,11 +42,11 @@ def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline
         measured = {"test_score": test.value,  # the task's primary metric
                     "test_accuracy": test.metrics.get("accuracy", test.value), "test_metrics": test.metrics}
     else:
-        log.info("%s: validation %s %.4f", label, job.task.metric, result.best_val_accuracy)
+        log.info("%s: validation %s %.4f", label, job.task.metric, result.best_val_score)
         measured = {"test_score": None, "test_accuracy": None, "test_metrics": {}}
     return {
         **measured,
-        "val_accuracy": result.best_val_accuracy,
+        "val_accuracy": result.best_val_score,
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": result.seconds_per_epoch,
         "extra_training_params": strategy.extra_parameter_count(),

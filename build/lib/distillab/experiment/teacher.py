@@ -51,7 +51,7 @@ def train_teacher(spec, index: int, out_path: Path, work_dir: Path, *, resume: b
         "seed": seed,
         "epochs": training.epochs,
         "best_epoch": result.best_epoch,
-        "val_accuracy": result.best_val_accuracy,
+        "val_accuracy": result.best_val_score,
         "test_accuracy": test.accuracy,
         "seconds": round(result.seconds, 1),
         "command": shlex.join(["distillab", *sys.argv[1:]]) if sys.argv[0].endswith("distillab") else None,

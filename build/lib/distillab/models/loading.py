@@ -96,29 +96,48 @@ def _mismatch(model: nn.Module, state: dict) -> str:
     return "; ".join(parts) or "the tensors do not load"
 
 
+def _safetensors_teacher(spec, path: Path, in_shape, num_classes: int, where: str) -> nn.Module:
+    """A zoo model (``spec.model``) with the file's weights."""
+    state = read_state(path, where)
+    classifier = state.get("classifier.weight")  # zoo models name their last layer "classifier"
+    if classifier is not None and classifier.shape[0] != num_classes:
+        raise CheckpointError(f"{where}: {path}: the model outputs {classifier.shape[0]} classes per sample "
+                              f"but the dataset has {num_classes} classes")
+    model = build_model(spec.model, in_shape, num_classes, spec.model_args)
+    load_state_into(model, path, where, state)
+    return model
+
+
+def _torchscript_teacher(spec, path: Path, in_shape, num_classes: int, where: str) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError, OSError) as error:
+        raise CheckpointError(f"{where}: {path} is not a loadable TorchScript file ({error})") from None
+
+
+def _onnx_teacher(spec, path: Path, in_shape, num_classes: int, where: str) -> nn.Module:
+    return OnnxTeacher(path, where)  # a black box: logits only
+
+
+# classifier teacher files by format (language-model formats, gguf and hf, load in models.hf):
+# a new format is one function and one line here
+TEACHER_LOADERS = {
+    "safetensors": _safetensors_teacher,
+    "torchscript": _torchscript_teacher,
+    "onnx": _onnx_teacher,
+}
+
+
 def load_teacher(spec, in_shape, num_classes: int, where: str = "teacher") -> tuple[nn.Module, str]:
     """(model in eval mode, checksum of the weights). ``spec`` is a TeacherSpec with a checkpoint."""
     path = spec.checkpoint
     if path is None:
         raise ValueError("load_teacher needs a TeacherSpec with a checkpoint; train the teacher first")
     fmt = spec.resolved_format
-    if fmt == "safetensors":
-        state = read_state(path, f"{where}.checkpoint")
-        classifier = state.get("classifier.weight")  # zoo models name their last layer "classifier"
-        if classifier is not None and classifier.shape[0] != num_classes:
-            raise CheckpointError(
-                f"{where}.checkpoint: {path}: the model outputs {classifier.shape[0]} classes per sample "
-                f"but the dataset has {num_classes} classes"
-            )
-        model = build_model(spec.model, in_shape, num_classes, spec.model_args)
-        load_state_into(model, path, f"{where}.checkpoint", state)
-    elif fmt == "torchscript":
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError, OSError) as error:
-            raise CheckpointError(f"{where}.checkpoint: {path} is not a loadable TorchScript file ({error})") from None
-    else:
-        model = OnnxTeacher(path, f"{where}.checkpoint")
+    if fmt not in TEACHER_LOADERS:
+        raise CheckpointError(f"{where}.format: {fmt} files are language models; an image classifier teacher is "
+                              f"one of: {', '.join(TEACHER_LOADERS)}")
+    model = TEACHER_LOADERS[fmt](spec, path, in_shape, num_classes, f"{where}.checkpoint")
     model.eval()
     _check_finite(model, f"{where}.checkpoint: {path}")
     _check_output(model, in_shape, num_classes, f"{where}.checkpoint: {path}")

@@ -33,7 +33,7 @@ class User(Base):
 JOB_STATUSES = ("queued", "running", "cancelling", "cancelled", "stopped", "completed", "failed")
 
 
-class Job(Base):
+class JobRecord(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_owner_created", "owner_id", "created_at"),)  # the listing, newest first
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

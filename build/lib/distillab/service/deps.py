@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, defer
 
 from distillab.service.auth import hash_key, user_by_key_hash
-from distillab.service.db import AuditEvent, Job, RegisteredModel, User
+from distillab.service.db import AuditEvent, JobRecord, RegisteredModel, User
 from distillab.service.settings import Settings
 from distillab.service.worker import job_dir
 
@@ -133,34 +133,34 @@ AdminUser = Annotated[User, Depends(_admin)]
 
 # the columns a job's public view does not read: not loaded (nor JSON-decoded) for the hot reads;
 # a route that needs them (results) reads them on access, from a session of its own
-PUBLIC_ONLY = (defer(Job.spec, raiseload=False), defer(Job.options, raiseload=False))
-PUBLIC_COLUMNS = (Job.id, Job.owner_id, Job.name, Job.description, Job.strategy, Job.status, Job.progress,
-                  Job.current_phase, Job.metrics, Job.created_at, Job.started_at, Job.finished_at,
-                  Job.estimated_seconds, Job.estimated_cost_usd, Job.device_seconds, Job.attempts, Job.error,
-                  Job.stop_reason)
+PUBLIC_ONLY = (defer(JobRecord.spec, raiseload=False), defer(JobRecord.options, raiseload=False))
+PUBLIC_COLUMNS = (JobRecord.id, JobRecord.owner_id, JobRecord.name, JobRecord.description, JobRecord.strategy, JobRecord.status, JobRecord.progress,
+                  JobRecord.current_phase, JobRecord.metrics, JobRecord.created_at, JobRecord.started_at, JobRecord.finished_at,
+                  JobRecord.estimated_seconds, JobRecord.estimated_cost_usd, JobRecord.device_seconds, JobRecord.attempts, JobRecord.error,
+                  JobRecord.stop_reason)
 
 
 @functools.lru_cache(maxsize=8)
 def listing_statements(all_users: bool, by_status: bool, by_strategy: bool):
     """(count, page) statements of GET /jobs for one combination of filters, built once: the
     public columns only, as rows (no ORM objects), the values bound at execution."""
-    filters = [] if all_users else [Job.owner_id == bindparam("owner")]
+    filters = [] if all_users else [JobRecord.owner_id == bindparam("owner")]
     if by_status:
-        filters.append(Job.status == bindparam("status"))
+        filters.append(JobRecord.status == bindparam("status"))
     if by_strategy:
-        filters.append(Job.strategy == bindparam("strategy"))
-    count = select(func.count(Job.id)).where(*filters)
-    page = (select(*PUBLIC_COLUMNS).where(*filters).order_by(Job.created_at.desc(), Job.id)
+        filters.append(JobRecord.strategy == bindparam("strategy"))
+    count = select(func.count(JobRecord.id)).where(*filters)
+    page = (select(*PUBLIC_COLUMNS).where(*filters).order_by(JobRecord.created_at.desc(), JobRecord.id)
             .limit(bindparam("limit")).offset(bindparam("offset")))
     return count, page
 
 
-def _load_job(request: Request, job_id: str) -> Job | None:
+def _load_job(request: Request, job_id: str) -> JobRecord | None:
     with request.app.state.read_sessions() as session:
-        return session.get(Job, job_id, options=PUBLIC_ONLY)
+        return session.get(JobRecord, job_id, options=PUBLIC_ONLY)
 
 
-async def _owned_job(job_id: str, user: CurrentUser, request: Request) -> Job:
+async def _owned_job(job_id: str, user: CurrentUser, request: Request) -> JobRecord:
     """The caller's job; an admin may reach anyone's (their cancellations are audited as such)."""
     # inline in the event loop: on SQLite and on a local PostgreSQL a primary-key read took less than
     # a trip to a worker thread (benchmarks/api_load.py, both databases, measured both ways)
@@ -184,7 +184,7 @@ def echo(value: str, limit: int = 200) -> str:
     return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
-OwnedJob = Annotated[Job, Depends(_owned_job)]
+OwnedJob = Annotated[JobRecord, Depends(_owned_job)]
 
 
 def audit_event(session: Session, user: User | None, action: str, target: str | None = None, **detail) -> None:
@@ -196,7 +196,7 @@ def stored_bytes(session: Session, settings: Settings, user_id: int) -> int:
     models = session.scalar(select(func.coalesce(func.sum(RegisteredModel.size_bytes), 0))
                             .where(RegisteredModel.owner_id == user_id)) or 0
     total = int(models)
-    for job_id in session.scalars(select(Job.id).where(Job.owner_id == user_id)):
+    for job_id in session.scalars(select(JobRecord.id).where(JobRecord.owner_id == user_id)):
         for root, _dirs, files in os.walk(job_dir(settings, job_id)):
             for name in files:
                 try:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from distillab.service.db import Job, Worker, utcnow
+from distillab.service.db import JobRecord, Worker, utcnow
 
 TERMINAL = ("cancelled", "stopped", "completed", "failed")
 ACTIVE = ("queued", "running", "cancelling")
@@ -43,7 +43,7 @@ class JobStore:
                options: dict | None = None, session=None) -> str:
         """A queued job; inside ``session`` when given (so an audit row commits with it)."""
         job_id = uuid.uuid4().hex
-        job = Job(id=job_id, owner_id=owner_id, name=name, description=description, strategy=strategy,
+        job = JobRecord(id=job_id, owner_id=owner_id, name=name, description=description, strategy=strategy,
                   spec=spec, status="queued", progress=0.0, metrics={}, attempts=0, options=options or {},
                   device_seconds=0.0, estimated_seconds=estimated_seconds, estimated_cost_usd=estimated_cost_usd)
         if session is not None:
@@ -53,9 +53,9 @@ class JobStore:
             own.add(job)
         return job_id
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> JobRecord | None:
         with self.sessions() as session:
-            return session.get(Job, job_id)
+            return session.get(JobRecord, job_id)
 
     def claim(self, worker_id: str) -> Claim | None:
         """The oldest queued job, now running on ``worker_id``; None when the queue is empty.
@@ -64,12 +64,12 @@ class JobStore:
         the same instant can each start one of a user's jobs, so the limit can be passed by
         the number of workers racing, never more."""
         with self.sessions.begin() as session:
-            query = select(Job).where(Job.status == "queued")
+            query = select(JobRecord).where(JobRecord.status == "queued")
             if self.max_running_per_user is not None:
-                busy = (select(Job.owner_id).where(Job.status.in_(("running", "cancelling"))).group_by(Job.owner_id)
+                busy = (select(JobRecord.owner_id).where(JobRecord.status.in_(("running", "cancelling"))).group_by(JobRecord.owner_id)
                         .having(func.count() >= self.max_running_per_user))
-                query = query.where(Job.owner_id.not_in(busy))
-            query = query.order_by(Job.created_at, Job.id).limit(1)
+                query = query.where(JobRecord.owner_id.not_in(busy))
+            query = query.order_by(JobRecord.created_at, JobRecord.id).limit(1)
             if self.skip_locked:
                 query = query.with_for_update(skip_locked=True)
             job = session.scalars(query).first()
@@ -95,9 +95,9 @@ class JobStore:
         if device_seconds is not None:
             values["device_seconds"] = device_seconds
         with self.sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id,
-                                              Job.status.in_(("running", "cancelling"))).values(**values))
-            job = session.get(Job, job_id)
+            session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.worker_id == worker_id,
+                                              JobRecord.status.in_(("running", "cancelling"))).values(**values))
+            job = session.get(JobRecord, job_id)
             return "lost" if job is None or job.worker_id != worker_id else job.status
 
     def requeue_stale(self, timeout_s: float, now: datetime | None = None) -> list[str]:
@@ -105,8 +105,8 @@ class JobStore:
         queue (they resume from their checkpoint); cancelling ones become cancelled."""
         cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
         with self.sessions.begin() as session:
-            stale = session.scalars(select(Job).where(Job.status.in_(("running", "cancelling")),
-                                                      Job.heartbeat_at < cutoff)).all()
+            stale = session.scalars(select(JobRecord).where(JobRecord.status.in_(("running", "cancelling")),
+                                                      JobRecord.heartbeat_at < cutoff)).all()
             for job in stale:
                 if job.status == "cancelling":
                     job.status, job.finished_at = "cancelled", utcnow()
@@ -119,7 +119,7 @@ class JobStore:
         """Queued jobs are cancelled at once; running ones are asked to stop (the worker saves
         its checkpoint and partial results, then calls ``finish(..., "cancelled")``)."""
         with self.sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = session.get(JobRecord, job_id)
             if job is None:
                 raise KeyError(job_id)
             if job.status == "queued":
@@ -134,18 +134,18 @@ class JobStore:
         if status not in TERMINAL:
             raise ValueError(f"finish status must be one of {TERMINAL}, got {status!r}")
         values = {"status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
-                  "progress": 100.0 if status == "completed" else Job.progress}
+                  "progress": 100.0 if status == "completed" else JobRecord.progress}
         if device_seconds is not None:
             values["device_seconds"] = device_seconds
         with self.sessions.begin() as session:
-            result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(**values))
+            result = session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.worker_id == worker_id).values(**values))
             return result.rowcount == 1
 
     def release(self, job_id: str, worker_id: str, device_seconds: float | None = None) -> bool:
         """A worker shutting down hands its running job back to the queue (it resumes from
         its checkpoint elsewhere); a job being cancelled becomes cancelled instead."""
         with self.sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = session.get(JobRecord, job_id)
             if job is None or job.worker_id != worker_id:
                 return False
             if device_seconds is not None:

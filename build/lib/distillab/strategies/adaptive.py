@@ -80,6 +80,7 @@ class Adaptive(OwnDiscriminator, Strategy):
     """
 
     summary = "GAN-guided input-adaptive KD: a VAE writes per-input student weights, a 3-head D judges them"
+    student_export = "pipeline"  # G writes the student's weights: distillab export --format adaptive
     paper = "distillab's adaptive distiller; VAE: Kingma & Welling 2014; hypernetworks: Ha, Dai & Le 2016"
     Params = AdaptiveParams
 

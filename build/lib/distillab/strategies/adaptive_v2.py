@@ -57,6 +57,8 @@ class AdaptiveV2(OwnDiscriminator, Strategy):
     MAC budget is checked when the student is built."""
 
     summary = "input-adaptive KD: dynamic convolutions (per-input mixture of K kernels) trained end to end with KD"
+    student_export = "rebuilt"  # the chosen convolutions are dynamic: deployed_model() rebuilds them
+    compressible = False  # dynamic convolutions are neither pruned nor quantization-trained
     paper = "distillab's adaptive distiller; CondConv (Yang et al. 2019); Dynamic Convolution (Chen et al. 2020)"
     Params = AdaptiveV2Params
 

@@ -62,6 +62,12 @@ class Strategy(nn.Module):
     supports_mix: ClassVar[bool] = True
     # The tasks whose outputs the loss understands (None: logits of any shape, with a mask).
     tasks: ClassVar[tuple[str, ...] | None] = ("image_classification",)
+    # How export and packaging rebuild a run's student: "weights" (the spec's student with the
+    # saved weights), "rebuilt" (deployed_model() of the strategy rebuilds it first), or "pipeline"
+    # (the strategy exports through its own pipeline, not from the run folder).
+    student_export: ClassVar[str] = "weights"
+    # False when pruning and quantization-aware training cannot fine-tune the student.
+    compressible: ClassVar[bool] = True
 
     def __init__(self, teachers: list[nn.Module], student: nn.Module, params: BaseModel, in_shape=None):
         """``in_shape`` (C, H, W) lets a strategy size its adapters with a dummy forward pass."""

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from distillab.service.db import AuditEvent, Job, User, Worker, utcnow
+from distillab.service.db import AuditEvent, JobRecord, User, Worker, utcnow
 from distillab.service.deps import MAX_OFFSET, NAME_PATTERN, AdminUser, WriteSession, audit_event
 from distillab.service.schemas import errors, iso
 from distillab.service.settings import Settings
@@ -23,20 +23,20 @@ def router(settings: Settings) -> APIRouter:
         """Jobs, success rate, distilled-vs-scratch improvement, popular strategies and
         models, and utilisation (queue length, live workers, load)."""
         audit_event(session, user, "admin.analytics")
-        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        counts = dict(session.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
         total = sum(counts.values())
         ended = sum(counts.get(s, 0) for s in ("completed", "failed", "stopped"))
         improvements, models = [], Counter()
-        for spec, metrics in session.execute(select(Job.spec, Job.metrics)):
+        for spec, metrics in session.execute(select(JobRecord.spec, JobRecord.metrics)):
             models[spec["student"]["model"]] += 1
             summary = (metrics or {}).get("summary")
             if summary:
                 improvements.append(summary["distilled_accuracy"] - summary["scratch_accuracy"])
-        strategies = dict(session.execute(select(Job.strategy, func.count()).group_by(Job.strategy)).all())
+        strategies = dict(session.execute(select(JobRecord.strategy, func.count()).group_by(JobRecord.strategy)).all())
         cutoff = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
         live = session.scalars(select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None))).all()
         busy = sum(1 for w in live if w.job_id)
-        device_seconds = session.scalar(select(func.coalesce(func.sum(Job.device_seconds), 0.0)))
+        device_seconds = session.scalar(select(func.coalesce(func.sum(JobRecord.device_seconds), 0.0)))
         return {
             "total_jobs": total,
             "active_jobs": sum(counts.get(s, 0) for s in ACTIVE),

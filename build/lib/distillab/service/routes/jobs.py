@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from distillab.errors import DistillabError, SpecError
 from distillab.inputs import parse_document
 from distillab.service import registry
-from distillab.service.db import Job, RegisteredModel, User
+from distillab.service.db import JobRecord, RegisteredModel, User
 from distillab.service.deps import (MAX_OFFSET, NAME_PATTERN, PREFIX, CurrentUser, OwnedJob, ReadSession, WriteSession,
                                     audit_event, check_storage, echo, is_id, listing_statements)
 from distillab.service.jobs import (BodyError, JobCreate, build_spec, check_body, check_limits, error, options_of,
@@ -64,9 +64,9 @@ def router(settings: Settings) -> APIRouter:
         with request.app.state.read_sessions() as session:
             check_storage(session, settings, user)
             _check_queue(session, user)  # early, before the estimate; checked again where the job is added
-            rows = session.execute(select(Job.spec, Job.device_seconds, Job.metrics).where(
-                Job.status == "completed", Job.strategy == spec.strategy.name)
-                .order_by(Job.finished_at.desc()).limit(50)).all()
+            rows = session.execute(select(JobRecord.spec, JobRecord.device_seconds, JobRecord.metrics).where(
+                JobRecord.status == "completed", JobRecord.strategy == spec.strategy.name)
+                .order_by(JobRecord.finished_at.desc()).limit(50)).all()
         history = [(old, seconds, metrics["summary"]["train_samples"]) for old, seconds, metrics in rows
                    if (metrics or {}).get("summary", {}).get("train_samples")]
         estimate = _estimate(spec, settings, history)
@@ -94,8 +94,8 @@ def router(settings: Settings) -> APIRouter:
 
     def _check_queue(session: Session, user: User) -> None:
         """429, stating the limit, when the user already has the most queued jobs allowed."""
-        queued = session.scalar(select(func.count()).select_from(Job).where(
-            Job.owner_id == user.id, Job.status == "queued"))
+        queued = session.scalar(select(func.count()).select_from(JobRecord).where(
+            JobRecord.owner_id == user.id, JobRecord.status == "queued"))
         if queued >= settings.max_queued_jobs_per_user:
             raise BodyError([error([], f"you have {queued} queued jobs; the limit is "
                                        f"{settings.max_queued_jobs_per_user} (DISTILLAB_MAX_QUEUED_JOBS_PER_USER); "
@@ -183,7 +183,7 @@ def router(settings: Settings) -> APIRouter:
             else:  # an admin cancelling someone else's job
                 audit_event(session, user, "admin.job.cancel", job.id, status=status, owner_id=job.owner_id)
         with request.app.state.read_sessions() as session:
-            return public(session.get(Job, job.id), settings)
+            return public(session.get(JobRecord, job.id), settings)
 
     @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"], responses=errors(404))
     async def job_events(job: OwnedJob, request: Request):
@@ -203,13 +203,13 @@ def router(settings: Settings) -> APIRouter:
 
     def _reload(request: Request, job_id: str) -> JobPublic:
         with request.app.state.read_sessions() as session:
-            return public(session.get(Job, job_id), settings)
+            return public(session.get(JobRecord, job_id), settings)
 
     @router.get("/jobs/{job_id}/results", tags=["jobs"], responses=errors(404, 409))
     def job_results_route(job: OwnedJob, session: ReadSession) -> dict:
         """Measured results of a completed job; a cancelled or stopped job returns its partial
         results (``partial: true``)."""
-        options = session.scalar(select(Job.options).where(Job.id == job.id))  # not loaded with the job
+        options = session.scalar(select(JobRecord.options).where(JobRecord.id == job.id))  # not loaded with the job
         folder = job_dir(settings, job.id)
         urls = {name: f"{PREFIX}/jobs/{job.id}/artifacts/{name}" for name in artifacts(folder)}
         report_path = folder / "run" / "report.json"

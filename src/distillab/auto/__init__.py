@@ -1,0 +1,1 @@
+"""Automated distillation: the constraints in, the chosen student out (``distillab auto``)."""

@@ -1,0 +1,110 @@
+"""What a search writes: every trial (``trials.md``), the front of validation score against
+predicted latency (``front.json``, ``front.md``, ``front.png`` with the feasible region shaded and
+the chosen point marked), and the summary (``auto.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distillab.auto.pareto import pareto_front
+from distillab.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _row(key, trial) -> dict:
+    return {"trial": trial.number, "rung": key[0], "epochs": trial.user_attrs["epochs"],
+            "params": json.loads(key[1]), "candidate": trial.user_attrs["candidate"],
+            "val_score": trial.values[0], "latency_ms_predicted": trial.values[1],
+            "seconds": round(trial.user_attrs["seconds"], 2)}
+
+
+def choose(rows: list[dict], higher_is_better: bool, floor: float) -> dict | None:
+    """The best validation score of the last rung reached (ties: the faster); a score under
+    ``floor`` (min_score, or the teacher's score less max_drop) is flagged, not hidden."""
+    if not rows:
+        return None
+    last = max(row["rung"] for row in rows)
+    top = [row for row in rows if row["rung"] == last]
+    sign = 1 if higher_is_better else -1
+    best = max(top, key=lambda row: (sign * row["val_score"], -row["latency_ms_predicted"]))
+    return {**best, "meets_score": sign * best["val_score"] >= sign * floor}
+
+
+def front_of(rows: list[dict], higher_is_better: bool) -> list[dict]:
+    """Each configuration at the highest rung it reached, and the non-dominated ones among them."""
+    latest = {}
+    for row in rows:
+        config = json.dumps(row["params"], sort_keys=True)
+        if config not in latest or row["rung"] > latest[config]["rung"]:
+            latest[config] = row
+    points = list(latest.values())
+    indices = pareto_front([(p["val_score"], p["latency_ms_predicted"]) for p in points],
+                           ["max" if higher_is_better else "min", "min"])
+    return [points[i] for i in indices], points
+
+
+def _plot(points, front, chosen, constraints, metric: str, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    axes.scatter([p["latency_ms_predicted"] for p in points], [p["val_score"] for p in points], s=18, c="#999",
+                 label="configurations (highest rung reached)")
+    ordered = sorted(front, key=lambda p: p["latency_ms_predicted"])
+    axes.plot([p["latency_ms_predicted"] for p in ordered], [p["val_score"] for p in ordered], "o-", c="#1f77b4",
+              label="Pareto front")
+    if constraints.max_latency_ms is not None:
+        axes.axvspan(0, constraints.max_latency_ms, color="#2ca02c", alpha=0.08, label="feasible latency")
+    if chosen is not None:
+        axes.scatter([chosen["latency_ms_predicted"]], [chosen["val_score"]], s=140, marker="*", c="#d62728",
+                     zorder=5, label="chosen")
+    axes.set_xlabel(f"predicted latency (ms, batch {constraints.batch_size}, {constraints.runtime})")
+    axes.set_ylabel(f"validation {metric}")
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency, constraints, *,
+                  searched_seconds: float, stopped, pool: int, feasible: int, teacher_val: float) -> dict:
+    rows = sorted((_row(key, trial) for key, trial in done.items()), key=lambda row: row["trial"])
+    chosen = choose(rows, task.higher_is_better, floor)
+    front, points = front_of(rows, task.higher_is_better) if rows else ([], [])
+    epochs_trained = sum(row["epochs"] for row in rows)
+    lines = [f"| trial | rung | epochs | student | strategy | T | alpha | lr | validation {task.metric} | "
+             "latency ms (predicted) | s |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        c, p = row["candidate"], row["params"]
+        lines.append(f"| {row['trial']} | {row['rung']} | {row['epochs']} | {c['model']} "
+                     f"{json.dumps(c['model_args'])} ({c['params']:,}) | {p['strategy']} | {p['temperature']:.2f} | "
+                     f"{p['alpha']:.2f} | {p['lr']:.2e} | {row['val_score']:.4f} | "
+                     f"{row['latency_ms_predicted']:.3f} | {row['seconds']} |")
+    atomic_write_text(out_dir / "trials.md", "\n".join(lines) + "\n")
+    atomic_write_json(out_dir / "front.json", front)
+    front_lines = [f"| student | params | strategy | validation {task.metric} | latency ms (predicted) |",
+                   "|---|---:|---|---:|---:|"]
+    for row in sorted(front, key=lambda r: r["latency_ms_predicted"]):
+        c = row["candidate"]
+        front_lines.append(f"| {c['model']} {json.dumps(c['model_args'])} | {c['params']:,} | "
+                           f"{row['params']['strategy']} | {row['val_score']:.4f} | {row['latency_ms_predicted']:.3f} |")
+    atomic_write_text(out_dir / "front.md", "\n".join(front_lines) + "\n")
+    if points:
+        _plot(points, front, chosen, constraints, task.metric, out_dir / "front.png")
+    summary = {
+        "constraints": constraints.model_dump(), "teacher_val_score": teacher_val, "score_floor": floor,
+        "candidates": pool, "feasible_candidates": feasible, "rungs_epochs": levels,
+        "trials": len(rows), "epochs_trained": epochs_trained,
+        "configurations": len(points), "full_schedule_epochs": len(points) * levels[-1],
+        "searched_seconds": round(searched_seconds, 1), "stopped": stopped,
+        "latency_model": {"coefficients": latency.coefficients, "error": latency.error},
+        "chosen": chosen, "front": front,
+    }
+    atomic_write_json(out_dir / "auto.json", summary)
+    return summary

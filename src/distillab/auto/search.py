@@ -1,0 +1,240 @@
+"""``distillab auto``: constraints in, the chosen student out.
+
+1. Every candidate of the space is counted on the meta device and its latency predicted by the
+   machine's latency model (probes measured on the target runtime); those that cannot meet the
+   constraints never train.
+2. A multi-objective Optuna study (TPE over the feasible students, the strategy, T, alpha and the
+   learning rate; objectives: validation score and predicted latency) runs successive halving:
+   many configurations at few epochs, the best third promoted to three times the epochs, and so
+   on up to the space's epochs. Every trial is a JobSpec trained through the experiment's phase,
+   on validation only (the test split is not read), sharing one teacher-output cache fill.
+3. The front (validation score against latency) is written with every trial; the chosen student
+   (best validation score of the last rung that meets the score constraints) is retrained with the
+   full schedule over at least three seeds against its scratch twin, by ``experiment.run``: the
+   usual report, in ``OUT/run``, which ``distillab export``, ``package`` and ``serve-model`` take.
+
+The study lives in ``OUT/study.db``: an interrupted search resumes without redoing a finished trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import optuna
+
+from distillab.auto.feasibility import feasible, judge
+from distillab.auto.latency import LatencyModel, build_latency_model, measure
+from distillab.auto.report import write_outputs
+from distillab.auto.space import candidates
+from distillab.errors import SpecError
+from distillab.experiment.job import Job, spec_teachers
+from distillab.experiment.phases import phase
+from distillab.files import atomic_write_json
+from distillab.runtime import resolve_device
+from distillab.spec_auto import FAMILIES
+from distillab.spec_io import apply_override, parse_spec, read_spec_file, resolve_spec_paths
+
+log = logging.getLogger("distillab")
+ETA = 3  # successive halving: a third is promoted, at three times the epochs
+DEFAULT_TRIALS = 20
+DEFAULT_STRATEGIES = ("response", "dkd")
+
+
+def _spec_with(base: dict, assignments: dict):
+    data = copy.deepcopy(base)
+    for key, value in assignments.items():
+        apply_override(data, f"{key}={json.dumps(value)}")
+    return parse_spec(data)
+
+
+def rungs(low: int, high: int) -> list[int]:
+    """The epochs of each rung: low, low·3, ... ending at high (3..30 -> 3, 9, 30; 1..3 -> 1, 3)."""
+    out = [low]
+    while out[-1] * ETA < high:
+        out.append(out[-1] * ETA)
+    if out[-1] != high:
+        if high / out[-1] >= 2:
+            out.append(high)
+        else:
+            out[-1] = high
+    return out
+
+
+def plan(max_trials: int, levels: int) -> list[int]:
+    """Configurations per rung: n, n/3, n/9 ... (at least 1) with their sum at most ``max_trials``."""
+    n = max_trials
+    while n > 1 and sum(max(1, math.ceil(n / ETA**r)) for r in range(levels)) > max_trials:
+        n -= 1
+    return [max(1, math.ceil(n / ETA**r)) for r in range(levels)]
+
+
+def load_auto_spec(spec_path: Path, overrides=()) -> tuple[dict, object]:
+    base = resolve_spec_paths(read_spec_file(spec_path), Path(spec_path).resolve().parent)
+    for override in overrides:
+        apply_override(base, override)
+    spec = parse_spec(base)
+    if spec.auto is None:
+        raise SpecError("auto: the spec has no auto section; give at least auto.constraints (max_latency_ms, "
+                        "max_params, max_size_mb, max_macs, min_score, max_drop) or auto.budget")
+    if spec.task != "image_classification":
+        raise SpecError(f"task: automated search covers image classification students; a {spec.task} job is "
+                        "distilled with distillab run")
+    return base, spec
+
+
+def min_trial_seconds(spec, bundle, candidate_macs: int, teacher_macs: int, epochs: int) -> float:
+    """A lower estimate of one trial: the cheapest candidate trained for the first rung's epochs
+    (the student's forward and backward, the teacher's forward once per cached view), from this
+    machine's measured cost per MAC."""
+    from distillab.service.estimate import seconds_per_sample
+
+    per_sample = seconds_per_sample("train", candidate_macs)
+    fill = seconds_per_sample("infer", teacher_macs) * spec.cache.views if isinstance(spec.cache.views, int) else 0
+    return len(bundle.train) * (per_sample * epochs + fill)
+
+
+def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] | None = None,
+           final: bool = True) -> dict:
+    """Run (or resume) the search; returns the summary written to ``OUT/auto.json``."""
+    base, spec = load_auto_spec(spec_path, overrides)
+    auto = spec.auto
+    constraints, budget, space = auto.constraints, auto.budget, auto.space
+    task = Job.from_spec(spec).task
+    seed = spec.training.seeds[0]
+    bundle = task.build(spec.data, seed, spec)
+    device = resolve_device(spec.training.device)
+
+    # what the constraints allow, decided before anything trains
+    pool = candidates(space.families or FAMILIES, bundle.in_shape, bundle.num_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    latency_path = out_dir / "latency_model.json"
+    if latency_path.exists():  # measured once per search: a resumed search predicts as the first did
+        latency = LatencyModel(**{k: v for k, v in json.loads(latency_path.read_text()).items()
+                                  if k in ("runtime", "batch_size", "coefficients", "probes")})
+    else:
+        latency = build_latency_model(pool, bundle.in_shape, bundle.num_classes, constraints.runtime,
+                                      constraints.batch_size)
+        atomic_write_json(latency_path, latency.as_dict())
+    verdicts = [judge(c, constraints, latency, bundle.in_shape, bundle.num_classes) for c in pool]
+    allowed = {v.candidate.name: v for v in feasible(verdicts, constraints)}
+    log.info("auto: %d of %d candidates can meet the constraints (latency model: median error %.0f %%)",
+             len(allowed), len(pool), 100 * latency.error["median_relative_error"])
+
+    teachers = spec_teachers(spec, task, bundle)
+    teacher_val = task.evaluate(teachers[0][0], bundle, "val", spec.training.eval_batch_size, device).value
+    if constraints.min_score is not None and task.better(constraints.min_score, teacher_val):
+        raise SpecError(f"auto.constraints.min_score: {constraints.min_score:g} is above the teacher's own "
+                        f"validation {task.metric} ({teacher_val:.4f}); a student distilled from it will not reach it")
+    floor = max(constraints.min_score if constraints.min_score is not None else -math.inf,
+                teacher_val - constraints.max_drop if constraints.max_drop is not None else -math.inf)
+
+    levels = rungs(*space.epochs)
+    per_rung = plan(budget.max_trials or DEFAULT_TRIALS, len(levels))
+    cheapest = min(allowed.values(), key=lambda v: v.candidate.macs).candidate
+    limit = min(budget.wall_s or math.inf, (budget.device_hours or math.inf) * 3600)
+    if limit < math.inf:
+        from distillab.models.facts import macs_per_sample
+
+        teacher_macs = macs_per_sample(teachers[0][0], bundle.in_shape) or 0
+        minimum = min_trial_seconds(spec, bundle, cheapest.macs, teacher_macs, levels[0])
+        if limit < minimum:
+            key = "wall_s" if budget.wall_s is not None else "device_hours"
+            raise SpecError(f"auto.budget.{key}: {limit:.0f} s is less than one trial; the cheapest candidate "
+                            f"needs about {minimum:.0f} s for {levels[0]} epochs on this machine")
+    deadline = time.monotonic() + limit if limit < math.inf else None
+
+    strategies = list(space.strategies or DEFAULT_STRATEGIES)
+    names = sorted(allowed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="auto", storage=f"sqlite:///{(out_dir / 'study.db').resolve()}",
+                                directions=["maximize" if task.higher_is_better else "minimize", "minimize"],
+                                sampler=optuna.samplers.TPESampler(seed=0), load_if_exists=True)
+    done = {(t.user_attrs["rung"], t.user_attrs["config"]): t for t in study.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.COMPLETE}
+    started = time.monotonic()
+
+    def evaluate(trial: optuna.Trial, params: dict, rung: int) -> None:
+        verdict = allowed[params["student"]]
+        candidate = verdict.candidate
+        epochs = levels[rung]
+        strategy_params = {"temperature": params["temperature"], "alpha": params["alpha"]}
+        trial_spec = _spec_with(base, {
+            "student": {"model": candidate.model, "model_args": candidate.args},
+            "strategy": {"name": params["strategy"], "params": strategy_params},
+            "training.epochs": epochs, "training.lr": params["lr"], "training.seeds": [seed], "auto": None})
+        job = Job.from_spec(trial_spec)
+        caches = task.teacher_caches(trial_spec, bundle, teachers, job.params)  # one fill, shared by trials
+        config = json.dumps(params, sort_keys=True)
+        trial_dir = out_dir / "trials" / f"{trial.number:04d}"
+        clock = time.monotonic()
+        result = phase(job, bundle, seed, "distilled", teachers, caches, trial_dir, True, None, None,
+                       test_split=False)
+        trial.set_user_attr("rung", rung)
+        trial.set_user_attr("config", config)
+        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("seconds", time.monotonic() - clock)
+        trial.set_user_attr("candidate", candidate.facts())
+        study.tell(trial, [result["val_accuracy"], verdict.latency_ms])
+        done[(rung, config)] = study.trials[trial.number]
+        log.info("auto: trial %d (rung %d, %d epochs) %s %s: validation %s %.4f, %.3f ms predicted", trial.number,
+                 rung, epochs, candidate.model, candidate.model_args, task.metric, result["val_accuracy"],
+                 verdict.latency_ms)
+
+    def out_of_budget() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    def suggest(trial: optuna.Trial) -> dict:  # an enqueued trial gets its fixed values back
+        return {"student": trial.suggest_categorical("student", names),
+                "strategy": trial.suggest_categorical("strategy", strategies),
+                "temperature": trial.suggest_float("temperature", *space.temperature, log=True),
+                "alpha": trial.suggest_float("alpha", *space.alpha),
+                "lr": trial.suggest_float("lr", *space.lr, log=True)}
+
+    stopped = None
+    for rung, count in enumerate(per_rung):
+        if rung == 0:
+            todo = [None] * (count - sum(1 for key in done if key[0] == 0))
+        else:
+            previous = sorted(((t.values[0], key[1]) for key, t in done.items() if key[0] == rung - 1),
+                              reverse=task.higher_is_better)
+            todo = [json.loads(config) for _, config in previous[:count] if (rung, config) not in done]
+        for fixed in todo:
+            if out_of_budget():
+                stopped = "budget"
+                break
+            if fixed is not None:
+                study.enqueue_trial(fixed)
+            trial = study.ask()
+            evaluate(trial, suggest(trial), rung)
+        if stopped:
+            break
+
+    summary = write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
+                            searched_seconds=time.monotonic() - started, stopped=stopped,
+                            pool=len(pool), feasible=len(allowed), teacher_val=teacher_val)
+    if final and summary["chosen"] is not None:
+        chosen = summary["chosen"]
+        seeds = final_seeds or (spec.training.seeds if len(spec.training.seeds) >= 3 else [0, 1, 2])
+        final_spec = _spec_with(base, {
+            "student": {"model": chosen["candidate"]["model"], "model_args": chosen["candidate"]["model_args"]},
+            "strategy": {"name": chosen["params"]["strategy"],
+                         "params": {"temperature": chosen["params"]["temperature"],
+                                    "alpha": chosen["params"]["alpha"]}},
+            "training.epochs": levels[-1], "training.lr": chosen["params"]["lr"], "training.seeds": seeds,
+            "auto": None})
+        from distillab.experiment.run import run
+
+        report = run(final_spec, out_dir / "run", resume=True, overwrite=False)
+        allowed_chosen = allowed[chosen["params"]["student"]].candidate
+        measured = measure(allowed_chosen, bundle.in_shape, bundle.num_classes, constraints.runtime,
+                           constraints.batch_size)
+        summary["final"] = {"run": str(out_dir / "run"), "seeds": seeds, "verdict": report.verdict,
+                            "latency_ms_measured": measured,
+                            "latency_met": constraints.max_latency_ms is None or measured <= constraints.max_latency_ms}
+        atomic_write_json(out_dir / "auto.json", summary)
+    return summary

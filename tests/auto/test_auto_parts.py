@@ -1,0 +1,107 @@
+"""The parts of automated distillation that decide before anything trains: the search space and
+its costs on the meta device, the latency model, the feasibility of each candidate under the
+constraints (and the error when none can meet them), the Pareto front, and the spec section."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from distillab.auto.feasibility import feasible, judge
+from distillab.auto.latency import LatencyModel, build_latency_model, fit, layer_count, probes_of
+from distillab.auto.pareto import dominates, pareto_front
+from distillab.auto.space import Candidate, candidates, count
+from distillab.errors import SpecError
+from distillab.models.facts import macs_per_sample
+from distillab.models.zoo import build_model
+from distillab.spec_auto import AutoConstraints, AutoSpec
+
+SHAPE, CLASSES = (1, 28, 28), 10
+
+
+def test_the_pareto_front_of_known_points():
+    # (score, latency): maximise the score, minimise the latency
+    points = [(0.90, 1.0), (0.92, 2.0), (0.91, 3.0), (0.85, 0.5), (0.92, 2.0), (0.80, 0.9)]
+    assert pareto_front(points, ["max", "min"]) == [0, 1, 3, 4]  # 2 is beaten by 1; 5 by 0 and 3
+    assert dominates((0.92, 2.0), (0.91, 3.0), ["max", "min"]) and not dominates((0.9, 1.0), (0.9, 1.0), ["max", "min"])
+    assert pareto_front([], ["max"]) == []
+    with pytest.raises(ValueError, match="senses"):
+        pareto_front(points, ["up", "min"])
+
+
+def test_candidates_are_counted_on_the_meta_device_as_the_real_models_are():
+    space = candidates(["cnn", "resnet", "mlp", "wrn"], SHAPE, CLASSES)
+    assert len(space) > 50 and len({c.name for c in space}) == len(space)
+    assert {c.model for c in space} == {"cnn", "resnet", "mlp", "wrn"}
+    for candidate in (space[0], space[len(space) // 2], space[-1]):
+        real = build_model(candidate.model, SHAPE, CLASSES, candidate.args)
+        assert candidate.params == sum(p.numel() for p in real.parameters())
+        assert candidate.macs == macs_per_sample(real, SHAPE)
+        assert candidate.size_mb == pytest.approx(candidate.params * 4 / 1e6)
+    # an input too small for three poolings leaves those CNNs out instead of failing
+    tiny = candidates(["cnn"], (1, 2, 2), CLASSES)
+    assert tiny and all(len(c.args["stages"]) < 3 for c in tiny)
+
+
+def test_the_latency_fit_recovers_a_known_linear_law():
+    truth = [0.05, 0.2, 0.01]  # ms, ms per MMAC, ms per layer
+    points = [(macs, layers, truth[0] + truth[1] * macs / 1e6 + truth[2] * layers)
+              for macs, layers in [(1e5, 3), (1e6, 5), (5e6, 8), (2e6, 12), (8e6, 20)]]
+    assert fit(points) == pytest.approx(truth, rel=1e-6, abs=1e-9)
+
+
+def test_probes_span_the_space_and_the_model_reports_its_leave_one_out_error():
+    space = candidates(["cnn", "mlp"], SHAPE, CLASSES)
+    probes = probes_of(space, 5)
+    assert len(probes) == 5 and probes[0].macs == min(c.macs for c in space)
+    assert probes[-1].macs == max(c.macs for c in space)
+    model = build_latency_model(space, SHAPE, CLASSES, "torch", batch_size=1, probes=5, repeats=5)
+    assert len(model.probes) == 5 and all(p["measured_ms"] > 0 for p in model.probes)
+    error = model.as_dict()["error"]
+    assert error["probes"] == 5 and 0 <= error["median_relative_error"] <= error["max_relative_error"]
+    assert model.predict(probes[-1].macs, 10) > 0
+
+
+def test_the_onnx_runtime_is_measured_through_onnx_runtime():
+    space = candidates(["mlp"], SHAPE, CLASSES)
+    model = build_latency_model(space, SHAPE, CLASSES, "onnx", batch_size=4, probes=4, repeats=3)
+    assert model.runtime == "onnx" and all(p["measured_ms"] > 0 for p in model.probes)
+
+
+def _latency(coefficients) -> LatencyModel:
+    return LatencyModel("torch", 1, coefficients, [])
+
+
+def test_a_candidate_over_a_constraint_is_ruled_out_before_training():
+    small = count("mlp", {"hidden": [64]}, SHAPE, CLASSES)
+    large = count("mlp", {"hidden": [512, 256]}, SHAPE, CLASSES)
+    constraints = AutoConstraints(max_params=100_000, max_latency_ms=1.0)
+    latency = _latency([0.1, 1.0, 0.0])  # 0.1 ms + 1 ms per MMAC
+    verdicts = [judge(c, constraints, latency, SHAPE, CLASSES) for c in (small, large)]
+    assert verdicts[0].feasible and not verdicts[1].feasible
+    assert set(verdicts[1].violations) == {"max_params"}
+    assert [v.candidate for v in feasible(verdicts, constraints)] == [small]
+    assert layer_count(build_model("mlp", SHAPE, CLASSES, {"hidden": [64]})) == 2
+
+
+def test_constraints_no_candidate_can_meet_name_the_tightest_and_the_nearest():
+    space = candidates(["cnn", "mlp"], SHAPE, CLASSES)
+    constraints = AutoConstraints(max_params=500, max_macs=10**9)
+    verdicts = [judge(c, constraints, None, SHAPE, CLASSES) for c in space]
+    with pytest.raises(SpecError, match=r"^auto.constraints.max_params: no candidate of the search space can meet it "
+                                        r"\(500; it rules out \d+ of \d+\); the nearest candidate, \w+ .* has [\d,]+ "
+                                        r"parameters"):
+        feasible(verdicts, constraints)
+
+
+def test_the_auto_section_is_checked_by_key():
+    spec = AutoSpec.model_validate({"constraints": {"max_latency_ms": 0.5, "runtime": "onnx-int8"},
+                                    "budget": {"wall_s": 3600}, "space": {"families": ["cnn"]}})
+    assert spec.constraints.runtime == "onnx-int8" and spec.space.families == ["cnn"]
+    with pytest.raises(ValidationError, match="runtime"):
+        AutoSpec.model_validate({"constraints": {"runtime": "tensorrt"}})
+    with pytest.raises(ValidationError, match="runs backwards"):
+        AutoSpec.model_validate({"space": {"epochs": [10, 2]}})
+    with pytest.raises(ValidationError, match="extra_forbidden|Extra inputs"):
+        AutoSpec.model_validate({"constraints": {"max_latency": 1}})
+    assert Candidate("mlp", '{"hidden": [64]}') == Candidate("mlp", '{"hidden": [64]}', params=5)

@@ -1,0 +1,104 @@
+"""The search end to end on the blobs: candidates over a constraint never train, successive
+halving trains fewer epochs than every configuration at the full schedule, selection never reads
+the test split, a finished search resumes without retraining, and the bad-input errors come
+before anything trains."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from distillab.auto.search import plan, rungs, search
+from distillab.cli import app
+from distillab.errors import SpecError
+
+from conftest import tiny_spec
+
+runner = CliRunner()
+
+
+def auto_spec(tmp_path, npz, teacher, **auto) -> object:
+    spec = tiny_spec(npz, teacher, training={"epochs": 3, "batch_size": 32, "seeds": [0], "eval_batch_size": 256})
+    spec["auto"] = {"constraints": {"max_params": 20_000}, "budget": {"max_trials": 5},
+                    "space": {"families": ["mlp"], "epochs": [1, 3], "strategies": ["response"]}, **auto}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "auto.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def trials_of(out) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="auto", storage=f"sqlite:///{out / 'study.db'}")
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_rungs_and_plan():
+    assert rungs(3, 30) == [3, 9, 30] and rungs(1, 3) == [1, 3] and rungs(5, 5) == [5] and rungs(2, 10) == [2, 10]
+    assert plan(20, 3) == [13, 5, 2] and sum(plan(5, 2)) <= 5 and plan(1, 3) == [1, 1, 1]
+
+
+def test_a_search_trains_only_feasible_students_with_fewer_epochs_and_writes_its_front(tmp_path, blobs, tiny_teacher):
+    out = tmp_path / "search"
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher), out, final=False)
+    trained = trials_of(out)
+    assert trained and all(t.user_attrs["candidate"]["params"] <= 20_000 for t in trained)  # never over the cap
+    assert summary["feasible_candidates"] < summary["candidates"]  # the cap ruled some out
+    assert summary["epochs_trained"] < summary["configurations"] * 3  # multi-fidelity: not every config at 3
+    assert {t.user_attrs["rung"] for t in trained} == {0, 1}
+    assert summary["chosen"]["rung"] == 1 and summary["chosen"]["candidate"]["params"] <= 20_000
+    assert (out / "front.png").stat().st_size > 0 and json.loads((out / "front.json").read_text())
+    assert "| trial | rung | epochs |" in (out / "trials.md").read_text()
+    assert summary["latency_model"]["error"]["probes"] >= 3
+    # resumed: nothing is trained again
+    again = search(auto_spec(tmp_path, blobs, tiny_teacher), out, final=False)
+    assert len(trials_of(out)) == len(trained) and again["chosen"]["params"] == summary["chosen"]["params"]
+
+
+def test_the_choice_never_reads_the_test_split(tmp_path, blobs, tiny_teacher):
+    data = dict(np.load(blobs))
+    poisoned = tmp_path / "poisoned.npz"
+    np.savez(poisoned, **{**data, "y_test": (data["y_test"] + 1) % 3})
+    first = search(auto_spec(tmp_path / "a", blobs, tiny_teacher), tmp_path / "clean", final=False)
+    second = search(auto_spec(tmp_path / "b", poisoned, tiny_teacher), tmp_path / "poisoned", final=False)
+    assert first["chosen"]["params"] == second["chosen"]["params"]
+    # the same validation scores trial by trial (latency is measured afresh, so only the scores are compared)
+    assert [t.values[0] for t in trials_of(tmp_path / "clean")] == [t.values[0] for t in trials_of(tmp_path / "poisoned")]
+
+
+def test_the_chosen_student_is_retrained_against_its_scratch_twin(tmp_path, blobs, tiny_teacher):
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 2}), tmp_path / "s",
+                     final_seeds=[0, 1])
+    report = json.loads((tmp_path / "s" / "run" / "report.json").read_text())
+    assert report["seeds"] == [0, 1] and {m["role"] for m in report["models"]} == {"teacher", "scratch", "distilled"}
+    assert report["spec"]["student"]["model_args"] == summary["chosen"]["candidate"]["model_args"]
+    assert summary["final"]["latency_ms_measured"] > 0 and summary["final"]["verdict"] == report["verdict"]
+
+
+@pytest.mark.parametrize("auto, message", [
+    ({"constraints": {"max_params": 50}}, r"^auto.constraints.max_params: no candidate of the search space can meet"),
+    ({"constraints": {"min_score": 1.5}}, r"^auto.constraints.min_score: 1.5 is above the teacher's own validation"),
+    ({"budget": {"wall_s": 0.001}}, r"^auto.budget.wall_s: 0 s is less than one trial; the cheapest candidate needs"),
+])
+def test_impossible_searches_are_refused_before_anything_trains(tmp_path, blobs, tiny_teacher, auto, message):
+    out = tmp_path / "search"
+    with pytest.raises(SpecError, match=message):
+        search(auto_spec(tmp_path, blobs, tiny_teacher, **auto), out, final=False)
+    assert not (out / "trials").exists() and not (out / "study.db").exists()
+
+
+def test_the_cli_says_what_is_wrong_with_exit_code_2(tmp_path, blobs, tiny_teacher):
+    spec = auto_spec(tmp_path, blobs, tiny_teacher, constraints={"max_params": 50})
+    result = runner.invoke(app, ["auto", str(spec), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "auto.constraints.max_params" in result.output
+    spec.write_text(spec.read_text().replace("max_params: 50", "runtime: tensorrt"))
+    result = runner.invoke(app, ["auto", str(spec), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "auto.constraints.runtime" in result.output
+    no_auto = tmp_path / "plain.yaml"
+    no_auto.write_text(yaml.safe_dump(tiny_spec(blobs, tiny_teacher)))
+    result = runner.invoke(app, ["auto", str(no_auto), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "auto: the spec has no auto section" in result.output
