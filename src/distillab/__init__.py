@@ -34,6 +34,17 @@ def run(spec, out_dir=None, **options):
     return run_job(spec, out_dir, **options)
 
 
+def auto(spec, out_dir, overrides=(), **options) -> dict:
+    """Search the student for a spec's ``auto`` section (constraints, budget, space): a path to a
+    YAML/JSON spec. Returns the summary also written to ``out_dir/auto.json``; the chosen student's
+    run is ``out_dir/run``. Options: final_seeds, final (see distillab.autodistill.search.search)."""
+    from pathlib import Path
+
+    from distillab.autodistill.search import search
+
+    return search(Path(spec), Path(out_dir), overrides, **options)
+
+
 def __getattr__(name: str):
     """``Distiller``, ``compare``, ``train`` and ``evaluate`` from distillab.api, imported on first use."""
     if name in ("Distiller", "compare", "evaluate", "train", "History"):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from distillab.auto.feasibility import feasible, judge
-from distillab.auto.latency import LatencyModel, build_latency_model, fit, layer_count, probes_of
-from distillab.auto.pareto import dominates, pareto_front
-from distillab.auto.space import Candidate, candidates, count
+from distillab.autodistill.feasibility import feasible, judge
+from distillab.autodistill.latency import LatencyModel, build_latency_model, fit, layer_count, probes_of
+from distillab.autodistill.pareto import dominates, pareto_front
+from distillab.autodistill.space import Candidate, candidates, count
 from distillab.errors import SpecError
 from distillab.models.facts import macs_per_sample
 from distillab.models.zoo import build_model

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from distillab.auto.search import plan, rungs, search
+from distillab.autodistill.search import plan, rungs, search
 from distillab.cli import app
 from distillab.errors import SpecError
 
@@ -102,3 +102,41 @@ def test_the_cli_says_what_is_wrong_with_exit_code_2(tmp_path, blobs, tiny_teach
     no_auto.write_text(yaml.safe_dump(tiny_spec(blobs, tiny_teacher)))
     result = runner.invoke(app, ["auto", str(no_auto), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "auto: the spec has no auto section" in result.output
+
+
+def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, tiny_teacher, monkeypatch):
+    """Killed in its third trial, the search run again finishes the plan: every rung holds its
+    planned count of distinct configurations, and the two finished trials are not trained again."""
+    import distillab.autodistill.search as search_module
+
+    spec = auto_spec(tmp_path, blobs, tiny_teacher)
+    real_phase, calls = search_module.phase, []
+
+    def killed_in_the_third(*args, **kwargs):
+        calls.append(args[6])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_phase(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "phase", killed_in_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        search(spec, tmp_path / "s", final=False)
+    assert len(trials_of(tmp_path / "s")) == 2
+    monkeypatch.setattr(search_module, "phase", lambda *a, **k: (calls.append(a[6]), real_phase(*a, **k))[1])
+    summary = search(spec, tmp_path / "s", final=False)
+    trained = trials_of(tmp_path / "s")
+    per_rung = [sum(1 for t in trained if t.user_attrs["rung"] == r) for r in (0, 1)]
+    assert per_rung == plan(5, 2) and summary["trials"] == sum(per_rung)
+    configs = [(t.user_attrs["rung"], t.user_attrs["config"]) for t in trained]
+    assert len(set(configs)) == len(configs)  # no configuration trained twice at one rung
+    assert len(calls) == 3 + sum(per_rung) - 2  # the two finished trials were not run again
+
+
+def test_the_python_entry_point_is_the_same_search(tmp_path, blobs, tiny_teacher):
+    import distillab
+    from distillab.autodistill import search as search_module  # the package is imported: the function stays
+
+    assert search_module.search is search
+    with pytest.raises(SpecError, match=r"^auto.constraints.max_params: no candidate"):
+        distillab.auto(auto_spec(tmp_path, blobs, tiny_teacher, constraints={"max_params": 50}), tmp_path / "s")
+    assert callable(distillab.auto)

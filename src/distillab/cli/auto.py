@@ -23,7 +23,7 @@ def auto(
     parameters, size, MACs, a minimum score), the budget and the space; candidates that cannot meet
     them never train, a multi-fidelity Optuna search picks on validation, and the chosen student is
     retrained over three seeds against its scratch twin. Resumes when run again with the same OUT."""
-    from distillab.auto.search import search
+    from distillab.autodistill.search import search
 
     _logging(verbose)
     summary = search(spec, out, set_ or [])

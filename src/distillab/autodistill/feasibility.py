@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distillab.auto.latency import LatencyModel, layer_count
-from distillab.auto.space import Candidate
+from distillab.autodistill.latency import LatencyModel, layer_count
+from distillab.autodistill.space import Candidate
 from distillab.errors import SpecError
 from distillab.models.zoo import meta_model
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distillab.auto.pareto import pareto_front
+from distillab.autodistill.pareto import pareto_front
 from distillab.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 

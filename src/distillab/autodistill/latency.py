@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distillab.auto.space import Candidate
+from distillab.autodistill.space import Candidate
 from distillab.models.facts import interleaved_latency
 from distillab.models.zoo import build_model
 

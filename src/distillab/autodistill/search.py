@@ -27,10 +27,10 @@ from pathlib import Path
 
 import optuna
 
-from distillab.auto.feasibility import feasible, judge
-from distillab.auto.latency import LatencyModel, build_latency_model, measure
-from distillab.auto.report import write_outputs
-from distillab.auto.space import candidates
+from distillab.autodistill.feasibility import feasible, judge
+from distillab.autodistill.latency import LatencyModel, build_latency_model, measure
+from distillab.autodistill.report import write_outputs
+from distillab.autodistill.space import candidates
 from distillab.errors import SpecError
 from distillab.experiment.job import Job, spec_teachers
 from distillab.experiment.phases import phase
@@ -156,6 +156,8 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
                                 sampler=optuna.samplers.TPESampler(seed=0), load_if_exists=True)
     done = {(t.user_attrs["rung"], t.user_attrs["config"]): t for t in study.get_trials(deepcopy=False)
             if t.state == optuna.trial.TrialState.COMPLETE}
+    # a resumed search draws on from where it stopped, not from the first draws again
+    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
     started = time.monotonic()
 
     def evaluate(trial: optuna.Trial, params: dict, rung: int) -> None:
@@ -209,8 +211,13 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
                 break
             if fixed is not None:
                 study.enqueue_trial(fixed)
-            trial = study.ask()
-            evaluate(trial, suggest(trial), rung)
+            for _ in range(20):  # a configuration already trained at this rung is drawn again
+                trial = study.ask()
+                params = suggest(trial)
+                if (rung, json.dumps(params, sort_keys=True)) not in done:
+                    break
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            evaluate(trial, params, rung)
         if stopped:
             break
 
