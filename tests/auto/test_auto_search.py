@@ -140,3 +140,18 @@ def test_the_python_entry_point_is_the_same_search(tmp_path, blobs, tiny_teacher
     with pytest.raises(SpecError, match=r"^auto.constraints.max_params: no candidate"):
         distillab.auto(auto_spec(tmp_path, blobs, tiny_teacher, constraints={"max_params": 50}), tmp_path / "s")
     assert callable(distillab.auto)
+
+
+def test_an_auto_spec_is_never_run_as_a_plain_job(tmp_path, blobs, tiny_teacher):
+    """distillab run and the job service would train the spec's own student and drop the
+    constraints without a word: both refuse the auto section instead."""
+    import distillab
+    from distillab.service.jobs import BodyError, validate_spec
+
+    spec = auto_spec(tmp_path, blobs, tiny_teacher)
+    with pytest.raises(SpecError, match=r"^auto: the spec has an auto section, which distillab run does not search"):
+        distillab.run(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+    with pytest.raises(BodyError) as refused:
+        validate_spec(yaml.safe_load(spec.read_text()), False)
+    assert refused.value.errors[0]["loc"] == ["body", "spec", "auto"]

@@ -80,6 +80,9 @@ def run(
     stay in ``OUT.partial`` (``resume`` continues from them) beside ``partial.json``, a
     summary of what finished, and the ``Stop`` propagates."""
     spec = parse_spec(spec)
+    if spec.auto is not None:  # running the spec's own student would silently ignore the constraints
+        raise SpecError("auto: the spec has an auto section, which distillab run does not search; run it with "
+                        "distillab auto, or remove auto to train the spec's own student")
     check_precision(spec)
     job = Job.from_spec(spec)
     if callbacks is None and progress:

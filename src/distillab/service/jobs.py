@@ -224,9 +224,13 @@ def check_limits(spec: JobSpec, seed_shaped: bool, settings) -> None:
 
 def validate_spec(spec: dict, seed_shaped: bool) -> JobSpec:
     try:
-        return JobSpec.model_validate(spec)
+        validated = JobSpec.model_validate(spec)
     except ValidationError as problem:
         raise BodyError(spec_errors(problem, seed_shaped)) from None
+    if validated.auto is not None:  # a worker would train the spec's own student and ignore the constraints
+        raise BodyError([error(["spec", "auto"], "the job service does not run automated searches yet; run "
+                                                 "distillab auto, or remove auto to train the spec's own student")])
+    return validated
 
 
 def options_of(body: JobCreate, teacher_model_ids: list[str] | None) -> dict:
