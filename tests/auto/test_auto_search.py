@@ -155,3 +155,19 @@ def test_an_auto_spec_is_never_run_as_a_plain_job(tmp_path, blobs, tiny_teacher)
     with pytest.raises(BodyError) as refused:
         validate_spec(yaml.safe_load(spec.read_text()), False)
     assert refused.value.errors[0]["loc"] == ["body", "spec", "auto"]
+
+
+def test_a_budget_without_a_trial_cap_sizes_the_plan_from_what_an_epoch_costs():
+    from distillab.autodistill.search import budget_plan
+
+    assert budget_plan(100, 1.0, [1, 3]) == [49, 17]  # 49·1 + 17·3 = 100 epoch-seconds
+    assert budget_plan(0.5, 1.0, [1, 3]) == [1, 1]  # never less than one trial per rung
+    assert budget_plan(1000, 0.5, [30]) == [66]
+
+
+def test_the_baselines_random_search_and_no_multi_fidelity(tmp_path, blobs, tiny_teacher):
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 3}), tmp_path / "s",
+                     final=False, sampler="random", multi_fidelity=False)
+    assert summary["rungs_epochs"] == [3] and summary["trials"] == 3 and summary["epochs_trained"] == 9
+    with pytest.raises(SpecError, match="sampler"):
+        search(auto_spec(tmp_path, blobs, tiny_teacher), tmp_path / "t", final=False, sampler="grid")

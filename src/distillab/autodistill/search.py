@@ -98,9 +98,25 @@ def min_trial_seconds(spec, bundle, candidate_macs: int, teacher_macs: int, epoc
     return len(bundle.train) * (per_sample * epochs + fill)
 
 
+def budget_plan(seconds: float, epoch_seconds: float, levels: list[int]) -> list[int]:
+    """The largest plan n, n/3, ... (at least one per rung) whose epochs fit in ``seconds`` at
+    ``epoch_seconds`` per epoch of a trial."""
+    def cost(n: int) -> float:
+        return sum(max(1, math.ceil(n / ETA**r)) * epochs for r, epochs in enumerate(levels)) * epoch_seconds
+
+    n = 1
+    while n < 10_000 and cost(n + 1) <= seconds:
+        n += 1
+    return [max(1, math.ceil(n / ETA**r)) for r in range(len(levels))]
+
+
 def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] | None = None,
-           final: bool = True) -> dict:
-    """Run (or resume) the search; returns the summary written to ``OUT/auto.json``."""
+           final: bool = True, sampler: str = "tpe", multi_fidelity: bool = True) -> dict:
+    """Run (or resume) the search; returns the summary written to ``OUT/auto.json``.
+    ``sampler`` "random" and ``multi_fidelity=False`` (every trial at the full epochs) are the
+    baselines the search is compared with (``benchmarks/auto.py``)."""
+    if sampler not in ("tpe", "random"):
+        raise SpecError(f"sampler: tpe or random, not {sampler!r}")
     base, spec = load_auto_spec(spec_path, overrides)
     auto = spec.auto
     constraints, budget, space = auto.constraints, auto.budget, auto.space
@@ -133,7 +149,7 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
     floor = max(constraints.min_score if constraints.min_score is not None else -math.inf,
                 teacher_val - constraints.max_drop if constraints.max_drop is not None else -math.inf)
 
-    levels = rungs(*space.epochs)
+    levels = rungs(*space.epochs) if multi_fidelity else [space.epochs[1]]
     per_rung = plan(budget.max_trials or DEFAULT_TRIALS, len(levels))
     cheapest = min(allowed.values(), key=lambda v: v.candidate.macs).candidate
     limit = min(budget.wall_s or math.inf, (budget.device_hours or math.inf) * 3600)
@@ -146,19 +162,30 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
             key = "wall_s" if budget.wall_s is not None else "device_hours"
             raise SpecError(f"auto.budget.{key}: {limit:.0f} s is less than one trial; the cheapest candidate "
                             f"needs about {minimum:.0f} s for {levels[0]} epochs on this machine")
-    deadline = time.monotonic() + limit if limit < math.inf else None
+    # a budget without a cap on trials sizes the plan from the epochs it can pay for (below)
+    sized_by_budget = limit < math.inf and budget.max_trials is None
 
     strategies = list(space.strategies or DEFAULT_STRATEGIES)
     names = sorted(allowed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="auto", storage=f"sqlite:///{(out_dir / 'study.db').resolve()}",
                                 directions=["maximize" if task.higher_is_better else "minimize", "minimize"],
-                                sampler=optuna.samplers.TPESampler(seed=0), load_if_exists=True)
+                                load_if_exists=True)
     done = {(t.user_attrs["rung"], t.user_attrs["config"]): t for t in study.get_trials(deepcopy=False)
             if t.state == optuna.trial.TrialState.COMPLETE}
     # a resumed search draws on from where it stopped, not from the first draws again
-    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
+    study.sampler = (optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler)(
+        seed=len(study.trials))
     started = time.monotonic()
+    spent = sum(t.user_attrs["seconds"] for t in done.values())  # a resumed search's budget counts them
+    deadline = started + limit - spent if limit < math.inf else None
+
+    def resize() -> None:
+        """Size the plan from the mean seconds per trained epoch so far and the budget left."""
+        if sized_by_budget and done and all(key[0] == 0 for key in done):
+            epoch_seconds = sum(t.user_attrs["seconds"] for t in done.values()) / \
+                sum(t.user_attrs["epochs"] for t in done.values())
+            per_rung[:] = budget_plan(limit, epoch_seconds, levels)
 
     def evaluate(trial: optuna.Trial, params: dict, rung: int) -> None:
         verdict = allowed[params["student"]]
@@ -190,6 +217,19 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
     def out_of_budget() -> bool:
         return deadline is not None and time.monotonic() > deadline
 
+    def draw(rung: int, fixed: dict | None) -> tuple[optuna.Trial, dict]:
+        """A new trial: ``fixed`` values (a promoted configuration), or the sampler's draw; a
+        configuration already trained at this rung is drawn again."""
+        if fixed is not None:
+            study.enqueue_trial(fixed)
+        for _ in range(20):
+            trial = study.ask()
+            params = suggest(trial)
+            if (rung, json.dumps(params, sort_keys=True)) not in done:
+                break
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return trial, params
+
     def suggest(trial: optuna.Trial) -> dict:  # an enqueued trial gets its fixed values back
         return {"student": trial.suggest_categorical("student", names),
                 "strategy": trial.suggest_categorical("strategy", strategies),
@@ -198,25 +238,30 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
                 "lr": trial.suggest_float("lr", *space.lr, log=True)}
 
     stopped = None
-    for rung, count in enumerate(per_rung):
+    if sized_by_budget:
+        per_rung[:] = [1] + [1] * (len(levels) - 1)  # one trial first, to measure what an epoch costs
+        resize()
+    for rung in range(len(levels)):
         if rung == 0:
-            todo = [None] * (count - sum(1 for key in done if key[0] == 0))
+            while sum(1 for key in done if key[0] == 0) < per_rung[0]:
+                if out_of_budget():
+                    stopped = "budget"
+                    break
+                trial, params = draw(0, None)
+                evaluate(trial, params, 0)
+                resize()
+            if stopped:
+                break
+            continue
         else:
             previous = sorted(((t.values[0], key[1]) for key, t in done.items() if key[0] == rung - 1),
                               reverse=task.higher_is_better)
-            todo = [json.loads(config) for _, config in previous[:count] if (rung, config) not in done]
+            todo = [json.loads(config) for _, config in previous[:per_rung[rung]] if (rung, config) not in done]
         for fixed in todo:
             if out_of_budget():
                 stopped = "budget"
                 break
-            if fixed is not None:
-                study.enqueue_trial(fixed)
-            for _ in range(20):  # a configuration already trained at this rung is drawn again
-                trial = study.ask()
-                params = suggest(trial)
-                if (rung, json.dumps(params, sort_keys=True)) not in done:
-                    break
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            trial, params = draw(rung, fixed)
             evaluate(trial, params, rung)
         if stopped:
             break
