@@ -105,3 +105,24 @@ def test_the_auto_section_is_checked_by_key():
     with pytest.raises(ValidationError, match="extra_forbidden|Extra inputs"):
         AutoSpec.model_validate({"constraints": {"max_latency": 1}})
     assert Candidate("mlp", '{"hidden": [64]}') == Candidate("mlp", '{"hidden": [64]}', params=5)
+
+
+def test_the_choice_is_the_best_score_whose_measured_latency_meets_the_constraint():
+    from distillab.autodistill.report import choose
+
+    def row(rung, score, student, predicted=0.1):
+        return {"rung": rung, "val_score": score, "latency_ms_predicted": predicted,
+                "params": {"student": student, "lr": 0.001}}
+
+    rows = [row(0, 0.70, "a"), row(0, 0.80, "b"), row(0, 0.75, "c"), row(1, 0.90, "b"), row(1, 0.85, "c")]
+    latencies = {"a": 0.05, "b": 0.30, "c": 0.08}  # b was predicted under 0.1 ms but measures over it
+
+    def measured(r):
+        return latencies[r["params"]["student"]] <= 0.1, latencies[r["params"]["student"]]
+
+    assert choose(rows, True, 0.0)["params"]["student"] == "b"  # no latency constraint: the best score
+    chosen = choose(rows, True, 0.0, measured)
+    assert chosen["params"]["student"] == "c" and chosen["rung"] == 1 and chosen["latency_ms_measured"] == 0.08
+    assert chosen["latency_met"] and chosen["meets_score"]
+    flagged = choose(rows, True, 0.95, lambda r: (False, 1.0))  # nothing meets: the best, flagged twice
+    assert flagged["params"]["student"] == "b" and not flagged["latency_met"] and not flagged["meets_score"]

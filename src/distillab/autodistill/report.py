@@ -18,16 +18,31 @@ def _row(key, trial) -> dict:
             "seconds": round(trial.user_attrs["seconds"], 2)}
 
 
-def choose(rows: list[dict], higher_is_better: bool, floor: float) -> dict | None:
-    """The best validation score of the last rung reached (ties: the faster); a score under
-    ``floor`` (min_score, or the teacher's score less max_drop) is flagged, not hidden."""
+def choose(rows: list[dict], higher_is_better: bool, floor: float, measured=None, checks: int = 10) -> dict | None:
+    """The best validation score of the last rung reached (ties: the faster) whose latency,
+    measured on the runtime by ``measured(row)`` (None: no latency constraint), meets the
+    constraint: the model's prediction let it train, the measurement decides. When none of the
+    ``checks`` best does, the best is returned, flagged. A score under ``floor`` (min_score, or the
+    teacher's score less max_drop) is flagged too, never hidden."""
     if not rows:
         return None
-    last = max(row["rung"] for row in rows)
-    top = [row for row in rows if row["rung"] == last]
     sign = 1 if higher_is_better else -1
-    best = max(top, key=lambda row: (sign * row["val_score"], -row["latency_ms_predicted"]))
-    return {**best, "meets_score": sign * best["val_score"] >= sign * floor}
+    ranked = sorted(rows, key=lambda row: (-row["rung"], -sign * row["val_score"], row["latency_ms_predicted"]))
+    seen, chosen = set(), None
+    for row in ranked:
+        config = json.dumps(row["params"], sort_keys=True)
+        if config in seen:  # a configuration at a lower rung than its best
+            continue
+        seen.add(config)
+        met, latency = (True, None) if measured is None else measured(row)
+        if chosen is None:
+            chosen = {**row, "latency_ms_measured": latency, "latency_met": met}
+        if met:
+            chosen = {**row, "latency_ms_measured": latency, "latency_met": met}
+            break
+        if len(seen) >= checks:
+            break
+    return {**chosen, "meets_score": sign * chosen["val_score"] >= sign * floor}
 
 
 def front_of(rows: list[dict], higher_is_better: bool) -> list[dict]:
@@ -73,9 +88,10 @@ def _plot(points, front, chosen, constraints, metric: str, path: Path) -> None:
 
 
 def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency, constraints, *,
-                  searched_seconds: float, stopped, pool: int, feasible: int, teacher_val: float) -> dict:
+                  searched_seconds: float, stopped, pool: int, feasible: int, teacher_val: float,
+                  measured=None) -> dict:
     rows = sorted((_row(key, trial) for key, trial in done.items()), key=lambda row: row["trial"])
-    chosen = choose(rows, task.higher_is_better, floor)
+    chosen = choose(rows, task.higher_is_better, floor, measured)
     front, points = front_of(rows, task.higher_is_better) if rows else ([], [])
     epochs_trained = sum(row["epochs"] for row in rows)
     lines = [f"| trial | rung | epochs | student | strategy | T | alpha | lr | validation {task.metric} | "
