@@ -51,6 +51,8 @@ class AutoSpace(_Strict):
     alpha: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.1, 0.95)
     epochs: tuple[Annotated[StrictInt, Field(ge=1)], Annotated[StrictInt, Field(ge=1)]] = (3, 30)
     lr: tuple[Positive, Positive] = (3e-4, 1e-2)
+    cache_views: list[Annotated[StrictInt, Field(ge=1, le=1024)]] | None = Field(
+        None, min_length=1, description="cached augmented views per image to choose from (default: the spec's)")
 
     @model_validator(mode="after")
     def _known_strategies(self) -> AutoSpace:

@@ -171,3 +171,14 @@ def test_the_baselines_random_search_and_no_multi_fidelity(tmp_path, blobs, tiny
     assert summary["rungs_epochs"] == [3] and summary["trials"] == 3 and summary["epochs_trained"] == 9
     with pytest.raises(SpecError, match="sampler"):
         search(auto_spec(tmp_path, blobs, tiny_teacher), tmp_path / "t", final=False, sampler="grid")
+
+
+def test_cached_views_are_a_dimension_of_the_search(tmp_path, blobs, tiny_teacher):
+    space = {"families": ["mlp"], "epochs": [1, 1], "strategies": ["response"], "cache_views": [1, 2]}
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher, space=space, budget={"max_trials": 6}),
+                     tmp_path / "s", final=False)
+    views = {t.params["views"] for t in trials_of(tmp_path / "s")}
+    assert views <= {1, 2} and summary["chosen"]["params"]["views"] in (1, 2)
+    with pytest.raises(SpecError, match=r"auto.space.cache_views.0: Input should be greater than or equal to 1"):
+        search(auto_spec(tmp_path / "bad", blobs, tiny_teacher, space={**space, "cache_views": [0]}), tmp_path / "t",
+               final=False)

@@ -195,7 +195,8 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
         trial_spec = _spec_with(base, {
             "student": {"model": candidate.model, "model_args": candidate.args},
             "strategy": {"name": params["strategy"], "params": strategy_params},
-            "training.epochs": epochs, "training.lr": params["lr"], "training.seeds": [seed], "auto": None})
+            "training.epochs": epochs, "training.lr": params["lr"], "training.seeds": [seed], "auto": None,
+            "cache.views": views_of(params)})
         job = Job.from_spec(trial_spec)
         caches = task.teacher_caches(trial_spec, bundle, teachers, job.params)  # one fill, shared by trials
         config = json.dumps(params, sort_keys=True)
@@ -214,6 +215,10 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
                  rung, epochs, candidate.model, candidate.model_args, task.metric, result["val_accuracy"],
                  verdict.latency_ms)
 
+    def views_of(params: dict):
+        """The trial's cached views: its own draw, the space's one value, or the spec's setting."""
+        return params.get("views", space.cache_views[0] if space.cache_views else spec.cache.views)
+
     def out_of_budget() -> bool:
         return deadline is not None and time.monotonic() > deadline
 
@@ -231,11 +236,14 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
         return trial, params
 
     def suggest(trial: optuna.Trial) -> dict:  # an enqueued trial gets its fixed values back
-        return {"student": trial.suggest_categorical("student", names),
-                "strategy": trial.suggest_categorical("strategy", strategies),
-                "temperature": trial.suggest_float("temperature", *space.temperature, log=True),
-                "alpha": trial.suggest_float("alpha", *space.alpha),
-                "lr": trial.suggest_float("lr", *space.lr, log=True)}
+        params = {"student": trial.suggest_categorical("student", names),
+                  "strategy": trial.suggest_categorical("strategy", strategies),
+                  "temperature": trial.suggest_float("temperature", *space.temperature, log=True),
+                  "alpha": trial.suggest_float("alpha", *space.alpha),
+                  "lr": trial.suggest_float("lr", *space.lr, log=True)}
+        if space.cache_views and len(space.cache_views) > 1:  # one teacher-output fill per views value
+            params["views"] = trial.suggest_categorical("views", sorted(set(space.cache_views)))
+        return params
 
     stopped = None
     if sized_by_budget:
@@ -289,7 +297,7 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
                          "params": {"temperature": chosen["params"]["temperature"],
                                     "alpha": chosen["params"]["alpha"]}},
             "training.epochs": levels[-1], "training.lr": chosen["params"]["lr"], "training.seeds": seeds,
-            "auto": None})
+            "auto": None, "cache.views": views_of(chosen["params"])})
         from distillab.experiment.run import run
 
         report = run(final_spec, out_dir / "run", resume=True, overwrite=False)
