@@ -31,6 +31,7 @@ from distillab.autodistill.feasibility import feasible, judge
 from distillab.autodistill.latency import LatencyModel, build_latency_model, measure
 from distillab.autodistill.report import write_outputs
 from distillab.autodistill.space import candidates
+from distillab.engine.loop import Stop
 from distillab.errors import SpecError
 from distillab.experiment.job import Job, spec_teachers
 from distillab.experiment.phases import phase
@@ -73,8 +74,12 @@ def plan(max_trials: int, levels: int) -> list[int]:
     return [max(1, math.ceil(n / ETA**r)) for r in range(levels)]
 
 
-def load_auto_spec(spec_path: Path, overrides=()) -> tuple[dict, object]:
-    base = resolve_spec_paths(read_spec_file(spec_path), Path(spec_path).resolve().parent)
+def load_auto_spec(spec_path: Path | dict, overrides=()) -> tuple[dict, object]:
+    """(the spec document, the validated JobSpec): a file (paths resolve against its folder) or a dict."""
+    if isinstance(spec_path, dict):
+        base = copy.deepcopy(spec_path)
+    else:
+        base = resolve_spec_paths(read_spec_file(spec_path), Path(spec_path).resolve().parent)
     for override in overrides:
         apply_override(base, override)
     spec = parse_spec(base)
@@ -110,11 +115,17 @@ def budget_plan(seconds: float, epoch_seconds: float, levels: list[int]) -> list
     return [max(1, math.ceil(n / ETA**r)) for r in range(len(levels))]
 
 
-def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] | None = None,
-           final: bool = True, sampler: str = "tpe", multi_fidelity: bool = True) -> dict:
+def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: list[int] | None = None,
+           final: bool = True, sampler: str = "tpe", multi_fidelity: bool = True, run_options: dict | None = None,
+           on_progress=None, on_final=None) -> dict:
     """Run (or resume) the search; returns the summary written to ``OUT/auto.json``.
     ``sampler`` "random" and ``multi_fidelity=False`` (every trial at the full epochs) are the
-    baselines the search is compared with (``benchmarks/auto.py``)."""
+    baselines the search is compared with (``benchmarks/auto.py``).
+
+    For the job service: ``run_options`` (``callbacks``, ``on_phase``) go to every trial's training
+    and to the final run (a callback's ``Stop`` ends the search, its trials and front written);
+    ``on_progress(info)`` hears after each trial (trials done and planned, the best score so far,
+    seconds searched); ``on_final(spec)`` hears before the chosen student's final run."""
     if sampler not in ("tpe", "random"):
         raise SpecError(f"sampler: tpe or random, not {sampler!r}")
     base, spec = load_auto_spec(spec_path, overrides)
@@ -202,8 +213,8 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
         config = json.dumps(params, sort_keys=True)
         trial_dir = out_dir / "trials" / f"{trial.number:04d}"
         clock = time.monotonic()
-        result = phase(job, bundle, seed, "distilled", teachers, caches, trial_dir, True, None, None,
-                       test_split=False)
+        result = phase(job, bundle, seed, "distilled", teachers, caches, trial_dir, True, None,
+                       (run_options or {}).get("callbacks"), test_split=False)
         trial.set_user_attr("rung", rung)
         trial.set_user_attr("config", config)
         trial.set_user_attr("epochs", epochs)
@@ -211,6 +222,11 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
         trial.set_user_attr("candidate", candidate.facts())
         study.tell(trial, [result["val_accuracy"], verdict.latency_ms])
         done[(rung, config)] = study.trials[trial.number]
+        if on_progress is not None:
+            scores = [t.values[0] for t in done.values()]
+            on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung,
+                         "best_val_score": (max if task.higher_is_better else min)(scores),
+                         "searched_seconds": round(time.monotonic() - started, 1)})
         log.info("auto: trial %d (rung %d, %d epochs) %s %s: validation %s %.4f, %.3f ms predicted", trial.number,
                  rung, epochs, candidate.model, candidate.model_args, task.metric, result["val_accuracy"],
                  verdict.latency_ms)
@@ -246,33 +262,39 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
         return params
 
     stopped = None
-    if sized_by_budget:
-        per_rung[:] = [1] + [1] * (len(levels) - 1)  # one trial first, to measure what an epoch costs
-        resize()
-    for rung in range(len(levels)):
-        if rung == 0:
-            while sum(1 for key in done if key[0] == 0) < per_rung[0]:
+    try:
+        if sized_by_budget:
+            per_rung[:] = [1] + [1] * (len(levels) - 1)  # one trial first, to measure what an epoch costs
+            resize()
+        for rung in range(len(levels)):
+            if rung == 0:
+                while sum(1 for key in done if key[0] == 0) < per_rung[0]:
+                    if out_of_budget():
+                        stopped = "budget"
+                        break
+                    trial, params = draw(0, None)
+                    evaluate(trial, params, 0)
+                    resize()
+                if stopped:
+                    break
+                continue
+            else:
+                previous = sorted(((t.values[0], key[1]) for key, t in done.items() if key[0] == rung - 1),
+                                  reverse=task.higher_is_better)
+                todo = [json.loads(config) for _, config in previous[:per_rung[rung]] if (rung, config) not in done]
+            for fixed in todo:
                 if out_of_budget():
                     stopped = "budget"
                     break
-                trial, params = draw(0, None)
-                evaluate(trial, params, 0)
-                resize()
+                trial, params = draw(rung, fixed)
+                evaluate(trial, params, rung)
             if stopped:
                 break
-            continue
-        else:
-            previous = sorted(((t.values[0], key[1]) for key, t in done.items() if key[0] == rung - 1),
-                              reverse=task.higher_is_better)
-            todo = [json.loads(config) for _, config in previous[:per_rung[rung]] if (rung, config) not in done]
-        for fixed in todo:
-            if out_of_budget():
-                stopped = "budget"
-                break
-            trial, params = draw(rung, fixed)
-            evaluate(trial, params, rung)
-        if stopped:
-            break
+    except (Stop, KeyboardInterrupt) as interruption:  # cancelled, or out of the job's budget: keep the front
+        write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
+                      searched_seconds=time.monotonic() - started, stopped=getattr(interruption, "reason", "interrupted"),
+                      pool=len(pool), feasible=len(allowed), teacher_val=teacher_val)
+        raise
 
     measured_ms: dict[str, float] = {}
 
@@ -300,7 +322,9 @@ def search(spec_path: Path, out_dir: Path, overrides=(), final_seeds: list[int] 
             "auto": None, "cache.views": views_of(chosen["params"])})
         from distillab.experiment.run import run
 
-        report = run(final_spec, out_dir / "run", resume=True, overwrite=False)
+        if on_final is not None:
+            on_final(final_spec)
+        report = run(final_spec, out_dir / "run", resume=True, overwrite=False, **(run_options or {}))
         latency_ms = chosen["latency_ms_measured"]
         if latency_ms is None:  # no latency constraint: measured for the record
             latency_ms = measure(allowed[chosen["params"]["student"]].candidate, bundle.in_shape,

@@ -33,10 +33,18 @@ class EfficiencyConstraints(Forbid):
     max_inference_time_ms: float | None = Field(None, gt=0, description="its measured latency at batch 1")
 
 
+class TargetPerformance(Forbid):
+    accuracy: float | None = Field(None, gt=0, le=1, description="validation accuracy the student must reach")
+    inference_speed_ms: float | None = Field(None, gt=0, description="latency at batch 1 on ONNX Runtime")
+
+
 class StudentSpecification(Forbid):
     type: Literal["image_classifier"] = Field("image_classifier", description="see GET /model-types")
-    architecture: str = Field(description="a zoo model name (GET /model-types)")
+    architecture: str | None = Field(None, description="a zoo model name (GET /model-types); without it, the "
+                                                       "job searches the student that meets the constraints")
     model_args: dict[str, Any] = Field(default_factory=dict)
+    parameter_count: int | None = Field(None, ge=1, description="most parameters the searched student may have")
+    target_performance: TargetPerformance = TargetPerformance()
     efficiency_constraints: EfficiencyConstraints = EfficiencyConstraints()
 
 
@@ -100,6 +108,11 @@ SEED_LOCATIONS = {
     ("data", "val_size"): ["dataset_config", "val_size"],
     ("data", "augment"): ["dataset_config", "augment"],
     ("student", "model"): ["student_specification", "architecture"],
+    ("auto", "constraints", "max_params"): ["student_specification", "parameter_count"],
+    ("auto", "constraints", "min_score"): ["student_specification", "target_performance", "accuracy"],
+    ("auto", "constraints", "max_latency_ms"): ["student_specification", "target_performance", "inference_speed_ms"],
+    ("auto", "constraints", "max_size_mb"): ["student_specification", "efficiency_constraints", "max_size_mb"],
+    ("auto", "budget", "wall_s"): ["constraints", "budget_constraints", "max_duration_hours"],
     ("student", "model_args"): ["student_specification", "model_args"],
     ("strategy", "name"): ["strategy"],
     ("strategy", "params"): ["strategy_params"],
@@ -178,10 +191,17 @@ def build_spec(body: JobCreate, teachers: list[dict] | None) -> dict:
             "data": {"dataset": data.dataset, "limit_train": data.sample_count, "val_size": data.val_size,
                      **({"augment": data.augment} if data.augment is not None else {})},
             "teacher": teachers if len(teachers) > 1 else teachers[0],
-            "student": {"model": student.architecture, "model_args": student.model_args},
             "strategy": {"name": body.strategy or "response", "params": body.strategy_params},
             "output": {"tensorboard": False},
         }
+        if student.architecture is not None:
+            spec["student"] = {"model": student.architecture, "model_args": student.model_args}
+        else:
+            if student.model_args:
+                problems.append(error(["student_specification", "model_args"], "model_args go with an architecture; "
+                                      "without one the job searches the student"))
+            spec["auto"] = auto_section(body)
+            spec["student"] = {"model": "cnn_small"}  # a placeholder the search replaces (and estimates by)
         if body.training is not None:
             spec["training"] = body.training
     quality = body.constraints.quality_thresholds
@@ -195,6 +215,24 @@ def build_spec(body: JobCreate, teachers: list[dict] | None) -> dict:
     if problems:
         raise BodyError(problems)
     return spec
+
+
+SEARCH_SHARE = 0.6  # of a job's max_duration_hours, for its search (the chosen student's final run: the rest)
+
+
+def auto_section(body: JobCreate) -> dict:
+    """The spec's ``auto`` section of a body that names no architecture: its parameter count,
+    target accuracy and latency, size and duration budget become the search's constraints
+    (latency on ONNX Runtime at batch 1, what a package serves)."""
+    student = body.student_specification
+    target, efficiency = student.target_performance, student.efficiency_constraints
+    latencies = [v for v in (target.inference_speed_ms, efficiency.max_inference_time_ms) if v is not None]
+    constraints = {"runtime": "onnx", "batch_size": 1, "max_params": student.parameter_count,
+                   "max_size_mb": efficiency.max_size_mb, "min_score": target.accuracy,
+                   "max_latency_ms": min(latencies) if latencies else None}
+    hours = body.constraints.budget_constraints.max_duration_hours  # the search gets 60 %, the final run the rest
+    return {"constraints": {k: v for k, v in constraints.items() if v is not None},
+            "budget": {"wall_s": hours * 3600 * SEARCH_SHARE} if hours is not None else {}}
 
 
 def check_body(body: BaseModel) -> None:
@@ -227,9 +265,9 @@ def validate_spec(spec: dict, seed_shaped: bool) -> JobSpec:
         validated = JobSpec.model_validate(spec)
     except ValidationError as problem:
         raise BodyError(spec_errors(problem, seed_shaped)) from None
-    if validated.auto is not None:  # a worker would train the spec's own student and ignore the constraints
-        raise BodyError([error(["spec", "auto"], "the job service does not run automated searches yet; run "
-                                                 "distillab auto, or remove auto to train the spec's own student")])
+    if validated.auto is not None and validated.task != "image_classification":
+        raise BodyError([error(["spec", "auto"], f"an automated search covers image classification students; a "
+                                                 f"{validated.task} job names its student")])
     return validated
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 ARTIFACT_PATTERNS = ("report.json", "report.md", "*.png", "student.safetensors", "student.onnx", "student.json")
 
 
+AUTO_ARTIFACTS = ("auto.json", "front.json", "front.md", "front.png", "trials.md", "latency_model.json")
+
+
 def artifacts(folder: Path) -> dict[str, Path]:
     """name -> file of a job's downloadable artifacts. Requests name a key of this map; no
     request path is ever joined onto the file system."""
@@ -23,6 +26,9 @@ def artifacts(folder: Path) -> dict[str, Path]:
         for path in sorted(partial.glob("seed_*/*/student.safetensors")):
             seed, role = path.parent.parent.name, path.parent.name
             out[f"{seed}_{role}_student.safetensors"] = path
+    for name in AUTO_ARTIFACTS:  # an automated search's outputs, beside its final run
+        if (folder / name).is_file():
+            out[name] = folder / name
     return out
 
 

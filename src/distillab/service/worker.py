@@ -96,6 +96,8 @@ class JobProgress(Callback):
         self.started, self.before, self.budget = started, device_seconds_before, budget
         self.stop_reason: str | None = None
         self.forwarded: dict | None = None  # a multi-process job's progress, as its rank 0 reported it
+        self.search: dict | None = None  # an automated search's trials (on_search)
+        self.final = False  # the search's final run has started
         self.lock = threading.Lock()
 
     # run(on_phase=...)
@@ -149,12 +151,36 @@ class JobProgress(Callback):
     def device_seconds(self) -> float:
         return self.before + (time.monotonic() - self.started)
 
+    # an automated search: its trials are the first SEARCH_SHARE of the job, the chosen student's
+    # final run the rest
+    SEARCH_SHARE = 0.6
+
+    def on_search(self, info: dict) -> None:
+        with self.lock:
+            self.phase, self.search = "searching", info
+            self.metrics["auto"] = info
+        self._check()
+
+    def retarget(self, spec) -> None:
+        """The final run of a search trains another spec than the job's: its epochs and seeds."""
+        with self.lock:
+            self.epochs = spec.training.epochs
+            self.weights = {"scratch": self.epochs, "distilling": self.epochs}
+            self.total = len(spec.training.seeds) * sum(self.weights.values())
+            self.done, self.fraction, self.final = 0.0, 0.0, True
+
     def progress(self) -> float:
         if self.forwarded is not None:
             return self.forwarded["progress"]
         with self.lock:
             current = self.weights.get(self.phase, 0) * min(1.0, self.fraction) if not self.phase_info.get("done") else 0
-            return round(100.0 * min(1.0, (self.done + current) / max(1, self.total)), 2)
+            share = min(1.0, (self.done + current) / max(1, self.total))
+            if self.search is None:
+                return round(100.0 * share, 2)
+            if not self.final:
+                searched = self.search["trials_done"] / max(1, self.search["trials_planned"])
+                return round(100.0 * self.SEARCH_SHARE * min(1.0, searched), 2)
+            return round(100.0 * (self.SEARCH_SHARE + (1 - self.SEARCH_SHARE) * share), 2)
 
     def snapshot(self) -> tuple[float, str | None, dict]:
         if self.forwarded is not None:
@@ -265,7 +291,12 @@ class Worker:
             beat.start()
             if not (out / "report.json").exists():  # else it finished before a crash prevented finish()
                 (partial / "partial.json").unlink(missing_ok=True)
-                if self.nproc > 1:
+                if spec.auto is not None:  # the search, then its chosen student's run in OUT (one process)
+                    from distillab.autodistill.search import search
+
+                    search(claim.spec, folder, run_options={"callbacks": progress, "on_phase": progress.on_phase},
+                           on_progress=progress.on_search, on_final=progress.retarget)
+                elif self.nproc > 1:
                     self._run_processes(claim, folder, progress)
                 else:
                     run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)

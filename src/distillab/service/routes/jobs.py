@@ -70,6 +70,8 @@ def router(settings: Settings) -> APIRouter:
         history = [(old, seconds, metrics["summary"]["train_samples"]) for old, seconds, metrics in rows
                    if (metrics or {}).get("summary", {}).get("train_samples")]
         estimate = _estimate(spec, settings, history)
+        if spec.auto is not None:
+            estimate = _search_estimate(spec, estimate, settings)
         if estimate.seconds > settings.max_job_device_hours * 3600:
             limit = settings.max_job_device_hours
             # the limit first: a long message is cut at the echo limit, and the cut must not hide it
@@ -213,18 +215,19 @@ def router(settings: Settings) -> APIRouter:
         folder = job_dir(settings, job.id)
         urls = {name: f"{PREFIX}/jobs/{job.id}/artifacts/{name}" for name in artifacts(folder)}
         report_path = folder / "run" / "report.json"
+        search = _search_results(folder)  # an automated search's trials, front and choice
         if job.status == "completed" and report_path.is_file():
             report = json.loads(report_path.read_text())
             return {"job_id": job.id, "status": job.status, "partial": False, **job_results(
                 report, options or {}, job.device_seconds or 0.0, settings.price_per_device_hour,
-                job.estimated_cost_usd, urls)}
+                job.estimated_cost_usd, urls), **search}
         partial = folder / "run.partial" / "partial.json"
-        if job.status in TERMINAL and partial.is_file():
+        if job.status in TERMINAL and (partial.is_file() or search):
             return {"job_id": job.id, "status": job.status, "partial": True, "stop_reason": job.stop_reason,
-                    **json.loads(partial.read_text()), "artifacts": urls,
+                    **(json.loads(partial.read_text()) if partial.is_file() else {}), "artifacts": urls,
                     "cost_analysis": {"device_hours": (job.device_seconds or 0) / 3600,
                                       "total_training_cost": (job.device_seconds or 0) / 3600
-                                      * settings.price_per_device_hour}}
+                                      * settings.price_per_device_hour}, **search}
         raise HTTPException(409, f"job {job.id} has no results yet (status {job.status})")
 
     @router.get("/jobs/{job_id}/artifacts/{name}", tags=["jobs"], responses=errors(404))
@@ -270,3 +273,36 @@ def _estimate(spec, settings: Settings, history):
         raise BodyError([error(["spec"], str(problem))]) from None
     return estimate(spec, n_train, n_val, in_shape, classes, teacher_macs, untrained,
                     settings.price_per_device_hour, history)
+
+
+def _search_results(folder) -> dict:
+    """``{"auto": ...}``: the search's summary (constraints, trials, latency model, front, chosen),
+    or nothing for a job that names its student."""
+    summary = folder / "auto.json"
+    if not summary.is_file():
+        return {}
+    document = json.loads(summary.read_text())
+    keep = ("constraints", "teacher_val_score", "candidates", "feasible_candidates", "rungs_epochs", "trials",
+            "epochs_trained", "searched_seconds", "stopped", "latency_model", "chosen", "front", "final")
+    return {"auto": {key: document[key] for key in keep if key in document}}
+
+
+def _search_estimate(spec, final, settings: Settings):
+    """An automated search: its wall-clock budget when it has one, else its plan's epochs (20
+    trials by default, each at most the space's epochs) at the speed of the spec's own student;
+    plus the chosen student's final run (``final``, the spec's own job)."""
+    from dataclasses import replace
+
+    from distillab.autodistill.search import DEFAULT_TRIALS
+
+    budget = spec.auto.budget
+    per_epoch = final.seconds / max(1, spec.training.epochs * len(spec.training.seeds) * 2)
+    if budget.wall_s is not None:
+        searching, how = budget.wall_s, f"its budget of {budget.wall_s:.0f} s"
+    else:
+        trials = budget.max_trials or DEFAULT_TRIALS
+        searching = trials * spec.auto.space.epochs[1] * per_epoch
+        how = f"{trials} trials of at most {spec.auto.space.epochs[1]} epochs"
+    seconds = searching + final.seconds
+    return replace(final, seconds=seconds, cost_usd=seconds / 3600 * settings.price_per_device_hour,
+                   basis=f"an automated search ({how}) and the chosen student's final run; {final.basis}")

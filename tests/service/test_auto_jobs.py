@@ -1,0 +1,63 @@
+"""Automated searches as service jobs, against a real server and worker (SQLite): a spec with an
+auto section runs its search and the chosen student's final run, and its results carry the front
+and the choice; the documented job shape without an architecture becomes a search whose
+constraints are the body's, estimated from its budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from service_processes import running_service, upload_teacher
+from distillab.service.store import TERMINAL
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def service(request, tmp_path_factory):
+    with running_service(request, tmp_path_factory) as running:
+        yield running
+
+
+def test_a_search_job_on_digits_runs_end_to_end(service):
+    teacher = upload_teacher(service)
+    spec = {"name": "digits search", "data": {"dataset": "digits"}, "student": {"model": "mlp"},
+            "training": {"seeds": [0, 1], "batch_size": 64}, "output": {"tensorboard": False},
+            "auto": {"constraints": {"max_params": 5000, "runtime": "onnx"}, "budget": {"max_trials": 3},
+                     "space": {"families": ["mlp"], "epochs": [1, 2], "strategies": ["response"]}}}
+    with service.client() as client:
+        created = client.post("/jobs", json={"spec": spec, "teacher_model_ids": [teacher]})
+        assert created.status_code == 201, created.text
+        assert "automated search (3 trials of at most 2 epochs)" in created.json()["estimate_basis"]
+        service.start_worker()
+        final = service.wait(created.json()["job_id"], lambda j: j["status"] in TERMINAL, timeout=240)
+        assert final["status"] == "completed", service.worker_logs()
+        assert final["current_metrics"]["auto"]["trials_done"] == 3 and final["progress"] == 100.0
+        results = client.get(f"/jobs/{final['job_id']}/results").json()
+        search = results["auto"]
+        assert search["trials"] == 3 and search["front"] and search["chosen"]["candidate"]["params"] <= 5000
+        assert search["final"]["seeds"] == [0, 1, 2] and search["final"]["latency_ms_measured"] > 0
+        assert {"front.png", "auto.json", "trials.md", "report.json"} <= set(results["artifacts"])
+        report = client.get(f"/jobs/{final['job_id']}/artifacts/report.json").json()
+        assert report["spec"]["student"]["model_args"] == search["chosen"]["candidate"]["model_args"]
+        png = client.get(f"/jobs/{final['job_id']}/artifacts/front.png")
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    service.stop_workers()
+
+
+def test_the_documented_shape_without_an_architecture_is_a_search(service):
+    teacher = upload_teacher(service)
+    body = {"name": "find me a student", "teacher_model_ids": [teacher], "dataset_config": {"dataset": "digits"},
+            "student_specification": {"parameter_count": 20000, "target_performance": {"accuracy": 0.9},
+                                      "efficiency_constraints": {"max_inference_time_ms": 2.0}},
+            "constraints": {"budget_constraints": {"max_duration_hours": 0.5}}}
+    with service.client() as client:
+        created = client.post("/jobs", json=body)
+        assert created.status_code == 201, created.text
+        assert "automated search (its budget of 1080 s)" in created.json()["estimate_basis"]  # 60 % of 0.5 h
+        assert client.delete(f"/jobs/{created.json()['job_id']}").status_code == 200
+        stray = client.post("/jobs", json={**body, "student_specification": {"model_args": {"hidden": [8]}}})
+        assert stray.status_code == 422
+        assert stray.json()["detail"][0]["loc"] == ["body", "student_specification", "model_args"]
+        text_search = client.post("/jobs", json={"spec": {"task": "language_modeling", "data": {"dataset": "austen"},
+                                                          "teacher": {"pretrained": "smollm2-135m-instruct"},
+                                                          "student": {"model": "gpt"}, "auto": {}}})
+        assert text_search.status_code == 422 and "automated search covers image classification" in text_search.text
