@@ -5,10 +5,17 @@ constraints are the body's, estimated from its budget."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+from pathlib import Path
+
 import pytest
 
 from service_processes import running_service, upload_teacher
 from distillab.service.store import TERMINAL
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module", params=["sqlite"])
@@ -41,6 +48,31 @@ def test_a_search_job_on_digits_runs_end_to_end(service):
         png = client.get(f"/jobs/{final['job_id']}/artifacts/front.png")
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     service.stop_workers()
+    _front_renders_in_chromium(service, final["job_id"])
+
+
+def _front_renders_in_chromium(service, job_id: str) -> None:
+    """The job page of the dashboard shows the front among its plots, in a real headless Chromium."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make setup installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        try:
+            page = browser.new_page()
+            page.goto(service.url + "/ui/login")
+            page.fill("#key", service.keys["alice"])
+            page.click("#login-form button[type=submit]")
+            page.wait_for_url("**/ui/jobs")
+            page.goto(f"{service.url}/ui/jobs/{job_id}")
+            page.wait_for_selector("#plots img[alt='front.png']", timeout=60_000)
+            deadline = time.time() + 30
+            while not page.eval_on_selector("#plots img[alt='front.png']", "i => i.complete && i.naturalWidth > 0"):
+                assert time.time() < deadline, "the front plot did not load"
+                time.sleep(0.1)
+            assert "auto.json" in page.inner_text("#artifacts")
+        finally:
+            browser.close()
 
 
 def test_the_documented_shape_without_an_architecture_is_a_search(service):
@@ -61,3 +93,24 @@ def test_the_documented_shape_without_an_architecture_is_a_search(service):
                                                           "teacher": {"pretrained": "smollm2-135m-instruct"},
                                                           "student": {"model": "gpt"}, "auto": {}}})
         assert text_search.status_code == 422 and "automated search covers image classification" in text_search.text
+
+
+def test_a_cancelled_search_keeps_its_partial_front(service):
+    teacher = upload_teacher(service)
+    spec = {"name": "long search", "data": {"dataset": "digits"}, "student": {"model": "mlp"},
+            "training": {"seeds": [0], "batch_size": 16}, "output": {"tensorboard": False},
+            "auto": {"budget": {"max_trials": 40},
+                     "space": {"families": ["mlp"], "epochs": [2, 60], "strategies": ["response"]}}}
+    with service.client() as client:
+        job = client.post("/jobs", json={"spec": spec, "teacher_model_ids": [teacher]}).json()
+        service.start_worker()
+        service.wait(job["job_id"], lambda j: (j["current_metrics"].get("auto") or {}).get("trials_done", 0) >= 2,
+                     timeout=180)
+        assert client.delete(f"/jobs/{job['job_id']}").status_code == 200
+        final = service.wait(job["job_id"], lambda j: j["status"] in TERMINAL, timeout=120)
+        assert final["status"] == "cancelled", service.worker_logs()
+        results = client.get(f"/jobs/{job['job_id']}/results").json()
+        assert results["partial"] is True and results["auto"]["trials"] >= 2 and results["auto"]["front"]
+        assert results["auto"]["stopped"] == "cancelled by the user"
+        assert "front.png" in results["artifacts"]
+    service.stop_workers()
