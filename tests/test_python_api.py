@@ -339,6 +339,7 @@ distillab.Distiller(teacher, student, cache=False).fit((X, y), epochs=2, **kwarg
 """
 
 
+@pytest.mark.integration  # a fresh interpreter per case
 @pytest.mark.parametrize("progress, lines", [("default", 2), ("off", 0)])
 def test_fit_logs_one_plain_line_per_epoch_by_default(tmp_path, progress, lines):
     """From Python, with no logging configured, fit logs one line per epoch on stderr (outside a

@@ -134,6 +134,7 @@ def test_validate_reads_a_language_model_teacher_without_its_weights(tmp_path, c
     assert result.exit_code == 2 and "pairs[0]" in result.output and "out of range" in result.output, result.output
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_known_third_party_start_up_noise_is_filtered(tmp_path):
     """torchao's unloadable CUDA kernels, its no-triton notice and torch's pytree deprecations
     are not shown once distillab is imported; other warnings still are."""

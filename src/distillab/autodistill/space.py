@@ -7,6 +7,7 @@ WideResNets and MLPs. A spec's ``auto.space.families`` narrows it."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -68,10 +69,14 @@ def architectures(families) -> list[tuple[str, dict]]:
 
 
 def count(name: str, args: dict, in_shape, num_classes: int) -> Candidate:
-    """The candidate with its parameters and MACs counted on the meta device."""
-    model = meta_model(name, tuple(in_shape), num_classes, args)
-    return Candidate(name, json.dumps(args, sort_keys=True), sum(p.numel() for p in model.parameters()),
-                     int(macs_per_sample(model, tuple(in_shape)) or 0))
+    """The candidate with its parameters and MACs counted on the meta device (once per process)."""
+    return _count(name, json.dumps(args, sort_keys=True), tuple(in_shape), num_classes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _count(name: str, args: str, in_shape: tuple, num_classes: int) -> Candidate:
+    model = meta_model(name, in_shape, num_classes, json.loads(args))
+    return Candidate(name, args, sum(p.numel() for p in model.parameters()), int(macs_per_sample(model, in_shape) or 0))
 
 
 def candidates(families, in_shape, num_classes: int) -> list[Candidate]:
