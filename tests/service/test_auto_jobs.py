@@ -42,7 +42,9 @@ def test_a_search_job_on_digits_runs_end_to_end(service):
         search = results["auto"]
         assert search["trials"] == 3 and search["front"] and search["chosen"]["candidate"]["params"] <= 5000
         assert search["final"]["seeds"] == [0, 1, 2] and search["final"]["latency_ms_measured"] > 0
-        assert {"front.png", "auto.json", "trials.md", "report.json"} <= set(results["artifacts"])
+        assert {"front.png", "auto.json", "trials.md", "report.json", "student.int8.onnx"} <= set(results["artifacts"])
+        measured = [r for r in results["recommendations"] if r.startswith("int8 (ONNX Runtime, static) cuts the size")]
+        assert len(measured) == 1 and "points of test accuracy (359 images)" in measured[0], results["recommendations"]
         report = client.get(f"/jobs/{final['job_id']}/artifacts/report.json").json()
         assert report["spec"]["student"]["model_args"] == search["chosen"]["candidate"]["model_args"]
         png = client.get(f"/jobs/{final['job_id']}/artifacts/front.png")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-ARTIFACT_PATTERNS = ("report.json", "report.md", "*.png", "student.safetensors", "student.onnx", "student.json")
+ARTIFACT_PATTERNS = ("report.json", "report.md", "*.png", "student.safetensors", "student.onnx", "student.json",
+                     "student.int8.onnx", "quantized.json")
 
 
 AUTO_ARTIFACTS = ("auto.json", "front.json", "front.md", "front.png", "trials.md", "latency_model.json")
@@ -43,7 +44,7 @@ def _ratio(a, b):
 
 
 def job_results(report: dict, options: dict, device_seconds: float, price: float, estimated_cost: float | None,
-                urls: dict[str, str]) -> dict:
+                urls: dict[str, str], quantized: dict | None = None) -> dict:
     models = {m["role"]: m for m in report["models"] if m["role"] != "teacher"}
     teacher, distilled, scratch = _teacher(report), models["distilled"], models["scratch"]
     comparison = report["comparisons"][0]
@@ -117,14 +118,15 @@ def job_results(report: dict, options: dict, device_seconds: float, price: float
         "quality_assessment": quality,
         "deployment_ready": ready,
         "deployment_checks": checks,
-        "recommendations": recommendations(report, checks, efficiency, monthly_savings, volume),
+        "recommendations": recommendations(report, checks, efficiency, monthly_savings, volume, quantized),
         "cost_analysis": cost,
         "artifacts": urls,
         "model_download_url": urls.get("student.safetensors"),
     }
 
 
-def recommendations(report: dict, checks: list[dict], efficiency: dict, monthly_savings, volume) -> list[str]:
+def recommendations(report: dict, checks: list[dict], efficiency: dict, monthly_savings, volume,
+                    quantized: dict | None = None) -> list[str]:
     out = []
     comparison = report["comparisons"][0]
     failed = {c["name"]: c for c in checks if not c["met"]}
@@ -148,6 +150,13 @@ def recommendations(report: dict, checks: list[dict], efficiency: dict, monthly_
         out.append(f"the student is only {speed:.2f}x faster than the teacher at batch 1: choose a smaller student")
     if volume is not None and monthly_savings is not None and monthly_savings <= 0:
         out.append("the student does not save inference time at batch 1, so it saves no serving cost")
+    if quantized and "int8_bytes" in quantized:
+        saved = 1 - quantized["int8_bytes"] / quantized["fp32_bytes"]
+        change = 100 * (quantized["int8_accuracy"] - quantized["fp32_accuracy"])
+        out.append(f"int8 (ONNX Runtime, static) cuts the size by {100 * saved:.0f} % "
+                   f"({quantized['fp32_bytes'] / 1e3:.1f} -> {quantized['int8_bytes'] / 1e3:.1f} kB) at {change:+.2f} "
+                   f"points of test accuracy ({quantized['test_samples']} images), measured on the export this job "
+                   "ran (student.int8.onnx)")
     if not failed and not out:
         out.append("meets every threshold given and distillation measurably helped: ready to deploy")
     elif not failed:

@@ -301,6 +301,8 @@ class Worker:
                 else:
                     run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)
             package(out, self.settings)
+            if spec.auto is not None:
+                quantized(out)
             progress.metrics["summary"] = summary(out)
             status = "completed"
         except LeaseLost as lost:
@@ -441,6 +443,42 @@ def package(out: Path, settings: Settings) -> None:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     atomic_write_json(out / "student.json", facts)
+
+
+def quantized(out: Path) -> None:
+    """For a search's chosen student: export it to int8 (ONNX Runtime, static, calibrated on
+    training inputs) and measure what that changes on the whole test split, beside the fp32
+    student, into ``quantized.json`` (the results' recommendations read it). A model that does not
+    quantize is recorded as such; the job's result stands either way."""
+    import torch
+
+    from distillab.compress.export import onnx_runner
+    from distillab.compress.runs import batches_of, best_seed, export_run, read_report, run_student
+
+    if (out / "quantized.json").exists() or not (out / "student.onnx").exists():
+        return
+    staging = out / ".export-int8"
+    try:
+        seed = best_seed(out, read_report(out))
+        record = export_run(out, staging, fmt="onnx", quantize="int8", seed=seed, parity_samples=256, overwrite=True)
+        student = run_student(out, seed)
+        inputs = batches_of(student.data, "test", len(student.data.test), 256)
+        labels = torch.cat([batch["targets"] for batch in student.data.eval_batches("test", 256)])
+        int8 = onnx_runner(staging / record["file"])
+        with torch.no_grad():
+            fp32_right = sum((student.model(x).argmax(-1) == y).sum().item()
+                             for x, y in zip(inputs, labels.split(256)))
+        int8_right = sum((int8(x).argmax(-1) == y).sum().item() for x, y in zip(inputs, labels.split(256)))
+        facts = {"fp32_bytes": (out / "student.onnx").stat().st_size, "int8_bytes": record["bytes"],
+                 "fp32_accuracy": fp32_right / len(labels), "int8_accuracy": int8_right / len(labels),
+                 "test_samples": len(labels), "parity": record["parity"]}
+        os.replace(staging / record["file"], out / "student.int8.onnx")
+    except Exception as problem:  # quantization is advice; the job's result stands
+        log.warning("int8 export failed: %s", problem)
+        facts = {"error": str(problem)[:300]}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_json(out / "quantized.json", facts)
 
 
 def _read_progress(path: Path) -> dict | None:

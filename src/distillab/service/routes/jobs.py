@@ -218,9 +218,11 @@ def router(settings: Settings) -> APIRouter:
         search = _search_results(folder)  # an automated search's trials, front and choice
         if job.status == "completed" and report_path.is_file():
             report = json.loads(report_path.read_text())
+            quantized = folder / "run" / "quantized.json"  # a search's chosen student, measured in int8
             return {"job_id": job.id, "status": job.status, "partial": False, **job_results(
                 report, options or {}, job.device_seconds or 0.0, settings.price_per_device_hour,
-                job.estimated_cost_usd, urls), **search}
+                job.estimated_cost_usd, urls, json.loads(quantized.read_text()) if quantized.is_file() else None),
+                **search}
         partial = folder / "run.partial" / "partial.json"
         if job.status in TERMINAL and (partial.is_file() or search):
             return {"job_id": job.id, "status": job.status, "partial": True, "stop_reason": job.stop_reason,
