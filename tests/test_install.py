@@ -10,6 +10,7 @@ distillab declare around it, without unpacking 750 MB once more."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,8 +34,12 @@ def _free_port() -> int:
 def fresh(tmp_path_factory) -> Path:
     """A new venv holding the wheel with [service] and the lock's versions; its bin folder."""
     tmp = tmp_path_factory.mktemp("install")
+    source = tmp / "source"  # a copy: the build writes build/ and egg-info, never into the checkout
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp / "wheels"), str(ROOT)], capture_output=True, text=True)
+                            "-w", str(tmp / "wheels"), str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp / "wheels").glob("distillab-*.whl"))
     venv = tmp / "venv"

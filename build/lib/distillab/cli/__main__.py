@@ -1,5 +1,0 @@
-"""``python -m distillab.cli``."""
-
-from distillab.cli import main
-
-main()

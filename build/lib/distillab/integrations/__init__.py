@@ -1,1 +1,0 @@
-"""Entry points for other frameworks' training loops (transformers.Trainer)."""

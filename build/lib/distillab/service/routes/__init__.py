@@ -1,1 +1,0 @@
-"""The job service's routes, one module per resource; ``service.app`` assembles them."""
