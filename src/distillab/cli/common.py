@@ -23,6 +23,7 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 SpecArg = Annotated[Path, typer.Argument(help="job spec, YAML or JSON")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override, key.path=value (YAML)")]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from distillab.cli.common import _env_key, _logging, app, command, console
+from distillab.cli.common import _env_key, _logging, app, command, console, SeedOpt
 
 
 @command(app)
@@ -18,7 +18,7 @@ def export(
     format_: Annotated[str, typer.Option("--format", help="onnx, torchscript, or adaptive (an adaptive run's "
                                          "generator and student as safetensors)")] = "onnx",
     quantize: Annotated[Optional[str], typer.Option(help="int8 (static, calibrated) or int8-dynamic")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    seed: SeedOpt = None,
     tolerance: Annotated[Optional[float], typer.Option(help="largest |delta logit| allowed (default 1e-3; "
                                                        "unbounded with --quantize)")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(help="smallest argmax agreement allowed (default "
@@ -67,7 +67,7 @@ def prune(
     kd: Annotated[bool, typer.Option("--kd/--no-kd", help="fine-tune with KD, or labels only")] = True,
     importance: Annotated[str, typer.Option(help="channel ranking: l1 (filter norm) or bn (|BN scale|)")] = "l1",
     stage: Annotated[Optional[list[int]], typer.Option(help="prune only these stages (repeat the option)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    seed: SeedOpt = None,
     lr: Annotated[Optional[float], typer.Option(help="fine-tuning learning rate (default: the run's / 4)")] = None,
     round_to: Annotated[int, typer.Option(help="channel counts in multiples of this")] = 1,
     temperature: Annotated[Optional[float], typer.Option(help="KD temperature (default: the run's)")] = None,
@@ -94,7 +94,7 @@ def qat(
     out: Annotated[Path, typer.Option(help="the run folder to write")],
     epochs: Annotated[int, typer.Option(help="fine-tuning epochs with int8 simulated")] = 3,
     kd: Annotated[bool, typer.Option("--kd/--no-kd", help="fine-tune with KD, or labels only")] = True,
-    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    seed: SeedOpt = None,
     lr: Annotated[Optional[float], typer.Option(help="fine-tuning learning rate (default: the run's / 4)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
@@ -116,7 +116,7 @@ def package(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
     out: Annotated[Path, typer.Option(help="the package folder to write")],
     quantize: Annotated[Optional[str], typer.Option(help="int8 (static, calibrated) or int8-dynamic")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")] = None,
+    seed: SeedOpt = None,
     name: Annotated[Optional[str], typer.Option(help="the package's name (default: run-seedN)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
     sign_key_env: Annotated[Optional[str], typer.Option(
