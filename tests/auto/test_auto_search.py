@@ -178,3 +178,15 @@ def test_cached_views_are_a_dimension_of_the_search(tmp_path, blobs, tiny_teache
     with pytest.raises(SpecError, match=r"auto.space.cache_views.0: Input should be greater than or equal to 1"):
         search(auto_spec(tmp_path / "bad", blobs, tiny_teacher, space={**space, "cache_views": [0]}), tmp_path / "t",
                final=False)
+
+
+def test_a_search_folder_resumes_only_its_own_spec(tmp_path, blobs, tiny_teacher):
+    out = tmp_path / "s"
+    search(auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 2}), out, final=False)
+    # more budget: the same search, resumed
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 3}), out, final=False)
+    assert summary["trials"] >= 2
+    before = len(trials_of(out))
+    with pytest.raises(SpecError, match=r"it holds a search of another spec \(it differs in: auto\)"):
+        search(auto_spec(tmp_path, blobs, tiny_teacher, constraints={"max_params": 10_000}), out, final=False)
+    assert len(trials_of(out)) == before  # nothing trained, nothing mixed in

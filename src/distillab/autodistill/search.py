@@ -92,6 +92,22 @@ def load_auto_spec(spec_path: Path | dict, overrides=()) -> tuple[dict, object]:
     return base, spec
 
 
+def _same_search(out_dir: Path, base: dict) -> None:
+    """A search resumes only the search it started: OUT records its spec (the budget aside, which a
+    resumed search may extend), and another spec is refused, naming the keys that differ."""
+    record = out_dir / "search.json"
+    spec = copy.deepcopy(base)
+    spec.get("auto", {}).pop("budget", None)
+    if not record.exists():
+        atomic_write_json(record, {"spec": spec})
+        return
+    before = json.loads(record.read_text())["spec"]
+    if json.dumps(before, sort_keys=True, default=str) != json.dumps(spec, sort_keys=True, default=str):
+        keys = sorted({*before, *spec} - {k for k in {*before, *spec} if before.get(k) == spec.get(k)})
+        raise SpecError(f"{out_dir}: it holds a search of another spec (it differs in: {', '.join(keys)}); "
+                        "resume with the same spec (only auto.budget may change), or search into another --out")
+
+
 def min_trial_seconds(spec, bundle, candidate_macs: int, teacher_macs: int, epochs: int) -> float:
     """A lower estimate of one trial: the cheapest candidate trained for the first rung's epochs
     (the student's forward and backward, the teacher's forward once per cached view), from this
@@ -139,6 +155,7 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
     # what the constraints allow, decided before anything trains
     pool = candidates(space.families or FAMILIES, bundle.in_shape, bundle.num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _same_search(out_dir, base)
     latency_path = out_dir / "latency_model.json"
     if latency_path.exists():  # measured once per search: a resumed search predicts as the first did
         latency = LatencyModel(**{k: v for k, v in json.loads(latency_path.read_text()).items()
