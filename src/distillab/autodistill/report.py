@@ -45,8 +45,8 @@ def choose(rows: list[dict], higher_is_better: bool, floor: float, measured=None
     return {**chosen, "meets_score": sign * chosen["val_score"] >= sign * floor}
 
 
-def front_of(rows: list[dict], higher_is_better: bool) -> list[dict]:
-    """Each configuration at the highest rung it reached, and the non-dominated ones among them."""
+def front_of(rows: list[dict], higher_is_better: bool) -> tuple[list[dict], list[dict]]:
+    """(the non-dominated configurations, every configuration) with each at the highest rung it reached."""
     latest = {}
     for row in rows:
         config = json.dumps(row["params"], sort_keys=True)

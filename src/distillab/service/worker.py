@@ -453,7 +453,7 @@ def quantized(out: Path) -> None:
     import torch
 
     from distillab.compress.export import onnx_runner
-    from distillab.compress.runs import batches_of, best_seed, export_run, read_report, run_student
+    from distillab.compress.runs import best_seed, export_run, read_report, run_student
 
     if (out / "quantized.json").exists() or not (out / "student.onnx").exists():
         return
@@ -462,16 +462,15 @@ def quantized(out: Path) -> None:
         seed = best_seed(out, read_report(out))
         record = export_run(out, staging, fmt="onnx", quantize="int8", seed=seed, parity_samples=256, overwrite=True)
         student = run_student(out, seed)
-        inputs = batches_of(student.data, "test", len(student.data.test), 256)
-        labels = torch.cat([batch["targets"] for batch in student.data.eval_batches("test", 256)])
+        batches = [(batch["inputs"], batch["targets"]) for batch in student.data.eval_batches("test", 256)]
         int8 = onnx_runner(staging / record["file"])
         with torch.no_grad():
-            fp32_right = sum((student.model(x).argmax(-1) == y).sum().item()
-                             for x, y in zip(inputs, labels.split(256)))
-        int8_right = sum((int8(x).argmax(-1) == y).sum().item() for x, y in zip(inputs, labels.split(256)))
+            fp32_right = sum((student.model(x).argmax(-1) == y).sum().item() for x, y in batches)
+        int8_right = sum((int8(x).argmax(-1) == y).sum().item() for x, y in batches)
+        count = sum(len(y) for _, y in batches)
         facts = {"fp32_bytes": (out / "student.onnx").stat().st_size, "int8_bytes": record["bytes"],
-                 "fp32_accuracy": fp32_right / len(labels), "int8_accuracy": int8_right / len(labels),
-                 "test_samples": len(labels), "parity": record["parity"]}
+                 "fp32_accuracy": fp32_right / count, "int8_accuracy": int8_right / count,
+                 "test_samples": count, "parity": record["parity"]}
         os.replace(staging / record["file"], out / "student.int8.onnx")
     except Exception as problem:  # quantization is advice; the job's result stands
         log.warning("int8 export failed: %s", problem)
