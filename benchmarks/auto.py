@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=3600.0, help="wall-clock budget of each search")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch and ONNX Runtime threads for training and every latency measurement")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override the default spec (key.path=value), e.g. for a quick check")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "auto"))
@@ -131,7 +132,7 @@ def main() -> None:
         rows[row].update(distilled_mean=statistics.fmean(per_seed(reports[row], "distilled").values()),
                          scratch_mean=statistics.fmean(per_seed(reports[row], "scratch").values()),
                          verdict=reports[row]["verdict"], seconds=round(time.monotonic() - started, 1))
-    result = {"budget_s": args.budget_s, "seeds": seeds, "default_latency_ms": latency_ms, "rows": rows}
+    result = {"budget_s": args.budget_s, "threads": args.threads, "seeds": seeds, "default_latency_ms": latency_ms, "rows": rows}
     if "default" in reports and "auto" in reports:
         base, chosen = per_seed(reports["default"], "distilled"), per_seed(reports["auto"], "distilled")
         common = sorted(set(base) & set(chosen))

@@ -299,6 +299,10 @@ class OutputSpec(Strict):
     plots: StrictBool = True
     tensorboard: StrictBool = True
     latency_repeats: StrictInt = Field(50, ge=1, le=1000, description="interleaved timing rounds at batch 1")
+    draft_prompts: StrictInt = Field(
+        8, ge=0, le=256, description="language models: test prompts on which the teacher decodes with the student as "
+                                     "its draft model (speculative decoding), timed against the teacher alone; 0: off")
+    draft_tokens: StrictInt = Field(48, ge=1, le=1024, description="new tokens per draft-decoding prompt")
 
 
 class JobSpec(Strict):

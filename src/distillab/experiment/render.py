@@ -204,6 +204,10 @@ def render_markdown(report: dict) -> str:
             for st in m["stages"]:
                 parts.append(f"| {st['stage']} | {st['model']} | {st['params']:,} | "
                              f"{st['accuracy']['mean'] * 100:.2f} ± {st['accuracy']['std'] * 100:.2f} |")
+    if _task(report) == "language_modeling":
+        from distillab.tasks.lm_report import render_lm_extras
+
+        parts += render_lm_extras(report)
     if report.get("constraints"):
         parts += ["", "| constraint | limit | value | met |", "|---|---:|---:|---|"]
         for c in report["constraints"]:

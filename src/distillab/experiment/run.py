@@ -175,6 +175,7 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
         notify("evaluating", {})
         report = assemble(job, first, teachers, teacher_accuracy, phases, time.time() - started)
         report["teacher_check"] = teacher_check
+        report.update(job.task.finish_run(job, first, teachers, phases, partial, device))
         atomic_write_json(partial / "report.json", report)
         from distillab.experiment.render import render
 

@@ -193,6 +193,33 @@ def _save_converted(model, tokenizer, folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def save_hf_folder(model: CausalLM, folder: Path) -> list[str]:
+    """``model`` as a standard Hugging Face folder in ``folder`` (config.json, model.safetensors,
+    generation_config.json, the tokenizer files), loadable by ``AutoModelForCausalLM.from_pretrained``
+    without distillab. Written into a staging folder, then each file moved into place."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    staging = folder / f".hf-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(model.model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are plain fp32
+        config.architectures = [type(model.model).__name__]
+        config.save_pretrained(staging)
+        if getattr(model.model, "generation_config", None) is not None:
+            model.model.generation_config.save_pretrained(staging)
+        save_model(model.model, str(staging / "model.safetensors"), metadata={"format": "pt"})  # tied tensors once
+        model.tokenizer.save_pretrained(staging)
+        names = sorted(path.name for path in staging.iterdir())
+        for name in names:
+            os.replace(staging / name, folder / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return names
+
+
 class CausalLM(nn.Module):
     """A transformers causal LM as a distillab model: ids (B, T) -> logits (B, T, V) fp32."""
 
@@ -252,17 +279,20 @@ def teacher_subset(teacher: CausalLM, layers: list[int] | None = None, keep: int
 
 
 def reduced_width(teacher: CausalLM, hidden_size: int, intermediate_size: int, heads: int, kv_heads: int | None = None,
-                  layers: int | None = None, where: str = "student.model_args") -> CausalLM:
+                  layers: int | None = None, head_dim: int | None = None,
+                  where: str = "student.model_args") -> CausalLM:
     """A freshly initialised model of the teacher's architecture and tokenizer, narrower (and
-    optionally shallower): the width-reduced student."""
+    optionally shallower): the width-reduced student. ``head_dim`` defaults to
+    hidden_size / heads; given, the heads need not split the hidden size (the shape of a
+    ``teacher_pruned`` cut, which keeps the teacher's head width)."""
     config = copy.deepcopy(teacher.model.config)
     kv_heads = kv_heads or heads
-    if hidden_size % heads or heads % kv_heads:
+    if (head_dim is None and hidden_size % heads) or heads % kv_heads:
         raise SpecError(f"{where}: hidden_size ({hidden_size}) must split into heads ({heads}), and heads into "
                         f"kv_heads ({kv_heads})")
     config.hidden_size, config.intermediate_size = hidden_size, intermediate_size
     config.num_attention_heads, config.num_key_value_heads = heads, kv_heads
-    config.head_dim = hidden_size // heads
+    config.head_dim = head_dim or hidden_size // heads
     if layers is not None:
         config.num_hidden_layers = layers
         if getattr(config, "layer_types", None):

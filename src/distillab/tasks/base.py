@@ -87,6 +87,11 @@ class Task:
         """(right, counted) for the running training metric of a step."""
         raise NotImplementedError
 
+    def finish_run(self, job, data, teachers, phases: dict, folder, device) -> dict:
+        """What a finished run adds to its report (and writes into its ``folder``) beyond the
+        comparison: nothing by default."""
+        return {}
+
     def better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` beats ``best`` (None: nothing yet) on the primary metric."""
         if best is None:

@@ -30,7 +30,10 @@ LOGIT_BYTES_PER_CHUNK = 1 << 28  # evaluation holds at most ~256 MB of fp32 logi
 LM_STUDENTS = {
     "teacher_layers": "some of the teacher's layers, copied (DistilBERT-style): layers [indices] or keep N",
     "teacher_width": "the teacher's architecture and tokenizer, narrower, freshly initialised: hidden_size, "
-                     "intermediate_size, heads, kv_heads, layers",
+                     "intermediate_size, heads, kv_heads, layers, head_dim",
+    "teacher_pruned": "the teacher cut to its most important heads, neurons, channels and layers (Minitron): "
+                      "hidden_size, intermediate_size, heads, kv_heads, layers, or params (+ axis width|depth); "
+                      "calibration_tokens, layer_metric",
     "hf": "a Hugging Face causal LM folder (path); it must share the teacher's tokenizer",
 }
 
@@ -130,6 +133,10 @@ class LanguageModeling(Task):
                                 f"differs from the teacher's ({len(data.tokenizer)}); token-level distillation needs "
                                 "one tokenizer")
             return student
+        if name == "teacher_pruned":
+            from distillab.tasks.lm_students import pruned_student
+
+            return pruned_student(spec.teachers[0], spec.cache.dir, data, args, _WEIGHTLESS.get())
         if name == "teacher_layers":  # copies the teacher's weights: load them, even for a validation
             teacher = _load(*_source(spec.teachers[0], spec.cache.dir), "teacher")
         else:  # the teacher's architecture only
@@ -179,6 +186,12 @@ class LanguageModeling(Task):
             "loss": nll_sum / tokens,  # mean cross-entropy per token, nats
         }
         return Evaluation(metrics, self.metric)
+
+    def finish_run(self, job, data, teachers, phases: dict, folder, device) -> dict:
+        """The cut's zero-shot score, the student as a Hugging Face folder, and its use as the teacher's draft model."""
+        from distillab.tasks.lm_report import finish_lm_run
+
+        return finish_lm_run(job, data, teachers, phases, folder, device)
 
     def correct(self, student_outputs: torch.Tensor, batch: dict) -> tuple[int, int]:
         mask = batch["mask"]

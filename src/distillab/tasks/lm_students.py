@@ -1,0 +1,110 @@
+"""``teacher_pruned``: a language-model student cut from its teacher (``models.lm_prune``).
+
+``student.model_args`` take the cut's shape -- ``hidden_size``, ``intermediate_size``,
+``heads``, ``kv_heads``, ``layers`` (each defaults to the teacher's) -- or ``params`` (a target
+count) with ``axis: width`` (default: hidden size and MLP shrink together) or ``depth`` (the
+least important layers go). ``calibration_tokens`` (default 16,384) of the training split
+score the units; ``layer_metric`` ranks layers by ``block_influence`` (default) or by the
+``perplexity`` increase when each is skipped.
+
+The cut does not depend on the seed: it is computed once per process and copied for every
+seed, so the scratch twin and the distilled student start from the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+
+import torch
+
+from distillab.errors import SpecError
+
+log = logging.getLogger("distillab")
+
+WHERE = "student.model_args"
+DEFAULT_CALIBRATION_TOKENS = 16_384
+KNOWN_ARGS = {"hidden_size", "intermediate_size", "heads", "kv_heads", "layers", "params", "axis",
+              "calibration_tokens", "layer_metric"}
+
+_CUTS: dict[tuple, object] = {}  # (teacher, data, args) -> the cut CausalLM, computed once per process
+
+
+def cut_shape(config, args: dict):
+    """The shape ``args`` ask for, checked against the teacher's ``config``."""
+    from distillab.models.lm_prune import CutShape, check_shape, shape_for_params, teacher_shape
+
+    unknown = sorted(set(args) - KNOWN_ARGS)
+    if unknown:
+        raise SpecError(f"{WHERE}: teacher_pruned takes {', '.join(sorted(KNOWN_ARGS))}; not {', '.join(unknown)}")
+    sizes = {"hidden_size", "intermediate_size", "heads", "kv_heads", "layers"} & set(args)
+    if "params" in args:
+        if sizes:
+            raise SpecError(f"{WHERE}: give params or the sizes ({', '.join(sorted(sizes))}), not both")
+        params = args["params"]
+        if isinstance(params, bool) or not isinstance(params, (int, float)) or not math.isfinite(params) \
+                or params <= 0:
+            raise SpecError(f"{WHERE}.params: {params!r} must be a positive number of parameters")
+        return shape_for_params(config, float(params), args.get("axis", "width"), WHERE)
+    if "axis" in args:
+        raise SpecError(f"{WHERE}.axis: goes with params (the sizes say the cut themselves)")
+    full = teacher_shape(config)
+    shape = CutShape(args.get("hidden_size", full.hidden_size), args.get("intermediate_size", full.intermediate_size),
+                     args.get("heads", full.heads), args.get("kv_heads", full.kv_heads),
+                     args.get("layers", full.layers))
+    check_shape(config, shape, WHERE)
+    return shape
+
+
+def calibration_blocks(data, tokens: int) -> torch.Tensor:
+    """Evenly spaced blocks of the training split holding at least ``tokens`` tokens."""
+    from distillab.models.lm_prune import MIN_CALIBRATION_TOKENS
+
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < MIN_CALIBRATION_TOKENS:
+        raise SpecError(f"{WHERE}.calibration_tokens: {tokens!r} is too few to rank the teacher's units; give at "
+                        f"least {MIN_CALIBRATION_TOKENS}")
+    blocks = data.train.tokens  # (N, T + 1)
+    available = blocks.numel()
+    if tokens > available:
+        raise SpecError(f"{WHERE}.calibration_tokens: {tokens:,} is more than the training split's {available:,} "
+                        "tokens; give fewer")
+    rows = -(-tokens // blocks.shape[1])
+    index = torch.linspace(0, len(blocks) - 1, rows).round().long().unique()
+    return blocks[index]
+
+
+def pruned_student(teacher_spec, cache_dir, data, args: dict, weightless: bool):
+    """The cut student (a ``CausalLM``); in a validation (``weightless``), an untrained model of the cut's shape."""
+    from distillab.models.hf import CausalLM
+    from distillab.models.lm_prune import (LAYER_METRICS, check_llama_family, cut, estimate_importance,
+                                           shaped_config, summary, teacher_shape)
+    from distillab.tasks.language_modeling import _load, _source, lm_checksum, load_lm_teacher
+
+    skeleton = load_lm_teacher(teacher_spec, cache_dir)
+    check_llama_family(skeleton.model, "teacher")
+    shape = cut_shape(skeleton.model.config, args)
+    metric = args.get("layer_metric", "block_influence")
+    if metric not in LAYER_METRICS:
+        raise SpecError(f"{WHERE}.layer_metric: {metric!r} is not one of {', '.join(LAYER_METRICS)}")
+    blocks = calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS))
+    if weightless:
+        from transformers import AutoModelForCausalLM
+
+        return CausalLM(AutoModelForCausalLM.from_config(shaped_config(skeleton.model.config, shape)),
+                        skeleton.tokenizer)
+    key = (lm_checksum(teacher_spec), data.source, json.dumps(args, sort_keys=True, default=str))
+    if key not in _CUTS:
+        teacher = _load(*_source(teacher_spec, cache_dir), "teacher")
+        log.info("scoring the teacher's heads, neurons, channels and layers on %d calibration tokens",
+                 blocks.numel())
+        importance = estimate_importance(teacher.model, blocks, layer_metric=metric)
+        model = cut(teacher.model, importance, shape, metric)
+        facts = summary(importance, shape, teacher_shape(teacher.model.config), model.cut_layers, metric)
+        _CUTS.clear()  # one cut kept: a model of 100s of MB
+        _CUTS[key] = (CausalLM(model, teacher.tokenizer), facts)
+    student, facts = _CUTS[key]
+    out = copy.deepcopy(student)
+    out.cut = facts  # the report records it
+    return out
