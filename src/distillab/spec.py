@@ -10,11 +10,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+from pydantic import (BaseModel, Field, StrictBool, StrictInt, ValidationError,
                       ValidationInfo, field_validator, model_validator)
 
 from distillab.errors import SpecError, close_matches
 from distillab.spec_auto import AutoSpec
+from distillab.spec_base import Number, Strict, registered
+from distillab.spec_data import MixtureEntry
 from distillab.inputs import text_problem
 
 MAX_SEEDS = 100  # one job; the service caps it lower (DISTILLAB_MAX_SEEDS)
@@ -24,25 +26,7 @@ MAX_SPEC_BYTES = 1_000_000  # numpy's seeds are 32-bit
 TEXT_VOCABULARY_ESTIMATE = 50_000  # for counting a text student's parameters before the tokenizer is loaded
 
 
-def _not_bool(value):
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    return value
-
-
-Number = Annotated[float, BeforeValidator(_not_bool)]  # booleans are not numbers (true is not 1.0)
 Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX)]
-
-
-def registered(name: str, registry, what: str) -> str:
-    """``name`` if ``registry`` (a literal registry dict) has it, else a ValueError that suggests."""
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}{close_matches(name, registry)}")
-    return name
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AugmentSpec(Strict):
@@ -54,7 +38,10 @@ class AugmentSpec(Strict):
 
 
 class DataSpec(Strict):
-    dataset: str = "fashion_mnist"
+    dataset: str = Field("fashion_mnist", description="a dataset or corpus; or a weighted list of corpora (a "
+                                                       "mixture: [{dataset, path, weight}, ...])")
+    mixture: list[MixtureEntry] | None = Field(None, description="the corpora of a mixture (written for you when "
+                                                                  "dataset is a list)")
     path: Path | None = Field(None, description="folder or file; null = the dataset's default location")
     limit_train: StrictInt | None = Field(None, ge=1, description="use only the first N training samples")
     val_size: Number = Field(0.1, gt=0, lt=1, description="fraction of the training set held out for validation")
@@ -65,19 +52,40 @@ class DataSpec(Strict):
     limit_tokens: StrictInt | None = Field(None, ge=1, description="train on about this many tokens, evenly spaced (text)")
     limit_eval_tokens: StrictInt | None = Field(None, ge=1, description="the same for validation and test (text)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mixture_list(cls, data: Any) -> Any:
+        """``dataset: [{dataset, weight}, ...]`` is a mixture: kept as ``dataset: mixture`` and ``mixture``."""
+        if isinstance(data, dict) and isinstance(data.get("dataset"), list):
+            if data.get("mixture") is not None:
+                raise ValueError("give the corpora once: dataset as a list, or dataset: mixture with mixture")
+            data = {**data, "dataset": "mixture", "mixture": data["dataset"]}
+        return data
+
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         from distillab.data import DATASETS
         from distillab.data.corpora import CORPORA
 
-        return registered(name, {**DATASETS, **CORPORA}, "dataset")
+        return registered(name, {**DATASETS, **CORPORA, "mixture": None}, "dataset")
+
+    @model_validator(mode="after")
+    def _mixture_given(self) -> DataSpec:
+        if (self.dataset == "mixture") != (self.mixture is not None):
+            raise ValueError("dataset: mixture goes with mixture (a list of corpora), and mixture with it")
+        if self.mixture is not None:
+            if not self.mixture:
+                raise ValueError("a mixture needs at least one corpus")
+            if self.path is not None:
+                raise ValueError("path: a mixture's paths go with its corpora (dataset[i].path)")
+        return self
 
     @property
     def is_text(self) -> bool:
         from distillab.data.corpora import CORPORA
 
-        return self.dataset in CORPORA
+        return self.dataset in CORPORA or self.dataset == "mixture"
 
     @field_validator("path")
     @classmethod

@@ -91,6 +91,12 @@ def resolve_spec_paths(data: dict, folder: Path) -> dict:
         for entry in node if isinstance(node, list) else [node]:
             if isinstance(entry, dict) and key in entry:
                 entry[key] = resolved(entry[key])
+    data_section = data.get("data")
+    if isinstance(data_section, dict):  # the corpora of a mixture
+        for field in ("dataset", "mixture"):
+            for entry in data_section.get(field) if isinstance(data_section.get(field), list) else []:
+                if isinstance(entry, dict) and "path" in entry:
+                    entry["path"] = resolved(entry["path"])
     return data
 
 

@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
 
 from conftest import make_tiny_lm, text_spec
+from distillab.cli import app
 from distillab.errors import SpecError
 from distillab.models.hf import load_causal_lm
 from distillab.models.lm_prune import CutShape, cut, estimate_importance, shape_for_params, teacher_shape
@@ -151,6 +153,24 @@ def test_a_cut_run_records_the_cut_leaves_a_plain_transformers_folder_and_times_
     assert draft["identical_output"] and draft["prompts"] == 2 and 0 <= draft["acceptance_rate"] <= 1
     assert "draft model" in (tmp_path / "run" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["hidden_size"] == 24
+    exported = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"),
+                                        "--format", "hf"])
+    assert exported.exit_code == 0, exported.output
+    record = json.loads((tmp_path / "hf" / "export.json").read_text())
+    assert record["format"] == "hf" and record["parity"]["max_abs_logit_diff"] < 1e-4
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+
+
+def test_a_student_that_is_not_a_transformers_model_is_not_exported_as_a_hugging_face_folder(corpus, tiny_lm,
+                                                                                              tmp_path):
+    from distillab.experiment.run import run
+
+    run(parse_spec(text_spec(corpus, tiny_lm, training={"epochs": 1, "seeds": [0]})), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()  # a gpt student: no Hugging Face folder
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"),
+                                      "--format", "hf"])
+    assert result.exit_code == 2 and "not a transformers causal LM" in result.output
+    assert not (tmp_path / "hf").exists()
 
 
 def test_assisted_decoding_with_a_draft_gives_the_teachers_greedy_output(tiny_lm):

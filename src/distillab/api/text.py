@@ -102,7 +102,7 @@ def text_data(task: str, train_data, tokenizer, context_length: int | None, val_
         except ValidationError as error:
             first = error.errors()[0]
             raise SpecError(f"train_data.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        if data_spec.dataset not in CORPORA:
+        if not data_spec.is_text:
             raise SpecError(f"train_data: {data_spec.dataset!r} is not a text corpus; known: {', '.join(CORPORA)}, "
                             "or a list of documents")
         checked_context(data_spec.context_length, max_context,

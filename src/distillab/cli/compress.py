@@ -15,8 +15,9 @@ from distillab.cli.common import _env_key, _logging, app, command, console, Seed
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
     out: Annotated[Path, typer.Option(help="folder to write the model and export.json into")],
-    format_: Annotated[str, typer.Option("--format", help="onnx, torchscript, or adaptive (an adaptive run's "
-                                         "generator and student as safetensors)")] = "onnx",
+    format_: Annotated[str, typer.Option("--format", help="onnx, torchscript, hf (a language-model student "
+                                         "as a Hugging Face folder), or adaptive (an adaptive run's generator and "
+                                         "student as safetensors)")] = "onnx",
     quantize: Annotated[Optional[str], typer.Option(help="int8 (static, calibrated) or int8-dynamic")] = None,
     seed: SeedOpt = None,
     tolerance: Annotated[Optional[float], typer.Option(help="largest |delta logit| allowed (default 1e-3; "

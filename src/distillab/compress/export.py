@@ -22,7 +22,8 @@ from distillab.files import atomic_write_json, check_output_folder, staged_folde
 from distillab.errors import DistillabError, close_matches
 from distillab.models.loading import file_checksum
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+# hf: a language-model student as a standard Hugging Face folder (config, safetensors, tokenizer)
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "hf": "model.safetensors"}
 QUANTIZE = ("int8", "int8-dynamic")  # static (calibrated) int8; weights-only int8 for Linear-heavy models
 EXPORT_TASKS = ("image_classification", "language_modeling")  # outputs are logits: argmax agreement means something
 
@@ -142,6 +143,9 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
     if quantize is not None and fmt != "onnx":
         raise ExportError(f"--quantize {quantize}: int8 models are written through ONNX Runtime's quantizer; "
                           "use --format onnx")
+    if fmt == "hf" and not hasattr(getattr(model, "model", None), "save_pretrained"):
+        raise ExportError("--format hf: the student is not a transformers causal LM (teacher_layers, teacher_width, "
+                          "teacher_pruned and hf students are); use onnx or torchscript")
     if quantize == "int8" and not calibration:
         raise ExportError("--quantize int8: the calibration set is empty (static int8 needs training inputs "
                           "to measure activation ranges)")
@@ -164,6 +168,11 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
                 quantize_onnx(float_path, path, quantize, calibration)
                 float_path.unlink()
             runner = onnx_runner(path)
+        elif fmt == "hf":
+            from distillab.models.hf import save_hf_folder
+
+            save_hf_folder(model, staging)
+            runner = hf_runner(staging, model.vocab_size)
         else:
             write_torchscript(model, example, path)
             runner = torchscript_runner(path)
@@ -177,6 +186,19 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
                   "tolerance": asdict(tolerance), "input_dtype": str(example.dtype).removeprefix("torch.")}
         atomic_write_json(staging / "export.json", record)
     return record
+
+
+def hf_runner(folder: Path, vocab_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The folder loaded by transformers alone, as a user would: ids -> logits over the tokenizer's vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False).logits[..., :vocab_size]
+
+    return run
 
 
 def read_export(folder: Path) -> dict:

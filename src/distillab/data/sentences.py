@@ -57,6 +57,7 @@ class SentenceData(SplitData):
     num_classes: int = 0  # no classes: the outputs are embeddings
     augment: Augment = Augment()
     teacher: object = None  # the encoder whose embeddings the metrics compare with (set by the task)
+    mixture: list | None = None  # a corpus mixture: each corpus's weight, share and repeats
 
     def train_batches(self, batch_size: int, generator: torch.Generator, caches=(), order=None):
         """Shuffled sentences; with a cache, ``teacher_embeddings`` (n_teachers, B, D)."""
@@ -85,11 +86,17 @@ class SentenceData(SplitData):
         return {"name": self.name, "train": len(self.train), "val": len(self.val), "test": len(self.test),
                 "num_classes": 0, "in_shape": [self.context_length],
                 "split": "by position inside each document, then into sentences",
-                "units": "sentences"}
+                "units": "sentences", **({"mixture": self.mixture} if self.mixture else {})}
 
 
 def build_sentences(data_spec, tokenizer, tokenizer_name: str, max_context: int | None = None) -> SentenceData:
     context = checked_context(data_spec.context_length, max_context)
+    if data_spec.dataset == "mixture":
+        from distillab.data.mixture import parts_of
+
+        return _build_mixture(parts_of(data_spec), data_spec.val_size, data_spec.test_size, context,
+                              data_spec.limit_train, tokenizer_fingerprint(tokenizer), _Tok(tokenizer),
+                              tuple(files_stamp(e.path) for e in data_spec.mixture))
     return _build(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                   data_spec.test_size, context, data_spec.limit_train, tokenizer_name,
                   tokenizer_fingerprint(tokenizer), _Tok(tokenizer), files_stamp(data_spec.path))
@@ -118,6 +125,41 @@ def _build(dataset: str, path: str | None, val_size: float, test_size: float, co
     source = (f"sentences:{dataset}:{path}:{documents_digest(documents)}:{fingerprint}:ctx{context}:val{val_size}"
               f":test{test_size}:lim{limit}")
     return _sentence_data(dataset, source, documents, val_size, test_size, context, limit, tok.tokenizer, "data")
+
+
+@lru_cache(maxsize=2)
+def _build_mixture(parts: tuple, val_size: float, test_size: float, context: int, limit: int | None,
+                   fingerprint: str, tok: _Tok, stamp: tuple = ()) -> SentenceData:
+    """Sentences of a weighted corpus mixture (``data.mixture``): training sentences in the
+    weights' shares (``limit``: about that many in total), validation and test every corpus's."""
+    from distillab.data.mixture import evenly, read_part, share_facts, weighted_rows
+
+    pieces, sources = [], []
+    for index, part in enumerate(parts):
+        documents = read_part(part, index)
+        sources.append(f"{part.dataset}:{part.path}:{documents_digest(documents)}:w{part.weight}")
+        pieces.append(_sentence_data(part.dataset, "", documents, val_size, test_size, context, None,
+                                     tok.tokenizer, f"data.dataset[{index}]"))
+    sizes = [len(piece.train) for piece in pieces]
+    rows = weighted_rows(sizes, [part.weight for part in parts], limit)
+    train = _joined([_rows_of(piece.train, r) for piece, r in zip(pieces, rows)])
+    held_out = {}
+    for split in ("val", "test"):
+        joined = _joined([piece.split(split) for piece in pieces])
+        keep = evenly(len(joined), EVAL_SENTENCES)
+        held_out[split] = joined if keep is None else _rows_of(joined, keep)
+    source = (f"sentences:mixture:{'|'.join(sources)}:{fingerprint}:ctx{context}:val{val_size}:test{test_size}"
+              f":lim{limit}")
+    return SentenceData("+".join(part.dataset for part in parts), source, train, held_out["val"], held_out["test"],
+                        context, tok.tokenizer, mixture=share_facts(parts, sizes, rows, "sentences"))
+
+
+def _rows_of(split: SentenceSplit, rows: torch.Tensor) -> SentenceSplit:
+    return SentenceSplit(split.ids[rows], [split.texts[i] for i in rows.tolist()])
+
+
+def _joined(splits: list[SentenceSplit]) -> SentenceSplit:
+    return SentenceSplit(torch.cat([s.ids for s in splits]), [t for s in splits for t in s.texts])
 
 
 def sentences_from_documents(documents: list[str], tokenizer, context: int, val_size: float = 0.05,

@@ -162,6 +162,7 @@ class TextData(SplitData):
     context_length: int
     tokenizer: object
     augment: Augment = Augment()
+    mixture: list | None = None  # a corpus mixture: each corpus's weight, share and repeats
 
     def train_batches(self, batch_size: int, generator: torch.Generator, caches=(), order=None) -> Iterator[dict]:
         """Shuffled blocks; with a cache, each carries the teacher's top-k log-probabilities
@@ -198,7 +199,8 @@ class TextData(SplitData):
                 "num_classes": self.num_classes, "in_shape": [self.context_length],
                 "tokens": {split: self.split(split).counted_tokens for split in SPLITS},
                 "characters": {split: self.split(split).text_chars for split in SPLITS},
-                "split": "by position inside each document (the last part of each is test, the part before it val)"}
+                "split": "by position inside each document (the last part of each is test, the part before it val)",
+                **({"mixture": self.mixture} if self.mixture else {})}
 
 
 def checked_context(context: int, max_context: int | None, where: str = "data.context_length") -> int:
@@ -213,6 +215,13 @@ def build_text(data_spec, tokenizer, tokenizer_name: str, max_context: int | Non
     context = checked_context(data_spec.context_length, max_context)
     from distillab.data.corpora import files_stamp
 
+    if data_spec.dataset == "mixture":
+        from distillab.data.mixture import parts_of
+
+        return _build_mixture_text(parts_of(data_spec), data_spec.val_size, data_spec.test_size, context,
+                                   data_spec.limit_tokens, data_spec.limit_eval_tokens,
+                                   _Hashable(tokenizer, tokenizer_name),
+                                   tuple(files_stamp(e.path) for e in data_spec.mixture))
     return _build_text(data_spec.dataset, str(data_spec.path) if data_spec.path else None, data_spec.val_size,
                        data_spec.test_size, context, data_spec.limit_tokens, data_spec.limit_eval_tokens,
                        _Hashable(tokenizer, tokenizer_name), files_stamp(data_spec.path))
@@ -246,6 +255,47 @@ def _build_text(dataset: str, path: str | None, val_size: float, test_size: floa
               f":lim{limit_tokens}:{limit_eval_tokens}")
     return _text_data(dataset, source, documents, val_size, test_size, context, limit_tokens, limit_eval_tokens,
                       tokenizer.tokenizer, "data")
+
+
+@lru_cache(maxsize=2)
+def _build_mixture_text(parts: tuple, val_size: float, test_size: float, context: int, limit_tokens: int | None,
+                        limit_eval_tokens: int | None, tokenizer: _Hashable, stamp: tuple = ()) -> TextData:
+    """A weighted mixture of corpora (``data.mixture``): each split per document, the training
+    blocks in the weights' shares, validation and test every corpus's held-out text."""
+    from distillab.data.mixture import evenly, read_part, share_facts, weighted_rows
+
+    pieces, sources = [], []
+    for index, part in enumerate(parts):
+        documents = read_part(part, index)
+        sources.append(f"{part.dataset}:{part.path}:{documents_digest(documents)}:w{part.weight}")
+        pieces.append(_text_data(part.dataset, "", documents, val_size, test_size, context, None, None,
+                                 tokenizer.tokenizer, f"data.dataset[{index}]"))
+    total = None if limit_tokens is None else max(1, limit_tokens // context)
+    sizes = [len(piece.train) for piece in pieces]
+    rows = weighted_rows(sizes, [part.weight for part in parts], total)
+    train = _joined([_rows_of(piece.train, r) for piece, r in zip(pieces, rows)])
+    held_out = {}
+    for split in ("val", "test"):
+        joined = _joined([piece.split(split) for piece in pieces])
+        keep = evenly(len(joined), None if limit_eval_tokens is None else max(1, limit_eval_tokens // context))
+        held_out[split] = joined if keep is None else _rows_of(joined, keep)
+    source = (f"mixture:{'|'.join(sources)}:{tokenizer.key[1]}:{tokenizer_fingerprint(tokenizer.tokenizer)}"
+              f":ctx{context}:val{val_size}:test{test_size}:lim{limit_tokens}:{limit_eval_tokens}")
+    name = "+".join(part.dataset for part in parts)
+    log.info("mixture %s: train %d blocks (%s)", name, len(train),
+             ", ".join(f"{p.dataset} {len(r)}" for p, r in zip(parts, rows)))
+    return TextData(name, source, train, held_out["val"], held_out["test"], len(tokenizer.tokenizer), context,
+                    tokenizer.tokenizer, mixture=share_facts(parts, sizes, rows, "blocks"))
+
+
+def _rows_of(split: TokenBlocks, rows: torch.Tensor) -> TokenBlocks:
+    chars = split.chars[rows]
+    return TokenBlocks(split.tokens[rows], split.mask[rows], chars, int(chars.sum()))
+
+
+def _joined(splits: list[TokenBlocks]) -> TokenBlocks:
+    return TokenBlocks(torch.cat([s.tokens for s in splits]), torch.cat([s.mask for s in splits]),
+                       torch.cat([s.chars for s in splits]), sum(s.text_chars for s in splits))
 
 
 def text_from_documents(documents, tokenizer, context: int, val_size: float = 0.05, test_size: float = 0.05,
@@ -302,6 +352,13 @@ def _text_data(name: str, source: str, documents: list[Document], val_size: floa
 CHARACTERS_PER_TOKEN = 4.0  # English under a byte-level BPE: a planning figure, not a measurement
 
 
+def spec_characters(data_spec) -> int:
+    """Characters of a spec's corpus, or of every corpus of its mixture."""
+    if data_spec.dataset == "mixture":
+        return sum(corpus_characters(e.dataset, str(e.path) if e.path else None) for e in data_spec.mixture)
+    return corpus_characters(data_spec.dataset, str(data_spec.path) if data_spec.path else None)
+
+
 def corpus_characters(dataset: str, path: str | None) -> int:
     """Characters of a corpus; an installed one (no path) is read once per process (the
     service estimates every text job from it)."""
@@ -322,7 +379,7 @@ def _installed_corpus_characters(dataset: str) -> int:
 def text_split_sizes(data_spec) -> tuple[int, int, tuple[int], int]:
     """(train blocks, validation blocks, (context,), an estimate of the vocabulary) of a text
     spec without tokenising it: tokens ~ characters / 4, or the spec's token limits."""
-    characters = corpus_characters(data_spec.dataset, str(data_spec.path) if data_spec.path else None)
+    characters = spec_characters(data_spec)
     context = data_spec.context_length
     train_tokens = characters * (1 - data_spec.val_size - data_spec.test_size) / CHARACTERS_PER_TOKEN
     val_tokens = characters * data_spec.val_size / CHARACTERS_PER_TOKEN
