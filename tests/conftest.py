@@ -270,7 +270,7 @@ INTEGRATION_MODULES = {
     "tests/service/test_worker_nproc.py", "tests/service/test_lease.py", "tests/test_benchmarks_run.py",
     "tests/test_examples.py", "tests/text/test_hub_download.py", "tests/text/test_text_service.py",
     "tests/text/test_hf_models.py", "tests/test_install.py", "tests/test_docs.py",
-    "tests/auto/test_auto_search.py", "tests/service/test_auto_jobs.py",
+    "tests/auto/test_auto_search.py", "tests/auto/test_auto_shared.py", "tests/service/test_auto_jobs.py",
 }
 
 

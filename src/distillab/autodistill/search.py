@@ -30,6 +30,8 @@ import optuna
 from distillab.autodistill.feasibility import feasible, judge
 from distillab.autodistill.latency import LatencyModel, build_latency_model, measure
 from distillab.autodistill.report import write_outputs
+from distillab.autodistill.shared import (POLL_S, SHARED_KEY, WORKER, Claims, create_shared, heartbeat, open_shared,
+                                         publish_latency, wait_for_latency)
 from distillab.autodistill.space import candidates
 from distillab.engine.loop import Stop
 from distillab.errors import SpecError
@@ -44,8 +46,6 @@ log = logging.getLogger("distillab")
 ETA = 3  # successive halving: a third is promoted, at three times the epochs
 DEFAULT_TRIALS = 20
 DEFAULT_STRATEGIES = ("response", "dkd")
-
-
 def _spec_with(base: dict, assignments: dict):
     data = copy.deepcopy(base)
     for key, value in assignments.items():
@@ -131,9 +131,10 @@ def budget_plan(seconds: float, epoch_seconds: float, levels: list[int]) -> list
     return [max(1, math.ceil(n / ETA**r)) for r in range(len(levels))]
 
 
-def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: list[int] | None = None,
+def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_seeds: list[int] | None = None,
            final: bool = True, sampler: str = "tpe", multi_fidelity: bool = True, run_options: dict | None = None,
-           on_progress=None, on_final=None) -> dict:
+           on_progress=None, on_final=None, storage: str | None = None, study_name: str | None = None,
+           join: bool = False, wait_s: float = 0.0) -> dict:
     """Run (or resume) the search; returns the summary written to ``OUT/auto.json``.
     ``sampler`` "random" and ``multi_fidelity=False`` (every trial at the full epochs) are the
     baselines the search is compared with (``benchmarks/auto.py``).
@@ -141,34 +142,38 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
     For the job service: ``run_options`` (``callbacks``, ``on_phase``) go to every trial's training
     and to the final run (a callback's ``Stop`` ends the search, its trials and front written);
     ``on_progress(info)`` hears after each trial (trials done and planned, the best score so far,
-    seconds searched); ``on_final(spec)`` hears before the chosen student's final run."""
+    seconds searched); ``on_final(spec)`` hears before the chosen student's final run.
+
+    Shared: with ``storage`` (an SQLAlchemy URL) the study lives in that database under
+    ``study_name`` and records the spec, the options and the latency model; processes started
+    with ``join=True`` (no spec: it comes from the study) train its trials too. Each trial is
+    claimed in the database before it trains, a promotion to the next rung waits until every
+    process has finished the rung below, and the budget counts the trial seconds of all of them.
+    The process that created the study waits for the others, writes the front and retrains the
+    chosen student; a joined process only trains trials (``final`` is ignored)."""
     if sampler not in ("tpe", "random"):
         raise SpecError(f"sampler: tpe or random, not {sampler!r}")
-    base, spec = load_auto_spec(spec_path, overrides)
+    if join and storage is None:
+        raise SpecError("--join: give the shared study's --storage URL too")
+    shared = None
+    if join:
+        shared = open_shared(storage, study_name, wait_s)
+        record = shared.user_attrs[SHARED_KEY]
+        base, spec = load_auto_spec(record["spec"])
+        sampler, multi_fidelity, final = record["sampler"], record["multi_fidelity"], False
+    else:
+        base, spec = load_auto_spec(spec_path, overrides)
     auto = spec.auto
     constraints, budget, space = auto.constraints, auto.budget, auto.space
     task = Job.from_spec(spec).task
+    directions = ["maximize" if task.higher_is_better else "minimize", "minimize"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is not None and not join:  # made first, so that workers set up while the latency model is measured
+        shared = create_shared(storage, study_name or f"auto-{spec.name}", directions,
+                               {"spec": base, "sampler": sampler, "multi_fidelity": multi_fidelity})
     seed = spec.training.seeds[0]
     bundle = task.build(spec.data, seed, spec)
     device = resolve_device(spec.training.device)
-
-    # what the constraints allow, decided before anything trains
-    pool = candidates(space.families or FAMILIES, bundle.in_shape, bundle.num_classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _same_search(out_dir, base)
-    latency_path = out_dir / "latency_model.json"
-    if latency_path.exists():  # measured once per search: a resumed search predicts as the first did
-        latency = LatencyModel(**{k: v for k, v in json.loads(latency_path.read_text()).items()
-                                  if k in ("runtime", "batch_size", "coefficients", "probes")})
-    else:
-        latency = build_latency_model(pool, bundle.in_shape, bundle.num_classes, constraints.runtime,
-                                      constraints.batch_size)
-        atomic_write_json(latency_path, latency.as_dict())
-    verdicts = [judge(c, constraints, latency, bundle.in_shape, bundle.num_classes) for c in pool]
-    allowed = {v.candidate.name: v for v in feasible(verdicts, constraints)}
-    log.info("auto: %d of %d candidates can meet the constraints (latency model: median error %.0f %%)",
-             len(allowed), len(pool), 100 * latency.error["median_relative_error"])
-
     teachers = spec_teachers(spec, task, bundle)
     teacher_val = task.evaluate(teachers[0][0], bundle, "val", spec.training.eval_batch_size, device).value
     if constraints.min_score is not None and task.better(constraints.min_score, teacher_val):
@@ -176,6 +181,27 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
                         f"validation {task.metric} ({teacher_val:.4f}); a student distilled from it will not reach it")
     floor = max(constraints.min_score if constraints.min_score is not None else -math.inf,
                 teacher_val - constraints.max_drop if constraints.max_drop is not None else -math.inf)
+
+    # what the constraints allow, decided before anything trains
+    pool = candidates(space.families or FAMILIES, bundle.in_shape, bundle.num_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _same_search(out_dir, base)
+    latency_path = out_dir / "latency_model.json"
+    if join:  # the creator's machine is the target: every process predicts with its model
+        atomic_write_json(latency_path, wait_for_latency(shared))
+    if latency_path.exists():  # measured once per search: a resumed search predicts as the first did
+        latency = LatencyModel(**{k: v for k, v in json.loads(latency_path.read_text()).items()
+                                  if k in ("runtime", "batch_size", "coefficients", "probes")})
+    else:
+        latency = build_latency_model(pool, bundle.in_shape, bundle.num_classes, constraints.runtime,
+                                      constraints.batch_size)
+        atomic_write_json(latency_path, latency.as_dict())
+    if shared is not None and not join:
+        publish_latency(shared, latency.as_dict())
+    verdicts = [judge(c, constraints, latency, bundle.in_shape, bundle.num_classes) for c in pool]
+    allowed = {v.candidate.name: v for v in feasible(verdicts, constraints)}
+    log.info("auto: %d of %d candidates can meet the constraints (latency model: median error %.0f %%)",
+             len(allowed), len(pool), 100 * latency.error["median_relative_error"])
 
     levels = rungs(*space.epochs) if multi_fidelity else [space.epochs[1]]
     per_rung = plan(budget.max_trials or DEFAULT_TRIALS, len(levels))
@@ -195,12 +221,16 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
 
     strategies = list(space.strategies or DEFAULT_STRATEGIES)
     names = sorted(allowed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="auto", storage=f"sqlite:///{(out_dir / 'study.db').resolve()}",
-                                directions=["maximize" if task.higher_is_better else "minimize", "minimize"],
-                                load_if_exists=True)
-    done = {(t.user_attrs["rung"], t.user_attrs["config"]): t for t in study.get_trials(deepcopy=False)
-            if t.state == optuna.trial.TrialState.COMPLETE}
+    if shared is not None:
+        study = shared
+    else:
+        study = optuna.create_study(study_name="auto", storage=f"sqlite:///{(out_dir / 'study.db').resolve()}",
+                                    directions=directions, load_if_exists=True)
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # an interrupted run's: nobody trains them
+    done: dict = {}
+    sync = Claims(study, done, shared=storage is not None)
+    sync()
     # a resumed search draws on from where it stopped, not from the first draws again
     study.sampler = (optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler)(
         seed=len(study.trials))
@@ -228,17 +258,21 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
         job = Job.from_spec(trial_spec)
         caches = task.teacher_caches(trial_spec, bundle, teachers, job.params)  # one fill, shared by trials
         config = json.dumps(params, sort_keys=True)
+        trial.set_user_attr("rung", rung)  # the claim: other processes skip what is running
+        trial.set_user_attr("config", config)
+        if not sync.won(trial, rung, config):
+            return
+        trial.set_user_attr("worker", WORKER)
         trial_dir = out_dir / "trials" / f"{trial.number:04d}"
         clock = time.monotonic()
-        result = phase(job, bundle, seed, "distilled", teachers, caches, trial_dir, True, None,
-                       (run_options or {}).get("callbacks"), test_split=False)
-        trial.set_user_attr("rung", rung)
-        trial.set_user_attr("config", config)
+        with heartbeat(study, trial):
+            result = phase(job, bundle, seed, "distilled", teachers, caches, trial_dir, True, None,
+                           (run_options or {}).get("callbacks"), test_split=False)
         trial.set_user_attr("epochs", epochs)
         trial.set_user_attr("seconds", time.monotonic() - clock)
         trial.set_user_attr("candidate", candidate.facts())
         study.tell(trial, [result["val_accuracy"], verdict.latency_ms])
-        done[(rung, config)] = study.trials[trial.number]
+        sync()
         if on_progress is not None:
             scores = [t.values[0] for t in done.values()]
             on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung,
@@ -253,6 +287,9 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
         return params.get("views", space.cache_views[0] if space.cache_views else spec.cache.views)
 
     def out_of_budget() -> bool:
+        if storage is not None and limit < math.inf:  # every process's trial seconds count
+            sync()
+            return sum(t.user_attrs["seconds"] for t in done.values()) >= limit
         return deadline is not None and time.monotonic() > deadline
 
     def draw(rung: int, fixed: dict | None) -> tuple[optuna.Trial, dict]:
@@ -285,7 +322,7 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
             resize()
         for rung in range(len(levels)):
             if rung == 0:
-                while sum(1 for key in done if key[0] == 0) < per_rung[0]:
+                while sum(1 for key in set(done) | sync() if key[0] == 0) < per_rung[0]:
                     if out_of_budget():
                         stopped = "budget"
                         break
@@ -296,6 +333,8 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
                     break
                 continue
             else:
+                while any(key[0] == rung - 1 for key in sync()):  # other processes still train the rung below
+                    time.sleep(POLL_S)
                 previous = sorted(((t.values[0], key[1]) for key, t in done.items() if key[0] == rung - 1),
                                   reverse=task.higher_is_better)
                 todo = [json.loads(config) for _, config in previous[:per_rung[rung]] if (rung, config) not in done]
@@ -303,6 +342,8 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
                 if out_of_budget():
                     stopped = "budget"
                     break
+                if (rung, json.dumps(fixed, sort_keys=True)) in set(done) | sync():  # another process has it
+                    continue
                 trial, params = draw(rung, fixed)
                 evaluate(trial, params, rung)
             if stopped:
@@ -313,6 +354,13 @@ def search(spec_path: Path | dict, out_dir: Path, overrides=(), final_seeds: lis
                       pool=len(pool), feasible=len(allowed), teacher_val=teacher_val)
         raise
 
+    if join:
+        log.info("auto: this process's share of %s is done", study.study_name)
+        sync()
+        return {"study": study.study_name, "trials_here": sum(1 for t in done.values()
+                                                              if t.user_attrs.get("worker") == WORKER)}
+    while sync():  # the trials other processes are still training
+        time.sleep(POLL_S)
     measured_ms: dict[str, float] = {}
 
     def measured(row: dict) -> tuple[bool, float]:

@@ -11,7 +11,8 @@ Importance is measured with forward passes only, on calibration tokens of the tr
   a layer (``input_layernorm`` and ``post_attention_layernorm``), summed over those norms;
 - **layer**: block influence, 1 - the mean cosine similarity between the layer's input and
   output hidden states (Men et al. 2024, used by Minitron), and optionally the increase of the
-  calibration loss when the layer is skipped.
+  calibration loss when the layer is skipped (one pass per layer, over at most 4,096 of the
+  calibration tokens).
 
 Aggregation (Minitron compares several): a per-token magnitude is averaged over the positions of
 a calibration block, then the blocks are combined by their L2 norm.
@@ -40,6 +41,7 @@ from distillab.errors import SpecError
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 MIN_CALIBRATION_TOKENS = 256
 LAYER_METRICS = ("block_influence", "perplexity")
+PERPLEXITY_TOKENS = 4096  # the skip-a-layer passes (one per layer) read at most this many calibration tokens
 
 
 @dataclass
@@ -133,8 +135,10 @@ def estimate_importance(model: nn.Module, blocks: torch.Tensor, batch_size: int 
         heads=sums["heads"].sqrt().float(), neurons=sums["neurons"].sqrt().float(),
         channels=sums["channels"].sqrt().sum(0).float(),
         block_influence=(1 - sums["cos"] / positions[0]).float(), tokens=positions[0])
-    if layer_metric == "perplexity":
-        importance.loss_increase = _loss_increase(model, blocks, batch_size)
+    if layer_metric == "perplexity":  # one pass per layer: on at most PERPLEXITY_TOKENS of the blocks
+        rows = max(1, min(len(blocks), PERPLEXITY_TOKENS // blocks.shape[1]))
+        importance.loss_increase = _loss_increase(model, blocks[torch.linspace(0, len(blocks) - 1, rows).long()],
+                                                  batch_size)
     model.train(was_training)
     return importance
 
