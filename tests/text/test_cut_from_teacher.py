@@ -187,3 +187,28 @@ def test_assisted_decoding_with_a_draft_gives_the_teachers_greedy_output(tiny_lm
     other = load_causal_lm(make_tiny_lm(tiny_lm.parent / "other_vocab", vocab_size=280))
     with pytest.raises(SpecError, match="must share the teacher's tokenizer"):
         speculative_decoding(teacher, other, prompts, new_tokens=4)
+
+
+def test_the_python_api_cuts_the_student_from_a_transformers_teacher(tiny_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import TEXT
+    from distillab import Distiller, compare
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    documents = [text * 6 for text in TEXT]
+    args = {"hidden_size": 16, "intermediate_size": 32, "heads": 2, "kv_heads": 2, "calibration_tokens": 256}
+    distiller = Distiller(teacher, "teacher_pruned", "token_kd", task="language_modeling", tokenizer=tokenizer,
+                          student_args=args, strategy_params={"top_k": 4}, lr=0.01, batch_size=8)
+    assert distiller.student is None  # cut when fit() has the text
+    distiller.fit(documents, epochs=1, context_length=16, val_size=0.15, test_size=0.15, progress=False)
+    assert distiller.student.model.config.hidden_size == 16 and distiller.student.cut["calibration_tokens"] >= 256
+    assert distiller.evaluate()["bits_per_character"] > 0
+    report = compare(teacher, "teacher_pruned", documents, task="language_modeling", tokenizer=tokenizer,
+                     student_args=args, strategy="token_kd", strategy_params={"top_k": 4}, seeds=[0], epochs=1,
+                     context_length=16, val_size=0.15, test_size=0.15, progress=False, plots=False,
+                     latency_repeats=1)
+    assert report.data["student_cut"]["shape"]["hidden_size"] == 16
+    with pytest.raises(SpecError, match="student_args: they go with a student made from the teacher"):
+        Distiller(teacher, torch.nn.Linear(2, 2), task="language_modeling", tokenizer=tokenizer, student_args=args)

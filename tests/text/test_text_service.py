@@ -72,6 +72,12 @@ def test_an_uploaded_language_model_teaches_a_text_job_over_http(service, tiny_l
         assert model["architecture"] == "causal_lm" and model["model_args"]["parameters"] > 0
         spec = text_job_spec()
         del spec["teacher"]
+        cut = {"hidden_size": 16, "intermediate_size": 32, "heads": 2, "kv_heads": 2, "calibration_tokens": 256}
+        bad = {**spec, "student": {"model": "teacher_pruned", "model_args": {**cut, "heads": 3}}}
+        refused = client.post("/jobs", json={"spec": bad, "teacher_model_ids": [model["model_id"]]})
+        assert refused.status_code == 422 and "must be a multiple of heads (3)" in refused.text
+        spec["student"] = {"model": "teacher_pruned", "model_args": cut}  # a student cut from the uploaded teacher
+        spec["output"] = {**spec["output"], "draft_prompts": 2, "draft_tokens": 4}
         created = client.post("/jobs", json={"spec": spec, "teacher_model_ids": [model["model_id"]]})
         assert created.status_code == 201, created.text
         job = created.json()
@@ -84,6 +90,7 @@ def test_an_uploaded_language_model_teaches_a_text_job_over_http(service, tiny_l
         teacher = next(m for m in report["models"] if m["role"] == "teacher")
         assert teacher["score"]["mean"] > 0 and teacher["params"] == model["model_args"]["parameters"]
         assert report["comparisons"][0]["metric"] == "bits_per_character"
+        assert report["student_cut"]["shape"]["hidden_size"] == 16 and report["draft"]["identical_output"]
         assert json.dumps(results)  # the results document is built for a text job too
 
 

@@ -22,7 +22,8 @@ from distillab.api.common import (
     _teachers,
 )
 from distillab.api.functions import evaluate
-from distillab.api.text import TEXT_TASKS, as_text_model, task_of, text_data, tokenizer_of
+from distillab.api.text import (TEACHER_STUDENTS, TEXT_TASKS, as_text_model, task_of, teacher_student, text_data,
+                                tokenizer_of)
 from distillab.data.user import user_data
 from distillab.errors import SpecError
 from distillab.experiment.job import RunSettings, StrategyChoice
@@ -40,21 +41,34 @@ class Distiller:
     callable ``(student_logits, teacher_logits, targets) -> loss``.
     The training arguments (``TrainingArgs``: optimizer, lr, weight_decay, batch_size, schedule,
     device, precision) are those of a spec's ``training`` section.
+
+    A language-model student can be made from a transformers teacher: ``student="teacher_pruned"``
+    (cut to its most important parts, scored on the training text when ``fit`` reads it),
+    ``"teacher_layers"`` or ``"teacher_width"``, with ``student_args`` as a spec's ``model_args``.
     """
 
     def __init__(self, teacher, student, strategy="response", *, temperature: float | None = None,
                  alpha: float | None = None, strategy_params: dict | None = None, loss: Callable | None = None,
                  cache: bool = True, cache_dir: str | Path | None = None, task: str = "image_classification",
-                 tokenizer=None, **training: Unpack[TrainingArgs]):
+                 tokenizer=None, student_args: dict | None = None, **training: Unpack[TrainingArgs]):
         self.task = task_of(task)
         self.teachers = _teachers(teacher)
-        self.student = _check_module(student, "student")
+        self._cut = None  # (name, args) of a student cut from the teacher, made when fit() has the text
         self.tokenizer = None
+        if isinstance(student, str) and self.task.name == "language_modeling" and student in TEACHER_STUDENTS:
+            self._cut = (student, dict(student_args or {}))
+        elif student_args:
+            raise SpecError("student_args: they go with a student made from the teacher (student=\"teacher_pruned\", "
+                            "\"teacher_layers\" or \"teacher_width\"); your module is already built")
+        self.student = None if self._cut else _check_module(student, "student")
         if self.task.name in TEXT_TASKS:
             self.teachers = [as_text_model(t, tokenizer, f"teacher[{i}]" if len(self.teachers) > 1 else "teacher",
                                            task) for i, t in enumerate(self.teachers)]
             self.tokenizer = tokenizer_of(self.teachers, tokenizer)
-            self.student = as_text_model(self.student, self.tokenizer, "student", task)
+            if self._cut and self._cut[0] != "teacher_pruned":  # needs no text: made now
+                self.student = teacher_student(self._cut[0], self.teachers[0], self._cut[1], None)
+            elif self.student is not None:
+                self.student = as_text_model(self.student, self.tokenizer, "student", task)
         self.strategy_cls, self.params, self._extra = _strategy(strategy, loss, temperature, alpha, strategy_params)
         tasks = self.strategy_cls.tasks
         if tasks is not None and self.task.name not in tasks:
@@ -69,7 +83,7 @@ class Distiller:
 
     def _common_device(self, device: str) -> torch.device:
         """The training device; a teacher on another device than the student is an error."""
-        student_device = _device_of(self.student)
+        student_device = _device_of(self.student) if self.student is not None else None
         for index, teacher in enumerate(self.teachers):
             teacher_device = _device_of(teacher)
             where = "teacher" if len(self.teachers) == 1 else f"teacher[{index}]"
@@ -115,6 +129,8 @@ class Distiller:
             data = text_data(self.task.name, train_data, self.tokenizer, context_length, val_size, test_size, limit,
                              self.teachers, eval_limit)
             self.data = data
+            if self.student is None:  # cut from the teacher, scored on this text's training part
+                self.student = teacher_student(self._cut[0], self.teachers[0], self._cut[1], data)
         else:
             data = user_data(train_data, val_data, None, seed, val_size)
         _check_outputs(self.teachers, self.student, data, self._device, self.task.name)

@@ -24,7 +24,8 @@ from distillab.api.common import (
     _teacher_keys,
     _teachers,
 )
-from distillab.api.text import TEXT_TASKS, as_text_model, name_of, task_of, text_data, tokenizer_of
+from distillab.api.text import (TEACHER_STUDENTS, TEXT_TASKS, as_text_model, name_of, task_of, teacher_student,
+                                text_data, tokenizer_of)
 from distillab.data.user import LoaderData, user_data
 from distillab.engine.callbacks import show_progress
 from distillab.errors import SpecError
@@ -115,7 +116,12 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
                     for i, t in enumerate(teachers)]
         tokenizer = tokenizer_of(teachers, tokenizer)
     strategy_cls, params, extra = _strategy(strategy, loss, temperature, alpha, strategy_params)
-    if isinstance(student, str):
+    if isinstance(student, str) and text and student in TEACHER_STUDENTS:
+        student_name = student
+
+        def build_student(data):
+            return teacher_student(student_name, teachers[0], student_args or {}, data)
+    elif isinstance(student, str):
         if student not in MODELS:
             raise SpecError(f"student: unknown zoo model {student!r}; pass a function returning your nn.Module")
         student_name = student

@@ -45,6 +45,30 @@ def as_text_model(model: nn.Module, tokenizer, where: str, task: str) -> nn.Modu
     return SentenceEncoder(model, tokenizer)
 
 
+TEACHER_STUDENTS = ("teacher_pruned", "teacher_layers", "teacher_width")  # students made from the teacher
+
+
+def teacher_student(name: str, teacher: nn.Module, args: dict, data):
+    """A language-model student made from the (first) teacher: cut from it (``teacher_pruned``,
+    scored on ``data``'s training text), some of its layers, or its architecture narrower."""
+    from distillab.models.hf import CausalLM, reduced_width, teacher_subset
+
+    if not isinstance(teacher, CausalLM):
+        raise SpecError(f"student: {name} is made from a transformers causal LM teacher (passed with its "
+                        f"tokenizer); this teacher is a {type(teacher).__name__}")
+    try:
+        if name == "teacher_layers":
+            return teacher_subset(teacher, **args, where="student_args")
+        if name == "teacher_width":
+            return reduced_width(teacher, **args, where="student_args")
+    except TypeError as error:
+        raise SpecError(f"student_args: {name}: {error}") from None
+    from distillab.tasks.lm_students import cut_student
+
+    return cut_student(lambda: teacher, teacher.model.config, data, dict(args), f"python:{id(teacher)}",
+                       "student_args")
+
+
 def tokenizer_of(teachers: list[nn.Module], tokenizer):
     """The tokenizer of the text: the argument, else the first teacher's own."""
     tokenizer = tokenizer if tokenizer is not None else getattr(teachers[0], "tokenizer", None)

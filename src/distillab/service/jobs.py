@@ -268,7 +268,26 @@ def validate_spec(spec: dict, seed_shaped: bool) -> JobSpec:
     if validated.auto is not None and validated.task != "image_classification":
         raise BodyError([error(["spec", "auto"], f"an automated search covers image classification students; a "
                                                  f"{validated.task} job names its student")])
+    if validated.student.model == "teacher_pruned":
+        _check_cut(validated)
     return validated
+
+
+def _check_cut(spec: JobSpec) -> None:
+    """A cut the teacher cannot make is refused at submission: checked against the teacher's
+    config, without its weights (the calibration text is checked when the job runs)."""
+    from distillab.errors import DistillabError
+    from distillab.models.lm_prune import check_llama_family
+    from distillab.tasks.language_modeling import load_lm_teacher, weightless_teachers
+    from distillab.tasks.lm_students import cut_shape
+
+    try:
+        with weightless_teachers():
+            skeleton = load_lm_teacher(spec.teachers[0], spec.cache.dir)
+        check_llama_family(skeleton.model, "teacher")
+        cut_shape(skeleton.model.config, dict(spec.student.model_args))
+    except DistillabError as problem:
+        raise BodyError([error(["spec", "student", "model_args"], str(problem))]) from None
 
 
 def options_of(body: JobCreate, teacher_model_ids: list[str] | None) -> dict:

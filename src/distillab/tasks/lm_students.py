@@ -32,8 +32,8 @@ KNOWN_ARGS = {"hidden_size", "intermediate_size", "heads", "kv_heads", "layers",
 _CUTS: dict[tuple, object] = {}  # (teacher, data, args) -> the cut CausalLM, computed once per process
 
 
-def cut_shape(config, args: dict):
-    """The shape ``args`` ask for, checked against the teacher's ``config``."""
+def cut_shape(config, args: dict, WHERE: str = WHERE):
+    """The shape ``args`` ask for, checked against the teacher's ``config`` (errors name ``WHERE``)."""
     from distillab.models.lm_prune import CutShape, check_shape, shape_for_params, teacher_shape
 
     unknown = sorted(set(args) - KNOWN_ARGS)
@@ -58,7 +58,7 @@ def cut_shape(config, args: dict):
     return shape
 
 
-def calibration_blocks(data, tokens: int) -> torch.Tensor:
+def calibration_blocks(data, tokens: int, WHERE: str = WHERE) -> torch.Tensor:
     """Evenly spaced blocks of the training split holding at least ``tokens`` tokens."""
     from distillab.models.lm_prune import MIN_CALIBRATION_TOKENS
 
@@ -76,27 +76,48 @@ def calibration_blocks(data, tokens: int) -> torch.Tensor:
 
 
 def pruned_student(teacher_spec, cache_dir, data, args: dict, weightless: bool):
-    """The cut student (a ``CausalLM``); in a validation (``weightless``), an untrained model of the cut's shape."""
+    """The cut student of a spec (a ``CausalLM``); in a validation (``weightless``), an untrained
+    model of the cut's shape, from the teacher's config."""
     from distillab.models.hf import CausalLM
-    from distillab.models.lm_prune import (LAYER_METRICS, check_llama_family, cut, estimate_importance,
-                                           shaped_config, summary, teacher_shape)
+    from distillab.models.lm_prune import check_llama_family, shaped_config
     from distillab.tasks.language_modeling import _load, _source, lm_checksum, load_lm_teacher
 
     skeleton = load_lm_teacher(teacher_spec, cache_dir)
     check_llama_family(skeleton.model, "teacher")
-    shape = cut_shape(skeleton.model.config, args)
-    metric = args.get("layer_metric", "block_influence")
-    if metric not in LAYER_METRICS:
-        raise SpecError(f"{WHERE}.layer_metric: {metric!r} is not one of {', '.join(LAYER_METRICS)}")
-    blocks = calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS))
     if weightless:
         from transformers import AutoModelForCausalLM
 
+        shape = _checked(skeleton.model.config, data, args, WHERE)
         return CausalLM(AutoModelForCausalLM.from_config(shaped_config(skeleton.model.config, shape)),
                         skeleton.tokenizer)
-    key = (lm_checksum(teacher_spec), data.source, json.dumps(args, sort_keys=True, default=str))
+    return cut_student(lambda: _load(*_source(teacher_spec, cache_dir), "teacher"), skeleton.model.config, data,
+                       args, lm_checksum(teacher_spec), WHERE)
+
+
+def _checked(config, data, args: dict, where: str):
+    from distillab.models.lm_prune import LAYER_METRICS
+
+    shape = cut_shape(config, args, where)
+    metric = args.get("layer_metric", "block_influence")
+    if metric not in LAYER_METRICS:
+        raise SpecError(f"{where}.layer_metric: {metric!r} is not one of {', '.join(LAYER_METRICS)}")
+    calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), where)
+    return shape
+
+
+def cut_student(load_teacher, config, data, args: dict, teacher_key: str, where: str = WHERE):
+    """The teacher (``load_teacher()``, a ``CausalLM``) cut as ``args`` say, scored on ``data``'s
+    training split; computed once per process for a (teacher, data, args) and copied for each call."""
+    from distillab.models.hf import CausalLM
+    from distillab.models.lm_prune import check_llama_family, cut, estimate_importance, summary, teacher_shape
+
+    shape = _checked(config, data, args, where)
+    metric = args.get("layer_metric", "block_influence")
+    key = (teacher_key, data.source, json.dumps(args, sort_keys=True, default=str))
     if key not in _CUTS:
-        teacher = _load(*_source(teacher_spec, cache_dir), "teacher")
+        teacher = load_teacher()
+        check_llama_family(teacher.model, "teacher")
+        blocks = calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), where)
         log.info("scoring the teacher's heads, neurons, channels and layers on %d calibration tokens",
                  blocks.numel())
         importance = estimate_importance(teacher.model, blocks, layer_metric=metric)
