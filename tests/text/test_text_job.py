@@ -109,7 +109,6 @@ def test_validate_reads_a_language_model_teacher_without_its_weights(tmp_path, c
     """validate needs the teacher's tokenizer and architecture, not its weights: inside
     weightless_teachers the teacher is built on the meta device, and validate still checks the
     strategy against it (a layer pair out of range is named)."""
-    import torch
 
     from distillab.spec_io import parse_spec
     from distillab.tasks.language_modeling import load_lm_teacher, weightless_teachers
