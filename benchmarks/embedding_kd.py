@@ -8,6 +8,8 @@ neighbours, parameters and the speed-up at batch 1.
 
     .venv/bin/python benchmarks/embedding_kd.py --threads 2
         # -> benchmarks/results/embedding_kd/ (report.md, report.json, targets.json)
+    .venv/bin/python benchmarks/embedding_kd.py --threads 2 --spec configs/mixture_minilm_embedding.yaml \
+        --out benchmarks/results/embedding_kd_mixture      # Austen + Moby-Dick + fortunes, equal shares
 
 Resumes from ``embedding_kd.partial``.
 """

@@ -212,3 +212,15 @@ def test_the_python_api_cuts_the_student_from_a_transformers_teacher(tiny_lm):
     assert report.data["student_cut"]["shape"]["hidden_size"] == 16
     with pytest.raises(SpecError, match="student_args: they go with a student made from the teacher"):
         Distiller(teacher, torch.nn.Linear(2, 2), task="language_modeling", tokenizer=tokenizer, student_args=args)
+
+
+def test_a_cut_student_is_distilled_layer_by_layer_too(corpus, tiny_lm, tmp_path):
+    from distillab.experiment.run import run
+
+    spec = text_spec(corpus, tiny_lm, student={"model": "teacher_pruned",
+                                               "model_args": {"hidden_size": 16, "layers": 1, "calibration_tokens": 256}},
+                     strategy={"name": "layerwise", "params": {}}, training={"epochs": 1, "seeds": [0]},
+                     output={"draft_prompts": 0})
+    report = run(parse_spec(spec), tmp_path / "run").data
+    assert report["student_cut"]["shape"]["layers"] == 1 and "draft" not in report
+    assert report["strategy"]["name"] == "layerwise"
