@@ -190,3 +190,25 @@ def test_a_search_folder_resumes_only_its_own_spec(tmp_path, blobs, tiny_teacher
     with pytest.raises(SpecError, match=r"it holds a search of another spec \(it differs in: auto\)"):
         search(auto_spec(tmp_path, blobs, tiny_teacher, constraints={"max_params": 10_000}), out, final=False)
     assert len(trials_of(out)) == before  # nothing trained, nothing mixed in
+
+
+def test_several_teachers_make_the_teacher_a_dimension_of_the_search(tmp_path, blobs, tiny_teacher):
+    from conftest import blobs_teacher
+
+    other = blobs_teacher(tmp_path / "other.safetensors", "mlp", {"hidden": [8]}, seed=3)
+    path = auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 9})
+    spec = yaml.safe_load(path.read_text())
+    spec["teacher"] = [spec["teacher"], {"model": "mlp", "model_args": {"hidden": [8]}, "checkpoint": str(other)}]
+    path.write_text(yaml.safe_dump(spec))
+    summary = search(path, tmp_path / "s", final_seeds=[0, 1, 2])
+    assert [t["teacher"] for t in summary["teachers"]] == ["0", "1"]
+    assert all(0 < t["val_score"] <= 1 for t in summary["teachers"])
+    trials = trials_of(tmp_path / "s")
+    assert {t.params["teacher"] for t in trials} <= {"0", "1", "ensemble"} and len(trials) >= 6
+    for trial in trials:  # the ensemble trains with multi_teacher, one teacher with the strategies searched
+        config = json.loads(trial.user_attrs["config"])
+        assert (config["strategy"] == "multi_teacher") == (config["teacher"] == "ensemble")
+    chosen = summary["chosen"]["params"]["teacher"]
+    report = json.loads((tmp_path / "s" / "run" / "report.json").read_text())
+    expected = 2 if chosen == "ensemble" else 1
+    assert sum(1 for m in report["models"] if m["role"] == "teacher") == expected

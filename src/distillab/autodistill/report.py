@@ -87,9 +87,17 @@ def _plot(points, front, chosen, constraints, metric: str, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _strategy(params: dict) -> str:
+    """The strategy, and which teacher it learned from when the search chose among several."""
+    teacher = params.get("teacher")
+    if teacher is None:
+        return params["strategy"]
+    return f"{params['strategy']} ({'the ensemble' if teacher == 'ensemble' else 'teacher ' + teacher})"
+
+
 def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency, constraints, *,
                   searched_seconds: float, stopped, pool: int, feasible: int, teacher_val: float,
-                  measured=None) -> dict:
+                  measured=None, teachers: list | None = None) -> dict:
     rows = sorted((_row(key, trial) for key, trial in done.items()), key=lambda row: row["trial"])
     chosen = choose(rows, task.higher_is_better, floor, measured)
     front, points = front_of(rows, task.higher_is_better) if rows else ([], [])
@@ -99,7 +107,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
     for row in rows:
         c, p = row["candidate"], row["params"]
         lines.append(f"| {row['trial']} | {row['rung']} | {row['epochs']} | {c['model']} "
-                     f"{json.dumps(c['model_args'])} ({c['params']:,}) | {p['strategy']} | {p['temperature']:.2f} | "
+                     f"{json.dumps(c['model_args'])} ({c['params']:,}) | {_strategy(p)} | {p['temperature']:.2f} | "
                      f"{p['alpha']:.2f} | {p['lr']:.2e} | {row['val_score']:.4f} | "
                      f"{row['latency_ms_predicted']:.3f} | {row['seconds']} |")
     atomic_write_text(out_dir / "trials.md", "\n".join(lines) + "\n")
@@ -109,7 +117,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
     for row in sorted(front, key=lambda r: r["latency_ms_predicted"]):
         c = row["candidate"]
         front_lines.append(f"| {c['model']} {json.dumps(c['model_args'])} | {c['params']:,} | "
-                           f"{row['params']['strategy']} | {row['val_score']:.4f} | {row['latency_ms_predicted']:.3f} |")
+                           f"{_strategy(row['params'])} | {row['val_score']:.4f} | {row['latency_ms_predicted']:.3f} |")
     atomic_write_text(out_dir / "front.md", "\n".join(front_lines) + "\n")
     if points:
         _plot(points, front, chosen, constraints, task.metric, out_dir / "front.png")
@@ -120,7 +128,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
         "configurations": len(points), "full_schedule_epochs": len(points) * levels[-1],
         "searched_seconds": round(searched_seconds, 1), "stopped": stopped,
         "latency_model": {"coefficients": latency.coefficients, "error": latency.error},
-        "chosen": chosen, "front": front,
+        "chosen": chosen, "front": front, **({"teachers": teachers} if teachers else {}),
     }
     atomic_write_json(out_dir / "auto.json", summary)
     return summary

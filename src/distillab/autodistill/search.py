@@ -175,7 +175,16 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     bundle = task.build(spec.data, seed, spec)
     device = resolve_device(spec.training.device)
     teachers = spec_teachers(spec, task, bundle)
-    teacher_val = task.evaluate(teachers[0][0], bundle, "val", spec.training.eval_batch_size, device).value
+    # several teachers: each measured on validation, and which one (or their performance-weighted
+    # ensemble) is a dimension of the search; the constraints read the best of them
+    teacher_vals = [task.evaluate(model, bundle, "val", spec.training.eval_batch_size, device).value
+                    for model, _, _ in teachers]
+    teacher_val = teacher_vals[0]
+    for value in teacher_vals[1:]:
+        teacher_val = value if task.better(value, teacher_val) else teacher_val
+    teacher_options = [str(i) for i in range(len(teachers))] + ["ensemble"] if len(teachers) > 1 else []
+    teacher_facts = [{"teacher": str(i), "source": facts.get("source"), "val_score": value}
+                     for i, ((_, _, facts), value) in enumerate(zip(teachers, teacher_vals))] if teacher_options else None
     if constraints.min_score is not None and task.better(constraints.min_score, teacher_val):
         raise SpecError(f"auto.constraints.min_score: {constraints.min_score:g} is above the teacher's own "
                         f"validation {task.metric} ({teacher_val:.4f}); a student distilled from it will not reach it")
@@ -254,9 +263,10 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
             "student": {"model": candidate.model, "model_args": candidate.args},
             "strategy": {"name": params["strategy"], "params": strategy_params},
             "training.epochs": epochs, "training.lr": params["lr"], "training.seeds": [seed], "auto": None,
-            "cache.views": views_of(params)})
+            "cache.views": views_of(params), **teacher_of(params)})
         job = Job.from_spec(trial_spec)
-        caches = task.teacher_caches(trial_spec, bundle, teachers, job.params)  # one fill, shared by trials
+        used = teachers_of(params)
+        caches = task.teacher_caches(trial_spec, bundle, used, job.params)  # one fill per teacher, shared by trials
         config = json.dumps(params, sort_keys=True)
         trial.set_user_attr("rung", rung)  # the claim: other processes skip what is running
         trial.set_user_attr("config", config)
@@ -266,7 +276,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         trial_dir = out_dir / "trials" / f"{trial.number:04d}"
         clock = time.monotonic()
         with heartbeat(study, trial):
-            result = phase(job, bundle, seed, "distilled", teachers, caches, trial_dir, True, None,
+            result = phase(job, bundle, seed, "distilled", used, caches, trial_dir, True, None,
                            (run_options or {}).get("callbacks"), test_split=False)
         trial.set_user_attr("epochs", epochs)
         trial.set_user_attr("seconds", time.monotonic() - clock)
@@ -281,6 +291,15 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         log.info("auto: trial %d (rung %d, %d epochs) %s %s: validation %s %.4f, %.3f ms predicted", trial.number,
                  rung, epochs, candidate.model, candidate.model_args, task.metric, result["val_accuracy"],
                  verdict.latency_ms)
+
+    def teacher_of(params: dict) -> dict:
+        """The spec's teacher entry for a trial that chose one teacher (all of them for the ensemble)."""
+        choice = params.get("teacher")
+        return {} if choice in (None, "ensemble") else {"teacher": [base["teacher"][int(choice)]]}
+
+    def teachers_of(params: dict) -> list:
+        choice = params.get("teacher")
+        return teachers if choice in (None, "ensemble") else [teachers[int(choice)]]
 
     def views_of(params: dict):
         """The trial's cached views: its own draw, the space's one value, or the spec's setting."""
@@ -306,11 +325,14 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         return trial, params
 
     def suggest(trial: optuna.Trial) -> dict:  # an enqueued trial gets its fixed values back
-        params = {"student": trial.suggest_categorical("student", names),
-                  "strategy": trial.suggest_categorical("strategy", strategies),
-                  "temperature": trial.suggest_float("temperature", *space.temperature, log=True),
-                  "alpha": trial.suggest_float("alpha", *space.alpha),
-                  "lr": trial.suggest_float("lr", *space.lr, log=True)}
+        params = {"student": trial.suggest_categorical("student", names)}
+        if teacher_options:
+            params["teacher"] = trial.suggest_categorical("teacher", teacher_options)
+        ensemble = params.get("teacher") == "ensemble"  # weighted by validation score (multi_teacher)
+        params["strategy"] = "multi_teacher" if ensemble else trial.suggest_categorical("strategy", strategies)
+        params.update(temperature=trial.suggest_float("temperature", *space.temperature, log=True),
+                      alpha=trial.suggest_float("alpha", *space.alpha),
+                      lr=trial.suggest_float("lr", *space.lr, log=True))
         if space.cache_views and len(space.cache_views) > 1:  # one teacher-output fill per views value
             params["views"] = trial.suggest_categorical("views", sorted(set(space.cache_views)))
         return params
@@ -351,7 +373,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     except (Stop, KeyboardInterrupt) as interruption:  # cancelled, or out of the job's budget: keep the front
         write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
                       searched_seconds=time.monotonic() - started, stopped=getattr(interruption, "reason", "interrupted"),
-                      pool=len(pool), feasible=len(allowed), teacher_val=teacher_val)
+                      pool=len(pool), feasible=len(allowed), teacher_val=teacher_val, teachers=teacher_facts)
         raise
 
     if join:
@@ -373,7 +395,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
 
     summary = write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
                             searched_seconds=time.monotonic() - started, stopped=stopped,
-                            pool=len(pool), feasible=len(allowed), teacher_val=teacher_val,
+                            pool=len(pool), feasible=len(allowed), teacher_val=teacher_val, teachers=teacher_facts,
                             measured=measured if constraints.max_latency_ms is not None else None)
     if final and summary["chosen"] is not None:
         chosen = summary["chosen"]
@@ -384,7 +406,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                          "params": {"temperature": chosen["params"]["temperature"],
                                     "alpha": chosen["params"]["alpha"]}},
             "training.epochs": levels[-1], "training.lr": chosen["params"]["lr"], "training.seeds": seeds,
-            "auto": None, "cache.views": views_of(chosen["params"])})
+            "auto": None, "cache.views": views_of(chosen["params"]), **teacher_of(chosen["params"])})
         from distillab.experiment.run import run
 
         if on_final is not None:
