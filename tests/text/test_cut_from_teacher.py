@@ -105,6 +105,8 @@ def test_width_and_depth_cuts_keep_the_most_important_units_and_fit_a_parameter_
     ({"heads": 4, "kv_heads": 1}, "4 query heads per key/value group is more than the teacher's 2"),
     ({"hidden_size": 64}, "hidden_size: 64 is larger than the teacher's 32"),
     ({"params": 1e9}, "not smaller than the teacher's"),
+    ({"params": "1e9"}, "not smaller than the teacher's"),  # YAML reads 1e9 without a dot as a string
+    ({"params": "many"}, "params: 'many' must be a positive number"),
     ({"layers": 1, "calibration_tokens": 10}, "calibration_tokens: 10 is too few"),
     ({"layers": 1, "calibration_tokens": 10_000_000}, "more than the training split's"),
     ({"layers": 1, "axis": "depth"}, "axis: goes with params"),

@@ -44,6 +44,11 @@ def cut_shape(config, args: dict, WHERE: str = WHERE):
         if sizes:
             raise SpecError(f"{WHERE}: give params or the sizes ({', '.join(sorted(sizes))}), not both")
         params = args["params"]
+        if isinstance(params, str):  # YAML reads 40e6 (no dot) as a string: it is meant as a number
+            try:
+                params = float(params)
+            except ValueError:
+                pass
         if isinstance(params, bool) or not isinstance(params, (int, float)) or not math.isfinite(params) \
                 or params <= 0:
             raise SpecError(f"{WHERE}.params: {params!r} must be a positive number of parameters")
