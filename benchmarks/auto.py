@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from common import target_lines
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,9 +156,7 @@ def main() -> None:
         lines.append(f"| {row} | {student} | {100 * facts['distilled_mean']:.2f} | {100 * facts['scratch_mean']:.2f} | "
                      f"{facts['latency_ms_measured']:.3f} | {facts.get('trials', '-')} | "
                      f"{facts.get('epochs_trained', '-')} |")
-    for name, target in result.get("targets", {}).items():
-        lines.append(f"\n{name}: target {target['target']}, measured {target['measured']}, "
-                     f"{'met' if target['met'] else 'NOT met'}")
+    lines += target_lines(result.get("targets", {}))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

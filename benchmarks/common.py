@@ -33,3 +33,9 @@ def base_spec(args) -> JobSpec:
     return load_spec(args.spec, [f"data.limit_train={args.limit_train}", f"training.epochs={args.epochs}",
                                  f"training.seeds={json.dumps(args.seeds)}", "cache.views=2",
                                  "output.tensorboard=false", *args.overrides])
+
+
+def target_lines(targets: dict) -> list[str]:
+    """Markdown lines of a result's ``targets`` ({name: {target, measured, met}})."""
+    return [f"\n{name}: target {target['target']}, measured {target['measured']}, "
+            f"{'met' if target['met'] else 'NOT met'}" for name, target in targets.items()]

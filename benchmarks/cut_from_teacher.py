@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from common import target_lines
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cut_from_teacher"
 ARMS = ("width_cut", "depth_cut", "random_init", "gpt")
@@ -217,9 +219,7 @@ def main() -> None:
             f"{row['decode_tokens_per_s']:.1f} | "
             + (f"{draft['speedup']:.2f}× | {100 * draft['acceptance_rate']:.1f} % | "
                f"{'yes' if draft['identical_output'] else 'NO'} |" if draft.get("measured") else "| | |"))
-    for name, target in result.get("targets", {}).items():
-        lines.append(f"\n{name}: target {target['target']}, measured {target['measured']}, "
-                     f"{'met' if target['met'] else 'NOT met'}")
+    lines += target_lines(result.get("targets", {}))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from distillab.cli.common import SetOpt, _logging, app, command, console
+from distillab.cli.common import SetOpt, StorageOpt, _logging, app, command, console
 from distillab.errors import DistillabError
 
 
@@ -17,9 +17,7 @@ def auto(
     spec: Annotated[Optional[Path], typer.Argument(help="job spec with an auto section (not with --join)")] = None,
     out: Annotated[Path, typer.Option(help="search folder: study.db, trials.md, front.{json,md,png}, auto.json, "
                                            "and the chosen student's run in OUT/run")] = ...,
-    storage: Annotated[Optional[str], typer.Option(help="a shared study database (SQLAlchemy URL, e.g. "
-                                                        "postgresql+psycopg://user@host/db) whose trials other "
-                                                        "processes --join")] = None,
+    storage: StorageOpt = None,
     study: Annotated[Optional[str], typer.Option(help="the shared study's name (default: auto-<spec name>)")] = None,
     join: Annotated[Optional[str], typer.Option(help="train trials of this shared study (with --storage); the "
                                                      "process that created it retrains the chosen student")] = None,

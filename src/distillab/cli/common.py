@@ -25,6 +25,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 SpecArg = Annotated[Path, typer.Argument(help="job spec, YAML or JSON")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="which seed's student (default: best on validation)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override, key.path=value (YAML)")]
+StorageOpt = Annotated[Optional[str], typer.Option(help="a shared study database (SQLAlchemy URL, e.g. "
+                                                        "postgresql+psycopg://user@host/db) that other processes "
+                                                        "and machines --join")]
 
 
 @app.callback()

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from distillab.cli.common import SetOpt, SpecArg, _fail, _load, _logging, app, command, console, err_console
+from distillab.cli.common import (SetOpt, SpecArg, StorageOpt, _fail, _load, _logging, app, command, console,
+                                  err_console)
 from distillab.engine.callbacks import ProgressBar
 from distillab.errors import DistillabError
 
@@ -161,9 +162,7 @@ def sweep(
     grid: Annotated[Optional[list[str]], typer.Option(help="key.path=v1,v2,... (GridSampler)")] = None,
     range_: Annotated[Optional[list[str]], typer.Option("--range", help="key.path=low:high[:log] (TPE)")] = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="trials for --range sweeps (default 20)")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="a shared study database (SQLAlchemy URL, e.g. "
-                                                        "postgresql+psycopg://user@host/db) that other "
-                                                        "machines --join")] = None,
+    storage: StorageOpt = None,
     study: Annotated[Optional[str], typer.Option(help="the shared study's name (default: the spec's name)")] = None,
     join: Annotated[Optional[str], typer.Option(help="run the remaining trials of this shared study "
                                                      "(with --storage)")] = None,

@@ -73,3 +73,27 @@ def share_facts(parts: tuple[Part, ...], sizes: list[int], rows: list[torch.Tens
     return [{"dataset": part.dataset, **({"path": part.path} if part.path else {}), "weight": part.weight,
              f"train_{unit}": len(r), "share": round(len(r) / taken, 4), "repeats": round(len(r) / size, 3)}
             for part, size, r in zip(parts, sizes, rows)]
+
+
+def mixture_splits(parts: tuple[Part, ...], build, rows_of, joined, train_total: int | None, eval_cap: int | None,
+                   unit: str) -> tuple:
+    """(train, val, test, per-corpus source keys, share facts) of a mixture: ``build(part, documents,
+    index)`` splits one corpus; ``rows_of(split, rows)`` and ``joined(splits)`` select and join
+    splits of that kind; the training rows follow the weights, held-out rows are all joined
+    (evenly cut to ``eval_cap``)."""
+    from distillab.data.text import documents_digest
+
+    pieces, sources = [], []
+    for index, part in enumerate(parts):
+        documents = read_part(part, index)
+        sources.append(f"{part.dataset}:{part.path}:{documents_digest(documents)}:w{part.weight}")
+        pieces.append(build(part, documents, index))
+    sizes = [len(piece.train) for piece in pieces]
+    rows = weighted_rows(sizes, [part.weight for part in parts], train_total)
+    train = joined([rows_of(piece.train, r) for piece, r in zip(pieces, rows)])
+    held_out = []
+    for split in ("val", "test"):
+        together = joined([piece.split(split) for piece in pieces])
+        keep = evenly(len(together), eval_cap)
+        held_out.append(together if keep is None else rows_of(together, keep))
+    return train, *held_out, sources, share_facts(parts, sizes, rows, unit)

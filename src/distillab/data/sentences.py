@@ -132,26 +132,16 @@ def _build_mixture(parts: tuple, val_size: float, test_size: float, context: int
                    fingerprint: str, tok: _Tok, stamp: tuple = ()) -> SentenceData:
     """Sentences of a weighted corpus mixture (``data.mixture``): training sentences in the
     weights' shares (``limit``: about that many in total), validation and test every corpus's."""
-    from distillab.data.mixture import evenly, read_part, share_facts, weighted_rows
+    from distillab.data.mixture import mixture_splits
 
-    pieces, sources = [], []
-    for index, part in enumerate(parts):
-        documents = read_part(part, index)
-        sources.append(f"{part.dataset}:{part.path}:{documents_digest(documents)}:w{part.weight}")
-        pieces.append(_sentence_data(part.dataset, "", documents, val_size, test_size, context, None,
-                                     tok.tokenizer, f"data.dataset[{index}]"))
-    sizes = [len(piece.train) for piece in pieces]
-    rows = weighted_rows(sizes, [part.weight for part in parts], limit)
-    train = _joined([_rows_of(piece.train, r) for piece, r in zip(pieces, rows)])
-    held_out = {}
-    for split in ("val", "test"):
-        joined = _joined([piece.split(split) for piece in pieces])
-        keep = evenly(len(joined), EVAL_SENTENCES)
-        held_out[split] = joined if keep is None else _rows_of(joined, keep)
+    train, val, test, sources, facts = mixture_splits(
+        parts, lambda part, documents, index: _sentence_data(part.dataset, "", documents, val_size, test_size,
+                                                             context, None, tok.tokenizer, f"data.dataset[{index}]"),
+        _rows_of, _joined, limit, EVAL_SENTENCES, "sentences")
     source = (f"sentences:mixture:{'|'.join(sources)}:{fingerprint}:ctx{context}:val{val_size}:test{test_size}"
               f":lim{limit}")
-    return SentenceData("+".join(part.dataset for part in parts), source, train, held_out["val"], held_out["test"],
-                        context, tok.tokenizer, mixture=share_facts(parts, sizes, rows, "sentences"))
+    return SentenceData("+".join(part.dataset for part in parts), source, train, val, test, context, tok.tokenizer,
+                        mixture=facts)
 
 
 def _rows_of(split: SentenceSplit, rows: torch.Tensor) -> SentenceSplit:

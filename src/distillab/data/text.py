@@ -262,30 +262,20 @@ def _build_mixture_text(parts: tuple, val_size: float, test_size: float, context
                         limit_eval_tokens: int | None, tokenizer: _Hashable, stamp: tuple = ()) -> TextData:
     """A weighted mixture of corpora (``data.mixture``): each split per document, the training
     blocks in the weights' shares, validation and test every corpus's held-out text."""
-    from distillab.data.mixture import evenly, read_part, share_facts, weighted_rows
+    from distillab.data.mixture import mixture_splits
 
-    pieces, sources = [], []
-    for index, part in enumerate(parts):
-        documents = read_part(part, index)
-        sources.append(f"{part.dataset}:{part.path}:{documents_digest(documents)}:w{part.weight}")
-        pieces.append(_text_data(part.dataset, "", documents, val_size, test_size, context, None, None,
-                                 tokenizer.tokenizer, f"data.dataset[{index}]"))
-    total = None if limit_tokens is None else max(1, limit_tokens // context)
-    sizes = [len(piece.train) for piece in pieces]
-    rows = weighted_rows(sizes, [part.weight for part in parts], total)
-    train = _joined([_rows_of(piece.train, r) for piece, r in zip(pieces, rows)])
-    held_out = {}
-    for split in ("val", "test"):
-        joined = _joined([piece.split(split) for piece in pieces])
-        keep = evenly(len(joined), None if limit_eval_tokens is None else max(1, limit_eval_tokens // context))
-        held_out[split] = joined if keep is None else _rows_of(joined, keep)
+    train, val, test, sources, facts = mixture_splits(
+        parts, lambda part, documents, index: _text_data(part.dataset, "", documents, val_size, test_size, context,
+                                                         None, None, tokenizer.tokenizer, f"data.dataset[{index}]"),
+        _rows_of, _joined, None if limit_tokens is None else max(1, limit_tokens // context),
+        None if limit_eval_tokens is None else max(1, limit_eval_tokens // context), "blocks")
     source = (f"mixture:{'|'.join(sources)}:{tokenizer.key[1]}:{tokenizer_fingerprint(tokenizer.tokenizer)}"
               f":ctx{context}:val{val_size}:test{test_size}:lim{limit_tokens}:{limit_eval_tokens}")
     name = "+".join(part.dataset for part in parts)
     log.info("mixture %s: train %d blocks (%s)", name, len(train),
-             ", ".join(f"{p.dataset} {len(r)}" for p, r in zip(parts, rows)))
-    return TextData(name, source, train, held_out["val"], held_out["test"], len(tokenizer.tokenizer), context,
-                    tokenizer.tokenizer, mixture=share_facts(parts, sizes, rows, "blocks"))
+             ", ".join(f"{f['dataset']} {f['train_blocks']}" for f in facts))
+    return TextData(name, source, train, val, test, len(tokenizer.tokenizer), context, tokenizer.tokenizer,
+                    mixture=facts)
 
 
 def _rows_of(split: TokenBlocks, rows: torch.Tensor) -> TokenBlocks:
