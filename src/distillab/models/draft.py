@@ -43,6 +43,9 @@ def speculative_decoding(teacher, draft, prompts: torch.Tensor, new_tokens: int,
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
                     top_p=None, top_k=None, pad_token_id=pad)
     teacher_model, draft_model = teacher.model.eval(), draft.model.eval()
+    device = next(teacher_model.parameters()).device
+    draft_model.to(device)
+    prompts = prompts.to(device)
 
     def decode(ids, assisted: bool):
         extra = {"assistant_model": draft_model} if assisted else {}

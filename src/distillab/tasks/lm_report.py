@@ -44,7 +44,7 @@ def finish_lm_run(job, data, teachers, phases: dict, folder: Path, device) -> di
     spec = job.settings
     seeds = spec.training.seeds
     extras: dict = {}
-    fresh = job.student_for(seeds[0], data)
+    fresh = job.student_for(seeds[0], data).to(device)
     cut = getattr(fresh, "cut", None)
     if cut:
         zero_shot = {f"{split}_bits_per_character": job.task.evaluate(fresh, data, split, spec.training.eval_batch_size,
@@ -57,7 +57,7 @@ def finish_lm_run(job, data, teachers, phases: dict, folder: Path, device) -> di
     weights = folder / f"seed_{seed}" / "distilled" / "student.safetensors"
     if not weights.is_file():
         return extras
-    student = load_state_into(fresh, weights, f"{weights}").eval()
+    student = load_state_into(fresh, weights, f"{weights}").eval()  # on ``device``, as the teacher
     files = save_hf_folder(student, folder)
     extras["hf_folder"] = {"seed": seed, "files": files,
                            "load": "transformers.AutoModelForCausalLM.from_pretrained(<run folder>)"}
