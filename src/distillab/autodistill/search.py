@@ -313,7 +313,11 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
 
     def draw(rung: int, fixed: dict | None) -> tuple[optuna.Trial, dict]:
         """A new trial: ``fixed`` values (a promoted configuration), or the sampler's draw; a
-        configuration already trained at this rung is drawn again."""
+        configuration already trained at this rung is drawn again. A shared study does not enqueue
+        (another process's ask() would take the queued trial): the promoted configuration is kept
+        in the trial's attributes, which is where every reader takes it from."""
+        if fixed is not None and storage is not None:
+            return study.ask(), fixed
         if fixed is not None:
             study.enqueue_trial(fixed)
         for _ in range(20):
