@@ -77,6 +77,11 @@ def test_the_chosen_student_is_retrained_against_its_scratch_twin(tmp_path, blob
     assert report["seeds"] == [0, 1] and {m["role"] for m in report["models"]} == {"teacher", "scratch", "distilled"}
     assert report["spec"]["student"]["model_args"] == summary["chosen"]["candidate"]["model_args"]
     assert summary["final"]["latency_ms_measured"] > 0 and summary["final"]["verdict"] == report["verdict"]
+    again = search(auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 2}), tmp_path / "s",
+                   final_seeds=[0, 1])  # a finished search run again reads its final run back
+    assert again["final"]["verdict"] == report["verdict"]
+    with pytest.raises(SpecError, match="holds the final run of another choice"):
+        search(auto_spec(tmp_path, blobs, tiny_teacher, budget={"max_trials": 2}), tmp_path / "s", final_seeds=[0, 2])
 
 
 @pytest.mark.parametrize("auto, message", [

@@ -119,6 +119,23 @@ def min_trial_seconds(spec, bundle, candidate_macs: int, teacher_macs: int, epoc
     return len(bundle.train) * (per_sample * epochs + fill)
 
 
+def _final_run(final_spec, run_dir: Path, run_options: dict | None):
+    """The chosen student's final run: run (or resumed), or read back when a finished search is
+    run again -- only when it is the run of this choice; another one is refused, never reused."""
+    from distillab.experiment.report import Report
+    from distillab.experiment.run import run
+
+    done = run_dir / "report.json"
+    if not done.is_file():
+        return run(final_spec, run_dir, resume=True, overwrite=False, **(run_options or {}))
+    data = json.loads(done.read_text())
+    expected = json.loads(json.dumps(Job.from_spec(final_spec).record, default=str))
+    if data.get("spec") != expected:
+        raise SpecError(f"{run_dir}: it holds the final run of another choice; move it away to retrain the chosen "
+                        "student there, or search into another --out")
+    return Report(data, run_dir)
+
+
 def budget_plan(seconds: float, epoch_seconds: float, levels: list[int]) -> list[int]:
     """The largest plan n, n/3, ... (at least one per rung) whose epochs fit in ``seconds`` at
     ``epoch_seconds`` per epoch of a trial."""
@@ -411,11 +428,9 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                                     "alpha": chosen["params"]["alpha"]}},
             "training.epochs": levels[-1], "training.lr": chosen["params"]["lr"], "training.seeds": seeds,
             "auto": None, "cache.views": views_of(chosen["params"]), **teacher_of(chosen["params"])})
-        from distillab.experiment.run import run
-
         if on_final is not None:
             on_final(final_spec)
-        report = run(final_spec, out_dir / "run", resume=True, overwrite=False, **(run_options or {}))
+        report = _final_run(final_spec, out_dir / "run", run_options)
         latency_ms = chosen["latency_ms_measured"]
         if latency_ms is None:  # no latency constraint: measured for the record
             latency_ms = measure(allowed[chosen["params"]["student"]].candidate, bundle.in_shape,
