@@ -73,6 +73,12 @@ def run_default(spec: dict, out: Path) -> dict:
 def run_search(row: str, spec: dict, out: Path, latency_ms: float, budget_s: float, seeds: list[int]) -> dict:
     from distillab.autodistill.search import search
 
+    summary_path = out / "auto.json"
+    if summary_path.is_file() and (out / "run" / "report.json").is_file():  # finished: read back, not rerun
+        summary = json.loads(summary_path.read_text())
+        if summary.get("final"):
+            return summary
+
     spec = {**spec, "auto": {"constraints": {"max_latency_ms": latency_ms, "runtime": "onnx", "batch_size": 1,
                                              "max_params": 100_000},
                              "budget": {"wall_s": budget_s},

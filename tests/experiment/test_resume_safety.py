@@ -94,3 +94,12 @@ def test_the_cli_refuses_a_changed_resume_with_exit_2(stopped, tmp_path):
     result = runner.invoke(app, ["run", str(spec_file), "--out", str(out)])
     assert result.exit_code == 2 and "unfinished run" in result.output
     assert _contents(partial) == before
+
+
+def test_a_key_added_by_a_newer_version_at_its_default_does_not_block_a_resume():
+    from distillab.experiment.folders import spec_differences
+
+    saved = {"data": {"dataset": "austen"}, "output": {"plots": True}}
+    newer = {"data": {"dataset": "austen", "mixture": None}, "output": {"plots": True, "draft_prompts": 8}}
+    assert spec_differences(saved, newer) == []
+    assert spec_differences(saved, {**newer, "data": {"dataset": "austen", "mixture": [{"dataset": "austen"}]}})

@@ -128,11 +128,13 @@ def _final_run(final_spec, run_dir: Path, run_options: dict | None):
     done = run_dir / "report.json"
     if not done.is_file():
         return run(final_spec, run_dir, resume=True, overwrite=False, **(run_options or {}))
+    from distillab.experiment.folders import spec_differences
+
     data = json.loads(done.read_text())
-    expected = json.loads(json.dumps(Job.from_spec(final_spec).record, default=str))
-    if data.get("spec") != expected:
-        raise SpecError(f"{run_dir}: it holds the final run of another choice; move it away to retrain the chosen "
-                        "student there, or search into another --out")
+    changed = spec_differences(data.get("spec") or {}, json.loads(json.dumps(Job.from_spec(final_spec).record)))
+    if changed:  # the keys a resumed run may not change
+        raise SpecError(f"{run_dir}: it holds the final run of another choice ({'; '.join(changed[:3])}); move it "
+                        "away to retrain the chosen student there, or search into another --out")
     return Report(data, run_dir)
 
 
@@ -404,7 +406,9 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                                                               if t.user_attrs.get("worker") == WORKER)}
     while sync():  # the trials other processes are still training
         time.sleep(POLL_S)
-    measured_ms: dict[str, float] = {}
+    # measured once per student and kept: a search run again decides as it did, not by a new measurement's noise
+    measured_path = out_dir / "latency_measured.json"
+    measured_ms: dict[str, float] = json.loads(measured_path.read_text()) if measured_path.is_file() else {}
 
     def measured(row: dict) -> tuple[bool, float]:
         """(meets the latency constraint, ms) of a trained configuration, measured on the runtime."""
@@ -412,6 +416,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         if name not in measured_ms:
             measured_ms[name] = measure(allowed[name].candidate, bundle.in_shape, bundle.num_classes,
                                         constraints.runtime, constraints.batch_size)
+            atomic_write_json(measured_path, measured_ms)
         return measured_ms[name] <= constraints.max_latency_ms, measured_ms[name]
 
     summary = write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,

@@ -110,7 +110,8 @@ def publish(partial: Path, out: Path) -> None:
 
 # Keys a resumed run may change: they decide where things go or how long the run may take,
 # never what a finished phase computed.
-RESUME_FREE_KEYS = {"name", "output.plots", "output.tensorboard", "output.latency_repeats",
+RESUME_FREE_KEYS = {"name", "output.plots", "output.tensorboard", "output.latency_repeats", "output.draft_prompts",
+                    "output.draft_tokens",
                     "constraints.max_duration_s", "cache.dir", "cache.max_gb", "accept_weak_teacher"}
 
 
@@ -128,8 +129,10 @@ def spec_differences(saved: dict, new: dict) -> list[str]:
     before, after = _flatten(saved), _flatten(new)
     changed = []
     for key in sorted(set(before) | set(after)):
-        if key in RESUME_FREE_KEYS or before.get(key, "(unset)") == after.get(key, "(unset)"):
-            continue
+        old, new_value = before.get(key, "(unset)"), after.get(key, "(unset)")
+        added_at_default = (old == "(unset)" and new_value is None) or (new_value == "(unset)" and old is None)
+        if key in RESUME_FREE_KEYS or old == new_value or added_at_default:
+            continue  # a key a newer version added, at its default (None), changes nothing
         changed.append(f"{key}: {before.get(key, '(unset)')!r} -> {after.get(key, '(unset)')!r}")
     return changed
 
