@@ -22,7 +22,9 @@ chosen on test.
         # -> benchmarks/results/cut_from_teacher.{json,md}, per arm in benchmarks/results/cut_from_teacher/
 
 Resumable: every (arm, seed) phase resumes from its folder, facts and draft timings from their
-JSON files; ``--arms`` runs some arms only (the summary covers what has finished).
+JSON files; ``--arms`` runs some arms only (the summary covers what has finished). Each distilled
+student is timed as a draft right after it trains, while its weights are at hand (they are not
+committed); the table shows the seed best on validation.
 """
 
 from __future__ import annotations
@@ -110,26 +112,34 @@ def run_arm(arm: str, args, out: Path, data, teachers, student: dict) -> dict:
     caches = job.task.teacher_caches(job.settings, data, teachers, job.params)
     roles = ("distilled", "scratch") if arm == "random_init" else ("distilled",)
     results = {role: {} for role in roles}
+    drafts = {}
+
+    def draft(result: dict, phase_dir: Path, seed: int) -> dict:
+        """The teacher's greedy decoding with this distilled student as its draft, against the teacher alone."""
+        student_model = result.get("student")
+        if student_model is None:  # a phase finished earlier: its weights from the folder
+            student_model = load_state_into(job.student_for(seed, data), phase_dir / "student.safetensors",
+                                            str(phase_dir))
+        if not hasattr(student_model, "tokenizer"):
+            return {"measured": False, "seed": seed, "why": "the gpt student is not a transformers model"}
+        return {"measured": True, "seed": seed, **speculative_decoding(
+            teachers[0][0], student_model.eval(), test_prompts(data, args.draft_prompts, 32), args.draft_tokens)}
+
     for seed in args.seeds:
         for role in roles:
-            result = phase(job, data, seed, role, teachers, caches if role == "distilled" else [],
-                           folder / f"seed_{seed}" / role, True, None, None)
+            phase_dir = folder / f"seed_{seed}" / role
+            result = phase(job, data, seed, role, teachers, caches if role == "distilled" else [], phase_dir, True,
+                           None, None)
             results[role][seed] = {"val": result["val_accuracy"], "test": result["test_metrics"]["bits_per_character"]}
+            if role == "distilled":  # timed as a draft while its weights are at hand (they are not committed)
+                drafts[seed] = read_or(phase_dir / "draft.json", lambda: draft(result, phase_dir, seed))
     fresh = job.student_for(args.seeds[0], data)
     facts = read_or(folder / "facts.json", lambda: {
         **job.task.model_facts({arm: fresh}, data, 5)[arm],
         **({"cut": fresh.cut, "zero_shot": {split: job.task.evaluate(fresh, data, split, 16, torch.device("cpu")).value
                                             for split in ("val", "test")}} if getattr(fresh, "cut", None) else {})})
     best = min(args.seeds, key=lambda s: results["distilled"][s]["val"])  # chosen on validation
-
-    def draft():
-        if not hasattr(fresh, "tokenizer"):
-            return {"measured": False, "why": "the gpt student is not a transformers model"}
-        student_model = load_state_into(job.student_for(best, data), folder / f"seed_{best}" / "distilled"
-                                        / "student.safetensors", arm).eval()
-        return {"measured": True, "seed": best, **speculative_decoding(
-            teachers[0][0], student_model, test_prompts(data, args.draft_prompts, 32), args.draft_tokens)}
-    return {"results": results, "facts": facts, "draft": read_or(folder / "draft.json", draft)}
+    return {"results": results, "facts": facts, "draft": drafts[best]}
 
 
 def summarize(values: list[float]) -> dict:
