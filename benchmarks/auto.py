@@ -91,6 +91,15 @@ def run_search(row: str, spec: dict, out: Path, latency_ms: float, budget_s: flo
     return search(spec_path, out, final_seeds=seeds, **options)
 
 
+def trial_seconds(folder: Path) -> float:
+    """The seconds the search's trials took, read from its study (every session of it together)."""
+    import optuna
+
+    study = optuna.load_study(study_name="auto", storage=f"sqlite:///{folder / 'study.db'}")
+    return round(sum(t.user_attrs.get("seconds", 0.0) for t in study.trials
+                     if t.state == optuna.trial.TrialState.COMPLETE), 1)
+
+
 def per_seed(report: dict, role: str) -> dict[int, float]:
     """Test accuracy by seed of the report's model in ``role``."""
     model = next(m for m in report["models"] if m["role"] == role)
@@ -134,7 +143,8 @@ def main() -> None:
             reports[row] = json.loads((out / row / "run" / "report.json").read_text())
             rows[row] = {"student": summary["chosen"]["candidate"], "params": summary["chosen"]["params"],
                          "trials": summary["trials"], "epochs_trained": summary["epochs_trained"],
-                         "searched_seconds": summary["searched_seconds"], "stopped": summary["stopped"],
+                         "trial_seconds": summary.get("trial_seconds") or trial_seconds(out / row),
+                         "stopped": summary["stopped"],
                          "latency_ms_measured": summary["final"]["latency_ms_measured"],
                          "latency_model_error": summary["latency_model"]["error"]}
         rows[row].update(distilled_mean=statistics.fmean(per_seed(reports[row], "distilled").values()),

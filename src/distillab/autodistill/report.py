@@ -127,6 +127,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
         "trials": len(rows), "epochs_trained": epochs_trained,
         "configurations": len(points), "full_schedule_epochs": len(points) * levels[-1],
         "searched_seconds": round(searched_seconds, 1), "stopped": stopped,
+        "trial_seconds": round(sum(row["seconds"] for row in rows), 1),  # every session and process together
         "latency_model": {"coefficients": latency.coefficients, "error": latency.error},
         "chosen": chosen, "front": front, **({"teachers": teachers} if teachers else {}),
     }

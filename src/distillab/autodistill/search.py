@@ -267,10 +267,11 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     deadline = started + limit - spent if limit < math.inf else None
 
     def resize() -> None:
-        """Size the plan from the mean seconds per trained epoch so far and the budget left."""
-        if sized_by_budget and done and all(key[0] == 0 for key in done):
-            epoch_seconds = sum(t.user_attrs["seconds"] for t in done.values()) / \
-                sum(t.user_attrs["epochs"] for t in done.values())
+        """Size the plan from the mean seconds per epoch of the first rung's trials: as they come
+        in, and again from all of them when a search resumes (so a resumed search keeps its plan)."""
+        first = [t for key, t in done.items() if key[0] == 0]
+        if sized_by_budget and first:
+            epoch_seconds = sum(t.user_attrs["seconds"] for t in first) / sum(t.user_attrs["epochs"] for t in first)
             per_rung[:] = budget_plan(limit, epoch_seconds, levels)
 
     def evaluate(trial: optuna.Trial, params: dict, rung: int) -> None:
