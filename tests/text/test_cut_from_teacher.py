@@ -226,3 +226,17 @@ def test_a_cut_student_is_distilled_layer_by_layer_too(corpus, tiny_lm, tmp_path
     report = run(parse_spec(spec), tmp_path / "run").data
     assert report["student_cut"]["shape"]["layers"] == 1 and "draft" not in report
     assert report["strategy"]["name"] == "layerwise"
+
+
+def test_a_cut_is_reused_only_for_the_same_teacher(tiny_lm, tmp_path):
+    from distillab.api.text import teacher_student, text_data
+    from conftest import TEXT
+
+    documents = [text * 6 for text in TEXT]
+    args = {"hidden_size": 16, "calibration_tokens": 256}
+    cuts = []
+    for folder in (tiny_lm, make_tiny_lm(tmp_path / "other_weights", seed=1)):
+        teacher = load_causal_lm(folder)
+        data = text_data("language_modeling", documents, teacher.tokenizer, 16, 0.15, 0.15, None, [teacher], None)
+        cuts.append(teacher_student("teacher_pruned", teacher, args, data))
+    assert not torch.equal(cuts[0].model.model.embed_tokens.weight, cuts[1].model.model.embed_tokens.weight)

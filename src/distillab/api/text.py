@@ -65,7 +65,10 @@ def teacher_student(name: str, teacher: nn.Module, args: dict, data):
         raise SpecError(f"student_args: {name}: {error}") from None
     from distillab.tasks.lm_students import cut_student
 
-    return cut_student(lambda: teacher, teacher.model.config, data, dict(args), f"python:{id(teacher)}",
+    from distillab.models.identity import python_teacher_key
+
+    # keyed by what the teacher is (class, weights, outputs), never by the object's id, which Python reuses
+    return cut_student(lambda: teacher, teacher.model.config, data, dict(args), python_teacher_key(teacher, data),
                        "student_args")
 
 

@@ -110,16 +110,17 @@ def _checked(config, data, args: dict, where: str):
     return shape
 
 
-def cut_student(load_teacher, config, data, args: dict, teacher_key: str, where: str = WHERE):
+def cut_student(load_teacher, config, data, args: dict, teacher_key: str | None, where: str = WHERE):
     """The teacher (``load_teacher()``, a ``CausalLM``) cut as ``args`` say, scored on ``data``'s
-    training split; computed once per process for a (teacher, data, args) and copied for each call."""
+    training split; computed once per process for a (teacher, data, args) and copied for each call
+    (``teacher_key`` None: a teacher that cannot be identified, cut afresh every time)."""
     from distillab.models.hf import CausalLM
     from distillab.models.lm_prune import check_llama_family, cut, estimate_importance, summary, teacher_shape
 
     shape = _checked(config, data, args, where)
     metric = args.get("layer_metric", "block_influence")
     key = (teacher_key, data.source, json.dumps(args, sort_keys=True, default=str))
-    if key not in _CUTS:
+    if teacher_key is None or key not in _CUTS:
         teacher = load_teacher()
         check_llama_family(teacher.model, "teacher")
         blocks = calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), where)
@@ -131,6 +132,8 @@ def cut_student(load_teacher, config, data, args: dict, teacher_key: str, where:
         _CUTS.clear()  # one cut kept: a model of 100s of MB
         _CUTS[key] = (CausalLM(model, teacher.tokenizer), facts)
     student, facts = _CUTS[key]
+    if teacher_key is None:
+        _CUTS.clear()
     out = copy.deepcopy(student)
     out.cut = facts  # the report records it
     return out
