@@ -32,17 +32,17 @@ KNOWN_ARGS = {"hidden_size", "intermediate_size", "heads", "kv_heads", "layers",
 _CUTS: dict[tuple, object] = {}  # (teacher, data, args) -> the cut CausalLM, computed once per process
 
 
-def cut_shape(config, args: dict, WHERE: str = WHERE):
-    """The shape ``args`` ask for, checked against the teacher's ``config`` (errors name ``WHERE``)."""
+def cut_shape(config, args: dict, where: str = WHERE):
+    """The shape ``args`` ask for, checked against the teacher's ``config`` (errors name ``where``)."""
     from distillab.models.lm_prune import CutShape, check_shape, shape_for_params, teacher_shape
 
     unknown = sorted(set(args) - KNOWN_ARGS)
     if unknown:
-        raise SpecError(f"{WHERE}: teacher_pruned takes {', '.join(sorted(KNOWN_ARGS))}; not {', '.join(unknown)}")
+        raise SpecError(f"{where}: teacher_pruned takes {', '.join(sorted(KNOWN_ARGS))}; not {', '.join(unknown)}")
     sizes = {"hidden_size", "intermediate_size", "heads", "kv_heads", "layers"} & set(args)
     if "params" in args:
         if sizes:
-            raise SpecError(f"{WHERE}: give params or the sizes ({', '.join(sorted(sizes))}), not both")
+            raise SpecError(f"{where}: give params or the sizes ({', '.join(sorted(sizes))}), not both")
         params = args["params"]
         if isinstance(params, str):  # YAML reads 40e6 (no dot) as a string: it is meant as a number
             try:
@@ -51,29 +51,29 @@ def cut_shape(config, args: dict, WHERE: str = WHERE):
                 pass
         if isinstance(params, bool) or not isinstance(params, (int, float)) or not math.isfinite(params) \
                 or params <= 0:
-            raise SpecError(f"{WHERE}.params: {params!r} must be a positive number of parameters")
-        return shape_for_params(config, float(params), args.get("axis", "width"), WHERE)
+            raise SpecError(f"{where}.params: {params!r} must be a positive number of parameters")
+        return shape_for_params(config, float(params), args.get("axis", "width"), where)
     if "axis" in args:
-        raise SpecError(f"{WHERE}.axis: goes with params (the sizes say the cut themselves)")
+        raise SpecError(f"{where}.axis: goes with params (the sizes say the cut themselves)")
     full = teacher_shape(config)
     shape = CutShape(args.get("hidden_size", full.hidden_size), args.get("intermediate_size", full.intermediate_size),
                      args.get("heads", full.heads), args.get("kv_heads", full.kv_heads),
                      args.get("layers", full.layers))
-    check_shape(config, shape, WHERE)
+    check_shape(config, shape, where)
     return shape
 
 
-def calibration_blocks(data, tokens: int, WHERE: str = WHERE) -> torch.Tensor:
+def calibration_blocks(data, tokens: int, where: str = WHERE) -> torch.Tensor:
     """Evenly spaced blocks of the training split holding at least ``tokens`` tokens."""
     from distillab.models.lm_prune import MIN_CALIBRATION_TOKENS
 
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < MIN_CALIBRATION_TOKENS:
-        raise SpecError(f"{WHERE}.calibration_tokens: {tokens!r} is too few to rank the teacher's units; give at "
+        raise SpecError(f"{where}.calibration_tokens: {tokens!r} is too few to rank the teacher's units; give at "
                         f"least {MIN_CALIBRATION_TOKENS}")
     blocks = data.train.tokens  # (N, T + 1)
     available = blocks.numel()
     if tokens > available:
-        raise SpecError(f"{WHERE}.calibration_tokens: {tokens:,} is more than the training split's {available:,} "
+        raise SpecError(f"{where}.calibration_tokens: {tokens:,} is more than the training split's {available:,} "
                         "tokens; give fewer")
     rows = -(-tokens // blocks.shape[1])
     index = torch.linspace(0, len(blocks) - 1, rows).round().long().unique()
@@ -92,7 +92,7 @@ def pruned_student(teacher_spec, cache_dir, data, args: dict, weightless: bool):
     if weightless:
         from transformers import AutoModelForCausalLM
 
-        shape = _checked(skeleton.model.config, data, args, WHERE)
+        shape, _ = _checked(skeleton.model.config, data, args, WHERE)
         return CausalLM(AutoModelForCausalLM.from_config(shaped_config(skeleton.model.config, shape)),
                         skeleton.tokenizer)
     return cut_student(lambda: _load(*_source(teacher_spec, cache_dir), "teacher"), skeleton.model.config, data,
@@ -106,8 +106,7 @@ def _checked(config, data, args: dict, where: str):
     metric = args.get("layer_metric", "block_influence")
     if metric not in LAYER_METRICS:
         raise SpecError(f"{where}.layer_metric: {metric!r} is not one of {', '.join(LAYER_METRICS)}")
-    calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), where)
-    return shape
+    return shape, calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), where)
 
 
 def cut_student(load_teacher, config, data, args: dict, teacher_key: str | None, where: str = WHERE):
@@ -117,13 +116,12 @@ def cut_student(load_teacher, config, data, args: dict, teacher_key: str | None,
     from distillab.models.hf import CausalLM
     from distillab.models.lm_prune import check_llama_family, cut, estimate_importance, summary, teacher_shape
 
-    shape = _checked(config, data, args, where)
+    shape, blocks = _checked(config, data, args, where)
     metric = args.get("layer_metric", "block_influence")
     key = (teacher_key, data.source, json.dumps(args, sort_keys=True, default=str))
     if teacher_key is None or key not in _CUTS:
         teacher = load_teacher()
         check_llama_family(teacher.model, "teacher")
-        blocks = calibration_blocks(data, args.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), where)
         log.info("scoring the teacher's heads, neurons, channels and layers on %d calibration tokens",
                  blocks.numel())
         importance = estimate_importance(teacher.model, blocks, layer_metric=metric)
