@@ -14,7 +14,10 @@ arm, paired over the seeds. Arms:
 
 Columns: test bits/char (mean ± std over seeds), the zero-shot value after the cut, parameters,
 prefill and decode tokens/s at batch 1, and each student as the teacher's draft model
-(speculative greedy decoding: speed-up, acceptance rate, identical output). The KD weight alpha
+(speculative greedy decoding: speed-up, acceptance rate, identical output), twice: with
+transformers' default lookahead (up to 20 draft tokens, cut short when the draft's confidence
+falls under 0.4), and with the lookahead distillab chooses on validation prompts from the draft's
+agreement with the teacher and its cost (``models.draft.choose_lookahead``). The KD weight alpha
 is the one ``benchmarks/llm_kd.py`` chose on validation (its sweep's ``best.json``); nothing is
 chosen on test.
 
@@ -24,7 +27,9 @@ chosen on test.
 Resumable: every (arm, seed) phase resumes from its folder, facts and draft timings from their
 JSON files; ``--arms`` runs some arms only (the summary covers what has finished). Each distilled
 student is timed as a draft right after it trains, while its weights are at hand (they are not
-committed); the table shows the seed best on validation.
+committed); the table shows the seed best on validation. That seed is timed with the chosen
+lookahead too; where its weights are gone, the same phase (seed, data, settings) is trained again
+in a scratch folder, and the retrained student's test bits/char is recorded beside the timing.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import argparse
 import json
 import logging
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
@@ -133,13 +139,38 @@ def run_arm(arm: str, args, out: Path, data, teachers, student: dict) -> dict:
             results[role][seed] = {"val": result["val_accuracy"], "test": result["test_metrics"]["bits_per_character"]}
             if role == "distilled":  # timed as a draft while its weights are at hand (they are not committed)
                 drafts[seed] = read_or(phase_dir / "draft.json", lambda: draft(result, phase_dir, seed))
+    def chosen_draft(seed: int) -> dict:
+        """The draft timing with the lookahead chosen on validation prompts."""
+        phase_dir = folder / f"seed_{seed}" / "distilled"
+        weights = phase_dir / "student.safetensors"
+        with tempfile.TemporaryDirectory() as scratch:
+            retrained = None
+            student_model = job.student_for(seed, data)
+            if not hasattr(student_model, "tokenizer"):
+                return {"measured": False, "seed": seed, "why": "the gpt student is not a transformers model"}
+            if weights.is_file():
+                student_model = load_state_into(student_model, weights, str(phase_dir))
+            else:  # the same phase again, in a scratch folder
+                again = phase(job, data, seed, "distilled", teachers, caches, Path(scratch) / "distilled", True,
+                              None, None)
+                student_model = again["student"]
+                retrained = {"test_bits_per_character": again["test_metrics"]["bits_per_character"],
+                             "committed_test_bits_per_character": results["distilled"][seed]["test"]}
+            measured = speculative_decoding(teachers[0][0], student_model.eval(),
+                                            test_prompts(data, args.draft_prompts, 32), args.draft_tokens,
+                                            choice_prompts=test_prompts(data, 4, 32, "val"))
+        return {"measured": True, "seed": seed, **({"retrained": retrained} if retrained else {}), **measured}
+
     fresh = job.student_for(args.seeds[0], data)
     facts = read_or(folder / "facts.json", lambda: {
         **job.task.model_facts({arm: fresh}, data, 5)[arm],
         **({"cut": fresh.cut, "zero_shot": {split: job.task.evaluate(fresh, data, split, 16, torch.device("cpu")).value
                                             for split in ("val", "test")}} if getattr(fresh, "cut", None) else {})})
     best = min(args.seeds, key=lambda s: results["distilled"][s]["val"])  # chosen on validation
-    return {"results": results, "facts": facts, "draft": drafts[best]}
+    chosen_path = folder / f"seed_{best}" / "distilled" / "draft_chosen.json"
+    chosen = read_or(chosen_path, lambda: chosen_draft(best)) if arm in args.lookahead_arms or chosen_path.is_file() \
+        else None
+    return {"results": results, "facts": facts, "draft": drafts[best], "draft_chosen": chosen}
 
 
 def summarize(values: list[float]) -> dict:
@@ -158,6 +189,9 @@ def main() -> None:
     parser.add_argument("--limit-eval-tokens", type=int, default=20_000, help="validation and test tokens")
     parser.add_argument("--draft-prompts", type=int, default=8)
     parser.add_argument("--draft-tokens", type=int, default=64)
+    parser.add_argument("--lookahead-arms", nargs="*", default=list(ARMS), choices=ARMS,
+                        help="arms whose best seed is also timed with the lookahead chosen on validation (a seed "
+                             "whose weights are gone is trained again for it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -191,6 +225,7 @@ def main() -> None:
                          "prefill_tokens_per_s": facts["facts"]["prefill_tokens_per_s"],
                          "decode_tokens_per_s": facts["facts"]["decode_tokens_per_s"],
                          "draft": facts["draft"] if role == "distilled" else None,
+                         "draft_chosen": facts["draft_chosen"] if role == "distilled" else None,
                          "cut": facts["facts"].get("cut", {}).get("shape")})
     result = {"settings": {"epochs": args.epochs, "limit_tokens": args.limit_tokens, "seeds": args.seeds,
                            "threads": args.threads, "params_target": args.params, "depth_metric": depth,
@@ -201,7 +236,8 @@ def main() -> None:
         fresh = [arms["random_init"]["results"]["distilled"][s]["test"] for s in args.seeds]
         comparison = paired_comparison("width_cut", cut, "random_init", fresh, "bits_per_character", False)
         relative = statistics.fmean(cut) / statistics.fmean(fresh) - 1
-        drafts = [row["draft"] for row in rows if row["draft"] and row["draft"].get("measured")]
+        drafts = [row[key] for row in rows for key in ("draft", "draft_chosen")
+                  if row[key] and row[key].get("measured")]
         fastest = max(drafts, key=lambda d: d["speedup"]) if drafts else None
         result["targets"] = {
             "bpc_vs_random_init": {"target": TARGET_BPC, "measured": relative, "met": relative <= TARGET_BPC},
@@ -217,18 +253,35 @@ def main() -> None:
     lines = [f"Austen, SmolLM2-135M teacher, {args.limit_tokens:,} training tokens × {args.epochs} epochs for every "
              f"arm, seeds {args.seeds}, {args.threads} threads.", "",
              "| arm | test bits/char | zero-shot after the cut | params | prefill tok/s | decode tok/s | "
-             "as draft: speed-up | acceptance | identical |", "|---|---|---:|---:|---:|---:|---:|---:|---|",
+             "as draft, default lookahead: speed-up | acceptance | identical | chosen lookahead | speed-up | "
+             "acceptance | identical |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
              f"| teacher | {teacher_row['test']:.4f} | | {teacher_row['params']:,} | "
-             f"{teacher_row['prefill_tokens_per_s']:.0f} | {teacher_row['decode_tokens_per_s']:.1f} | | | |"]
+             f"{teacher_row['prefill_tokens_per_s']:.0f} | {teacher_row['decode_tokens_per_s']:.1f} | | | | | | | |"]
+    def timing(draft: dict | None) -> str:
+        if not (draft or {}).get("measured"):
+            return "| | |"
+        return (f"{draft['speedup']:.2f}× | {100 * draft['acceptance_rate']:.1f} % | "
+                f"{'yes' if draft['identical_output'] else 'NO'} |")
+
     for row in rows:
-        draft = row["draft"] or {}
+        chosen = row["draft_chosen"] or {}
         zero = row["zero_shot_test_bpc"]
         lines.append(
             f"| {row['arm']} | {row['test_bpc']['mean']:.4f} ± {row['test_bpc']['std']:.4f} | "
             f"{'' if zero is None else f'{zero:.3f}'} | {row['params']:,} | {row['prefill_tokens_per_s']:.0f} | "
-            f"{row['decode_tokens_per_s']:.1f} | "
-            + (f"{draft['speedup']:.2f}× | {100 * draft['acceptance_rate']:.1f} % | "
-               f"{'yes' if draft['identical_output'] else 'NO'} |" if draft.get("measured") else "| | |"))
+            f"{row['decode_tokens_per_s']:.1f} | " + timing(row["draft"])
+            + (f" {chosen['lookahead']} | " if chosen.get("measured") else " | ") + timing(chosen))
+    choices = [(row["arm"], row["draft_chosen"]) for row in rows if (row["draft_chosen"] or {}).get("measured")]
+    for arm, chosen in choices:
+        choice = chosen["lookahead_choice"]
+        lines += ["", f"{arm} (seed {chosen['seed']}): on {choice['chosen_on']} its top-1 matched the teacher's next "
+                      f"token {100 * choice['agreement']:.1f} % of the time, at {choice['relative_cost']:.2f}× the "
+                      f"teacher's cost per token: lookahead {chosen['lookahead']}, expected "
+                      f"{choice['expected_speedup']:.2f}×, measured {chosen['speedup']:.2f}×."
+                      + (f" (Its weights were retrained for this timing: "
+                         f"{chosen['retrained']['test_bits_per_character']:.4f} test bits/char against "
+                         f"{chosen['retrained']['committed_test_bits_per_character']:.4f} in the table.)"
+                         if chosen.get("retrained") else "")]
     lines += target_lines(result.get("targets", {}))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

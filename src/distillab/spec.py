@@ -311,6 +311,10 @@ class OutputSpec(Strict):
         8, ge=0, le=256, description="language models: test prompts on which the teacher decodes with the student as "
                                      "its draft model (speculative decoding), timed against the teacher alone; 0: off")
     draft_tokens: StrictInt = Field(48, ge=1, le=1024, description="new tokens per draft-decoding prompt")
+    draft_lookahead: StrictInt | None = Field(
+        None, ge=1, le=64, description="tokens the draft proposes per decoding step; null: the one with the highest "
+                                       "expected speed-up, from the draft's agreement with the teacher and its cost "
+                                       "measured on validation prompts")
 
 
 class JobSpec(Strict):

@@ -153,6 +153,8 @@ def test_a_cut_run_records_the_cut_leaves_a_plain_transformers_folder_and_times_
     torch.testing.assert_close(plain(ids).logits[..., :built.vocab_size], built(ids), rtol=1e-5, atol=1e-5)
     draft = report["draft"]
     assert draft["identical_output"] and draft["prompts"] == 2 and 0 <= draft["acceptance_rate"] <= 1
+    assert draft["lookahead"] == draft["lookahead_choice"]["lookahead"] and 1 <= draft["lookahead"] <= 8
+    assert "validation prompts" in draft["lookahead_choice"]["chosen_on"]
     assert "draft model" in (tmp_path / "run" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["hidden_size"] == 24
     exported = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"),
@@ -186,9 +188,23 @@ def test_assisted_decoding_with_a_draft_gives_the_teachers_greedy_output(tiny_lm
     measured = speculative_decoding(teacher, draft, prompts, new_tokens=8)
     assert measured["identical_output"] and measured["identical_prompts"] == 3
     assert measured["teacher_tokens_per_s"] > 0 and measured["speedup"] > 0
+    fixed = speculative_decoding(teacher, draft, prompts, new_tokens=8, lookahead=2)
+    assert fixed["identical_output"] and fixed["lookahead"] == 2
     other = load_causal_lm(make_tiny_lm(tiny_lm.parent / "other_vocab", vocab_size=280))
     with pytest.raises(SpecError, match="must share the teacher's tokenizer"):
         speculative_decoding(teacher, other, prompts, new_tokens=4)
+
+
+def test_the_lookahead_is_chosen_from_the_drafts_measured_agreement_and_cost(tiny_lm):
+    from distillab.models.draft import choose_lookahead, expected_speedup
+
+    # a perfect free draft: all k+1 tokens per teacher pass; a useless one: one token per pass, plus its cost
+    assert expected_speedup(1.0, 0.0, 4) == 5.0 and expected_speedup(0.0, 0.5, 2) == 0.5
+    assert round(expected_speedup(0.8, 0.1, 3), 4) == round((1 - 0.8 ** 4) / 0.2 / 1.3, 4)
+    teacher = load_causal_lm(tiny_lm)
+    prompts = torch.randint(3, 200, (2, 5), generator=torch.Generator().manual_seed(1))
+    itself = choose_lookahead(teacher, teacher, prompts, new_tokens=6)  # the teacher agrees with itself
+    assert itself["agreement"] == 1.0 and 1 <= itself["lookahead"] <= 8 and itself["relative_cost"] > 0
 
 
 def test_the_python_api_cuts_the_student_from_a_transformers_teacher(tiny_lm):

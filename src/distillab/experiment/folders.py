@@ -111,7 +111,7 @@ def publish(partial: Path, out: Path) -> None:
 # Keys a resumed run may change: they decide where things go or how long the run may take,
 # never what a finished phase computed.
 RESUME_FREE_KEYS = {"name", "output.plots", "output.tensorboard", "output.latency_repeats", "output.draft_prompts",
-                    "output.draft_tokens",
+                    "output.draft_tokens", "output.draft_lookahead",
                     "constraints.max_duration_s", "cache.dir", "cache.max_gb", "accept_weak_teacher"}
 
 

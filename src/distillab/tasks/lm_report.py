@@ -7,7 +7,8 @@
   folder itself -- ``config.json``, ``model.safetensors``, the tokenizer files -- which
   ``AutoModelForCausalLM.from_pretrained(RUN)`` loads without distillab;
 - for such a student sharing the teacher's tokenizer: the teacher's greedy decoding with the
-  student as its draft model (``models.draft``), on prompts from the test text.
+  student as its draft model (``models.draft``), on prompts from the test text, the draft's
+  lookahead chosen on prompts from the validation text.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def _best_distilled_seed(task, seeds: list[int], distilled: list[dict]) -> int:
     return best[1]
 
 
-def test_prompts(data, prompts: int, prompt_tokens: int) -> torch.Tensor:
-    """``prompts`` evenly spaced prompts of ``prompt_tokens`` tokens from the test blocks."""
-    blocks = data.test.tokens
+def test_prompts(data, prompts: int, prompt_tokens: int, split: str = "test") -> torch.Tensor:
+    """``prompts`` evenly spaced prompts of ``prompt_tokens`` tokens from the blocks of ``split``."""
+    blocks = getattr(data, split).tokens
     length = min(prompt_tokens, blocks.shape[1])
     index = torch.linspace(0, len(blocks) - 1, min(prompts, len(blocks))).round().long().unique()
     return blocks[index, :length]
@@ -68,8 +69,10 @@ def finish_lm_run(job, data, teachers, phases: dict, folder: Path, device) -> di
 
         if same_vocabulary(teacher, student):
             log.info("timing the teacher's greedy decoding with the student as its draft (%d prompts)", prompts)
-            extras["draft"] = speculative_decoding(teacher, student, test_prompts(data, prompts, 32),
-                                                   spec.output.draft_tokens)
+            lookahead = spec.output.draft_lookahead
+            extras["draft"] = speculative_decoding(
+                teacher, student, test_prompts(data, prompts, 32), spec.output.draft_tokens, lookahead=lookahead,
+                choice_prompts=None if lookahead else test_prompts(data, min(4, prompts), 32, "val"))
     return extras
 
 
@@ -95,4 +98,14 @@ def render_lm_extras(report: dict) -> list[str]:
                       f"{100 * draft['acceptance_rate']:.1f} % of draft tokens accepted, output "
                       + ("identical." if draft["identical_output"] else
                          f"identical for {draft['identical_prompts']} of {draft['prompts']} prompts.")]
+        choice = draft.get("lookahead_choice")
+        if choice:
+            lines += ["", f"The draft proposed {draft['lookahead']} token(s) per step, chosen on "
+                          f"{choice['chosen_on']}: its top-1 matched the teacher's next token "
+                          f"{100 * choice['agreement']:.1f} % of the time at {choice['relative_cost']:.2f}× the "
+                          f"teacher's cost per token, for an expected {choice['expected_speedup']:.2f}×."]
+        elif "lookahead" in draft:
+            lines += ["", f"The draft proposed {draft['lookahead']} token(s) per step (set in the spec)."
+                      if isinstance(draft["lookahead"], int) else
+                      "The draft's lookahead was transformers' default (confidence-limited)."]
     return lines
