@@ -73,3 +73,35 @@ def test_joining_needs_a_known_study_and_a_reachable_database(postgres_url, tmp_
                                       "postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "--out", str(tmp_path)])
     assert unreachable.exit_code == 2 and "cannot open the study database" in unreachable.output
     assert "secret" not in unreachable.output  # the password is not echoed
+
+
+def test_a_process_that_loses_the_race_to_create_the_tables_opens_the_winners(monkeypatch, tmp_path):
+    """Two processes opening a new study database at once: the one whose table creation collides
+    with the other's waits and opens the database, rather than failing the sweep or auto search."""
+    import optuna.storages
+
+    from distillab.errors import SpecError
+    from distillab.experiment import sweep
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **options):
+        calls.append(url)
+        if len(calls) == 1:
+            raise RuntimeError('(sqlite3.IntegrityError) UNIQUE constraint failed: studies.study_name')
+        return real(url, **options)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    storage = sweep.open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+    def broken(url, **options):
+        calls.append(url)
+        raise RuntimeError("could not translate host name")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(SpecError, match="cannot open the study database") as refused:
+        sweep.open_storage("postgresql+psycopg://me:secret@nowhere/db")
+    assert "secret" not in str(refused.value)
+    assert calls[-1].endswith("nowhere/db") and len(calls) == 3  # not retried: not a race

@@ -29,20 +29,9 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 def _storage(url: str):
     """The shared study's database, with heartbeats: a trial whose process stops beating for two
     minutes is failed, and its claim released for another process."""
-    from optuna.storages import RDBStorage
+    from distillab.experiment.sweep import open_storage
 
-    from distillab.experiment.sweep import _safe_url
-
-    for attempt in range(5):
-        try:
-            return RDBStorage(url, heartbeat_interval=30, grace_period=120)
-        except Exception as problem:  # a bad URL, a missing driver or an unreachable server
-            racing = any(text in str(problem) for text in ("UNIQUE constraint", "already exists", "locked"))
-            if racing and attempt < 4:  # two processes creating the tables at once: the other one wins
-                time.sleep(0.5 + attempt)
-                continue
-            raise SpecError(f"--storage {_safe_url(url)}: cannot open the study database "
-                            f"({type(problem).__name__}: {str(problem).splitlines()[0][:200]})") from None
+    return open_storage(url)
 
 
 def create_shared(url: str, name: str, directions: list[str], record: dict) -> optuna.Study:

@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import statistics
+import time
 from pathlib import Path
 
 import optuna
@@ -158,14 +159,30 @@ def _rdb(storage: str):
     """Optuna's database storage with heartbeats: a trial whose process stops beating for two
     minutes is failed and queued again with the same parameters (RetryFailedTrialCallback),
     so a machine that dies does not lose its grid point, and a live one is never re-run."""
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RetryFailedTrialCallback
 
-    try:
-        return RDBStorage(storage, heartbeat_interval=30, grace_period=120,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
-    except Exception as problem:  # a bad URL, a missing driver or an unreachable server
-        raise SpecError(f"--storage {_safe_url(storage)}: cannot open the study database "
-                        f"({type(problem).__name__}: {str(problem).splitlines()[0][:200]})") from None
+    return open_storage(storage, failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+
+
+def open_storage(url: str, **options):
+    """Optuna's database storage at ``url`` with heartbeats (two minutes' grace). Processes that
+    open a new database at the same moment race to create its tables; the loser waits and opens
+    what the winner made. Any other failure is a SpecError naming the URL (without its password)."""
+    from optuna.storages import RDBStorage
+
+    for attempt in range(RACE_RETRIES + 1):
+        try:
+            return RDBStorage(url, heartbeat_interval=30, grace_period=120, **options)
+        except Exception as problem:  # a bad URL, a missing driver or an unreachable server
+            racing = any(text in str(problem) for text in ("UNIQUE constraint", "already exists", "locked"))
+            if racing and attempt < RACE_RETRIES:
+                time.sleep(0.5 + attempt)
+                continue
+            raise SpecError(f"--storage {_safe_url(url)}: cannot open the study database "
+                            f"({type(problem).__name__}: {str(problem).splitlines()[0][:200]})") from None
+
+
+RACE_RETRIES = 4
 
 
 def _safe_url(url: str) -> str:
