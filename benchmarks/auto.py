@@ -19,7 +19,9 @@ within the latency constraint.
     .venv/bin/python benchmarks/auto.py --budget-s 3600 --seeds 5   # -> benchmarks/results/auto.{json,md}
 
 Resumable: every row resumes from its folder (the search from its study, the retraining from its
-unfinished run); a finished row is read back, not rerun.
+unfinished run); a finished row is read back, not rerun. Rows compare at equal wall-clock budgets,
+so every row must run on the same kind of CPU: the bf16 path of each row (AMX, AVX512-BF16 or
+none) is recorded, and a row is not started or resumed on another kind unless ``--any-cpu``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -91,6 +94,35 @@ def run_search(row: str, spec: dict, out: Path, latency_ms: float, budget_s: flo
     return search(spec_path, out, final_seeds=seeds, **options)
 
 
+def cpu_of(folder: Path) -> str | None:
+    """The bf16 path ("AMX", "AVX512-BF16" or "none") a row ran on: its record, or its report's."""
+    if (folder / "machine.json").is_file():
+        return json.loads((folder / "machine.json").read_text())["bf16_path"]
+    for report in (folder / "report.json", folder / "run" / "report.json"):
+        if report.is_file():
+            return json.loads(report.read_text()).get("precision", {}).get("bf16_path") or "none"
+    return None
+
+
+def check_cpu(out: Path, rows: list[str], any_cpu: bool) -> str:
+    """This machine's bf16 path, refused (exit 2) when rows already run used another one."""
+    from distillab.runtime import bf16_path
+
+    here = bf16_path() or "none"
+    others = {row: cpu for row in ROWS if (cpu := cpu_of(out / row)) not in (None, here)}
+    if others and not any_cpu:
+        print(f"rows {', '.join(f'{row} ({cpu})' for row, cpu in others.items())} ran on another kind of "
+                         f"CPU than this one ({here}): equal wall-clock budgets would not compare; run on that kind, "
+                         f"or pass --any-cpu to compare anyway (the table then shows each row's CPU)", file=sys.stderr)
+        raise SystemExit(2)
+    for row in rows:
+        record = out / row / "machine.json"
+        if row != "default" and not record.is_file() and cpu_of(out / row) is None:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"bf16_path": here}) + "\n")
+    return here
+
+
 def trial_seconds(folder: Path) -> float:
     """The seconds the search's trials took, read from its study (every session of it together)."""
     import optuna
@@ -116,6 +148,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override the default spec (key.path=value), e.g. for a quick check")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "auto"))
+    parser.add_argument("--any-cpu", action="store_true",
+                        help="run or resume a row on another kind of CPU than the rows already run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from distillab.experiment.stats import paired_comparison
@@ -123,6 +157,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_cpu(out, args.rows, args.any_cpu)
     seeds = list(range(args.seeds))
     spec = base_spec(seeds, args.overrides)
     latency_path = out / "default_latency.json"
@@ -147,7 +182,7 @@ def main() -> None:
                          "stopped": summary["stopped"],
                          "latency_ms_measured": summary["final"]["latency_ms_measured"],
                          "latency_model_error": summary["latency_model"]["error"]}
-        rows[row].update(distilled_mean=statistics.fmean(per_seed(reports[row], "distilled").values()),
+        rows[row].update(cpu=cpu_of(out / row), distilled_mean=statistics.fmean(per_seed(reports[row], "distilled").values()),
                          scratch_mean=statistics.fmean(per_seed(reports[row], "scratch").values()),
                          verdict=reports[row]["verdict"], seconds=round(time.monotonic() - started, 1))
     result = {"budget_s": args.budget_s, "threads": args.threads, "seeds": seeds, "default_latency_ms": latency_ms, "rows": rows}
@@ -164,14 +199,14 @@ def main() -> None:
                         "met": rows["auto"]["latency_ms_measured"] <= latency_ms},
         }
     atomic_write_json(out.with_suffix(".json"), result)
-    lines = ["| row | student | distilled (%) | scratch (%) | latency ms (ONNX, b=1) | trials | epochs trained |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| row | student | distilled (%) | scratch (%) | latency ms (ONNX, b=1) | trials | epochs trained | CPU |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for row, facts in rows.items():
         student = facts["student"] if isinstance(facts["student"], str) else \
             f"{facts['student']['model']} {json.dumps(facts['student']['model_args'])}"
         lines.append(f"| {row} | {student} | {100 * facts['distilled_mean']:.2f} | {100 * facts['scratch_mean']:.2f} | "
                      f"{facts['latency_ms_measured']:.3f} | {facts.get('trials', '-')} | "
-                     f"{facts.get('epochs_trained', '-')} |")
+                     f"{facts.get('epochs_trained', '-')} | {facts.get('cpu') or '-'} |")
     lines += target_lines(result.get("targets", {}))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
