@@ -280,7 +280,8 @@ def main() -> None:
                       f"{choice['expected_speedup']:.2f}×, measured {chosen['speedup']:.2f}×."
                       + (f" (Its weights were retrained for this timing: "
                          f"{chosen['retrained']['test_bits_per_character']:.4f} test bits/char against "
-                         f"{chosen['retrained']['committed_test_bits_per_character']:.4f} in the table.)"
+                         f"{chosen['retrained']['committed_test_bits_per_character']:.4f} for this seed in the "
+                         "table's run.)"
                          if chosen.get("retrained") else "")]
     lines += target_lines(result.get("targets", {}))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
