@@ -182,10 +182,12 @@ def main() -> None:
                          "stopped": summary["stopped"],
                          "latency_ms_measured": summary["final"]["latency_ms_measured"],
                          "latency_model_error": summary["latency_model"]["error"]}
-        rows[row].update(cpu=cpu_of(out / row), distilled_mean=statistics.fmean(per_seed(reports[row], "distilled").values()),
+        rows[row].update(cpu=cpu_of(out / row),
+                         distilled_mean=statistics.fmean(per_seed(reports[row], "distilled").values()),
                          scratch_mean=statistics.fmean(per_seed(reports[row], "scratch").values()),
                          verdict=reports[row]["verdict"], seconds=round(time.monotonic() - started, 1))
-    result = {"budget_s": args.budget_s, "threads": args.threads, "seeds": seeds, "default_latency_ms": latency_ms, "rows": rows}
+    result = {"budget_s": args.budget_s, "threads": args.threads, "seeds": seeds, "default_latency_ms": latency_ms,
+              "rows": rows}
     if "default" in reports and "auto" in reports:
         base, chosen = per_seed(reports["default"], "distilled"), per_seed(reports["auto"], "distilled")
         common = sorted(set(base) & set(chosen))
