@@ -77,6 +77,19 @@ def test_quantized_models_load_and_predict(finished_run, tmp_path, mode):
     logits = session.run(None, {"input": images.numpy()})[0]
     assert logits.shape == (16, 3) and np.isfinite(logits).all()
     assert record["quantize"] == mode and record["parity"]["argmax_agreement"] >= 0.5
+    if mode == "int8":  # the record says whether the weights were cut to 7 bits for this CPU
+        from distillab.compress.quantize import int8_saturates
+
+        assert record["quantization"]["reduce_range"] == int8_saturates()
+
+
+def test_int8_weights_lose_a_bit_only_on_x86_cpus_without_vnni():
+    from distillab.compress.quantize import int8_saturates
+
+    assert int8_saturates("flags : fpu sse2 avx avx2 fma", "x86_64")  # AVX2 only: 16-bit sums saturate
+    assert not int8_saturates("flags : avx2 avx512f avx512_vnni", "x86_64")
+    assert not int8_saturates("flags : avx2 avx_vnni", "AMD64") and not int8_saturates("amx_int8 amx_tile", "x86_64")
+    assert not int8_saturates("Features : fp asimd", "aarch64")  # not x86: no such instruction
 
 
 def test_a_failed_parity_check_writes_nothing(finished_run, tmp_path):

@@ -165,7 +165,7 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
 
                 float_path = staging / "float.onnx"
                 os.replace(path, float_path)
-                quantize_onnx(float_path, path, quantize, calibration)
+                quantization = quantize_onnx(float_path, path, quantize, calibration)
                 float_path.unlink()
             runner = onnx_runner(path)
         elif fmt == "hf":
@@ -182,6 +182,7 @@ def export_model(model: nn.Module, out: Path | str, *, fmt: str = "onnx", held_o
             raise ExportError(f"parity check failed on {measured['samples']} held-out inputs: "
                               f"{'; '.join(failures)}; nothing was written")
         record = {**(facts or {}), "format": fmt, "file": path.name, "quantize": quantize,
+                  **({"quantization": quantization} if quantize is not None and fmt == "onnx" else {}),
                   "bytes": path.stat().st_size, "sha256": file_checksum(path), "parity": measured,
                   "tolerance": asdict(tolerance), "input_dtype": str(example.dtype).removeprefix("torch.")}
         atomic_write_json(staging / "export.json", record)

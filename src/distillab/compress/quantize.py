@@ -3,6 +3,10 @@
 - "int8": post-training static quantization. Activation ranges are calibrated (min-max) on
   batches from the training split; weights are int8 per output channel; QDQ format, which
   ONNX Runtime fuses into int8 kernels on x86 (the format its docs recommend for CPUs).
+  On an x86 CPU without VNNI (no AVX512-VNNI, AVX-VNNI or AMX), ONNX Runtime's int8 kernels
+  multiply with an instruction whose 16-bit sums can saturate, which can flip predictions; there
+  the weights are quantized to 7 bits (``reduce_range``, as ONNX Runtime advises for such CPUs).
+  The export records which was used; its parity check measures the result on this CPU.
 - "int8-dynamic": weights-only int8, activations quantized per batch at run time; for students
   whose cost is in Linear layers (MLPs, language models). No calibration data.
 
@@ -39,14 +43,32 @@ class CalibrationBatches:
         pass
 
 
-def quantize_onnx(float_path: Path, out_path: Path, mode: str, calibration: Sequence[torch.Tensor] | None) -> None:
+def int8_saturates(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU (or the one ``cpuinfo`` and ``machine`` describe) runs ONNX Runtime's int8
+    kernels without VNNI: x86 whose flags name none of avx512_vnni, avx_vnni, amx_int8 (an
+    unreadable /proc/cpuinfo counts as saturating)."""
+    import platform
+
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    return not set(cpuinfo.split()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def quantize_onnx(float_path: Path, out_path: Path, mode: str,
+                  calibration: Sequence[torch.Tensor] | None) -> dict:
+    """Quantize ``float_path`` into ``out_path``; returns the settings used (for the export's record)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode == "int8-dynamic":
         with _quiet():
             quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)
-        return
+        return {"mode": mode, "weights": "int8"}
     if not calibration:
         raise DistillabError("--quantize int8: the calibration set is empty")
     with tempfile.TemporaryDirectory(dir=Path(out_path).parent) as scratch:
@@ -55,10 +77,13 @@ def quantize_onnx(float_path: Path, out_path: Path, mode: str, calibration: Sequ
         import onnx
 
         input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+        reduce_range = int8_saturates()
         with _quiet():
             quantize_static(str(prepared), str(out_path), CalibrationBatches(input_name, calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return {"mode": mode, "weights": "int7 (reduce_range: this CPU has no VNNI)" if reduce_range else "int8",
+            "reduce_range": reduce_range}
 
 
 @contextlib.contextmanager
