@@ -67,8 +67,13 @@ def _greedy(model, ids: torch.Tensor, new_tokens: int, pad: int, assistant=None)
     return out[0, ids.shape[1]:], time.perf_counter() - started
 
 
-def _pad_id(teacher) -> int:
-    return teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
+def _on_one_device(teacher, draft, prompts: torch.Tensor):
+    """(teacher model, draft model, prompts, pad id): both models in eval mode on the teacher's device."""
+    teacher_model, draft_model = teacher.model.eval(), draft.model.eval()
+    device = next(teacher_model.parameters()).device
+    draft_model.to(device)
+    pad = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
+    return teacher_model, draft_model, prompts.to(device), pad
 
 
 @torch.no_grad()
@@ -76,10 +81,7 @@ def choose_lookahead(teacher, draft, prompts: torch.Tensor, new_tokens: int, whe
     """The draft's agreement ``p`` and relative cost ``c`` on ``prompts`` (validation), and the
     lookahead that maximises the expected speed-up."""
     _check(teacher, draft, where)
-    teacher_model, draft_model = teacher.model.eval(), draft.model.eval()
-    device = next(teacher_model.parameters()).device
-    draft_model.to(device)
-    prompts, pad = prompts.to(device), _pad_id(teacher)
+    teacher_model, draft_model, prompts, pad = _on_one_device(teacher, draft, prompts)
     warm = prompts[:1, : min(8, prompts.shape[1])]
     _greedy(teacher_model, warm, 2, pad)
     _greedy(draft_model, warm, 2, pad)
@@ -113,10 +115,7 @@ def speculative_decoding(teacher, draft, prompts: torch.Tensor, new_tokens: int,
     if lookahead is None and choice_prompts is not None:
         choice = choose_lookahead(teacher, draft, choice_prompts, new_tokens, where)
         lookahead = choice["lookahead"]
-    teacher_model, draft_model = teacher.model.eval(), draft.model.eval()
-    device = next(teacher_model.parameters()).device
-    draft_model.to(device)
-    prompts, pad = prompts.to(device), _pad_id(teacher)
+    teacher_model, draft_model, prompts, pad = _on_one_device(teacher, draft, prompts)
     config = draft_model.generation_config
     saved = {key: getattr(config, key, None) for key in
              ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")}
