@@ -5,6 +5,7 @@ constraints (and the error when none can meet them), the Pareto front, and the s
 from __future__ import annotations
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from distillab.autodistill.feasibility import feasible, judge
@@ -60,6 +61,10 @@ def test_probes_span_the_space_and_the_model_reports_its_leave_one_out_error():
     error = model.as_dict()["error"]
     assert error["probes"] == 5 and 0 <= error["median_relative_error"] <= error["max_relative_error"]
     assert model.predict(probes[-1].macs, 10) > 0
+    from distillab.runtime import bf16_path
+
+    machine = model.as_dict()["machine"]  # what the latencies are true for
+    assert machine["bf16_path"] == (bf16_path() or "none") and machine["threads"] == torch.get_num_threads()
 
 
 def test_the_onnx_runtime_is_measured_through_onnx_runtime():

@@ -6,6 +6,7 @@ before anything trains."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import optuna
@@ -109,7 +110,8 @@ def test_the_cli_says_what_is_wrong_with_exit_code_2(tmp_path, blobs, tiny_teach
     assert result.exit_code == 2 and "auto: the spec has no auto section" in result.output
 
 
-def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, tiny_teacher, monkeypatch):
+def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, tiny_teacher, monkeypatch,
+                                                              caplog):
     """Killed in its third trial, the search run again finishes the plan: every rung holds its
     planned count of distinct configurations, and the two finished trials are not trained again."""
     import distillab.autodistill.search as search_module
@@ -128,7 +130,13 @@ def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, t
         search(spec, tmp_path / "s", final=False)
     assert len(trials_of(tmp_path / "s")) == 2
     monkeypatch.setattr(search_module, "phase", lambda *a, **k: (calls.append(a[6]), real_phase(*a, **k))[1])
-    summary = search(spec, tmp_path / "s", final=False)
+    record = json.loads((tmp_path / "s" / "latency_model.json").read_text())
+    assert record["machine"]["cpu"]  # resumed as if on another machine: said, not silent
+    record["machine"]["cpu"] = "another CPU"
+    (tmp_path / "s" / "latency_model.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="distillab"):
+        summary = search(spec, tmp_path / "s", final=False)
+    assert any("measured on" in r.message and "another CPU" in r.message for r in caplog.records)
     trained = trials_of(tmp_path / "s")
     per_rung = [sum(1 for t in trained if t.user_attrs["rung"] == r) for r in (0, 1)]
     assert per_rung == plan(5, 2) and summary["trials"] == sum(per_rung)

@@ -78,6 +78,7 @@ class LatencyModel:
     batch_size: int
     coefficients: list[float]
     probes: list[dict]  # {"candidate", "macs", "layers", "measured_ms", "predicted_ms", "loo_predicted_ms"}
+    machine: dict | None = None  # where the probes were measured (``this_machine``)
 
     def predict(self, macs: int, layers: int) -> float:
         return float(max(1e-3, np.dot(self.coefficients, _features(macs, layers))))
@@ -91,7 +92,24 @@ class LatencyModel:
 
     def as_dict(self) -> dict:
         return {"runtime": self.runtime, "batch_size": self.batch_size, "coefficients": self.coefficients,
-                "features": ["1", "MMACs", "layers"], "probes": self.probes, "error": self.error}
+                "features": ["1", "MMACs", "layers"], "probes": self.probes, "error": self.error,
+                "machine": self.machine}
+
+
+def this_machine() -> dict:
+    """What a latency model is true for: the CPU's model name, its bf16 path and torch's threads."""
+    import platform
+
+    from distillab.runtime import bf16_path
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "bf16_path": bf16_path() or "none", "threads": torch.get_num_threads()}
 
 
 def fit(points: list[tuple[int, int, float]]) -> list[float]:
@@ -129,4 +147,4 @@ def build_latency_model(candidates: list[Candidate], in_shape, num_classes: int,
         records.append({"candidate": candidate.name, "macs": macs, "layers": layers, "measured_ms": ms,
                         "predicted_ms": float(max(1e-3, np.dot(coefficients, _features(macs, layers)))),
                         "loo_predicted_ms": float(max(1e-3, np.dot(others, _features(macs, layers))))})
-    return LatencyModel(runtime, batch_size, coefficients, records)
+    return LatencyModel(runtime, batch_size, coefficients, records, this_machine())

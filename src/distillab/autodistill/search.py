@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 
 from distillab.autodistill.feasibility import feasible, judge
-from distillab.autodistill.latency import LatencyModel, build_latency_model, measure
+from distillab.autodistill.latency import LatencyModel, build_latency_model, measure, this_machine
 from distillab.autodistill.report import write_outputs
 from distillab.autodistill.shared import (POLL_S, SHARED_KEY, WORKER, Claims, create_shared, heartbeat, open_shared,
                                          publish_latency, wait_for_latency)
@@ -219,7 +219,13 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         atomic_write_json(latency_path, wait_for_latency(shared))
     if latency_path.exists():  # measured once per search: a resumed search predicts as the first did
         latency = LatencyModel(**{k: v for k, v in json.loads(latency_path.read_text()).items()
-                                  if k in ("runtime", "batch_size", "coefficients", "probes")})
+                                  if k in ("runtime", "batch_size", "coefficients", "probes", "machine")})
+        here = this_machine()
+        if not join and latency.machine and latency.machine != here:
+            log.warning("auto: this search's latency model was measured on %s; this machine is %s. Candidates "
+                        "are still judged by the first machine's latencies, but the chosen student's latency is "
+                        "measured here: resume on the first kind of machine for a constraint that means one thing",
+                        latency.machine, here)
     else:
         latency = build_latency_model(pool, bundle.in_shape, bundle.num_classes, constraints.runtime,
                                       constraints.batch_size)
