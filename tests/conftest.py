@@ -174,7 +174,7 @@ def write_corpus(folder: Path, copies: int = 6) -> Path:
     return folder
 
 
-def make_tiny_lm(folder: Path, extra_rows: int = 0, vocab_size: int = 300, seed: int = 0) -> Path:
+def make_tiny_lm(folder: Path, extra_rows: int = 0, vocab_size: int = 300, seed: int = 0, layers: int = 2) -> Path:
     """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on TEXT, saved as a
     Hugging Face folder; ``extra_rows`` pads the embedding matrix beyond the tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -188,8 +188,8 @@ def make_tiny_lm(folder: Path, extra_rows: int = 0, vocab_size: int = 300, seed:
     tokenizer.train_from_iterator(TEXT, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast) + extra_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    config = LlamaConfig(vocab_size=len(fast) + extra_rows, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # where a student's latency is measured
 FAMILIES = ("cnn", "resnet", "wrn", "mlp")  # the zoo families an image-classification search draws from
+# a language-model search: the zoo's gpt, some of the teacher's layers, the teacher's architecture
+# narrower (fresh weights), and the teacher cut to its most important units (Minitron)
+LM_FAMILIES = ("gpt", "teacher_layers", "teacher_width", "teacher_pruned")
+SEARCH_TASKS = ("image_classification", "language_modeling")
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -20,17 +24,34 @@ class _Strict(BaseModel):
 
 class AutoConstraints(_Strict):
     """What the chosen student must meet. Latency is measured on this machine with the report's
-    protocol (median after warm-up) at ``batch_size``, on ``runtime``."""
+    protocol (median after warm-up) at ``batch_size``, on ``runtime``. A language model's speed is
+    its greedy decoding at batch 1 with its key/value cache, on torch (``min_decode_tokens_per_s``,
+    as the report's decode column measures it)."""
 
     max_latency_ms: Positive | None = None
+    min_decode_tokens_per_s: Positive | None = Field(
+        None, description="language models: the slowest greedy decoding allowed, tokens per second at batch 1")
     batch_size: Annotated[StrictInt, Field(ge=1, le=4096)] = 1
     runtime: Literal["torch", "onnx", "onnx-int8"] = "torch"
     max_params: Annotated[StrictInt, Field(ge=1)] | None = None
     max_size_mb: Positive | None = None
     max_macs: Annotated[StrictInt, Field(ge=1)] | None = None
-    min_score: float | None = Field(None, description="the task's primary metric on validation (accuracy as a fraction)")
+    min_score: float | None = Field(None, description="the task's primary metric on validation (accuracy as a "
+                                    "fraction); for a metric where lower is better (bits per character) the most "
+                                    "it may be")
     max_drop: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
-        None, description="most the score may fall below the teacher's, on validation")
+        None, description="most the score may fall behind the teacher's, on validation")
+
+    @property
+    def latency_limit_ms(self) -> float | None:
+        """The latency limit in ms: per forward pass, or per decoded token (1000 / tokens per second)."""
+        if self.min_decode_tokens_per_s is not None:
+            return 1000.0 / self.min_decode_tokens_per_s
+        return self.max_latency_ms
+
+    @property
+    def latency_name(self) -> str:
+        return "min_decode_tokens_per_s" if self.min_decode_tokens_per_s is not None else "max_latency_ms"
 
 
 class AutoBudget(_Strict):
@@ -42,15 +63,27 @@ class AutoBudget(_Strict):
     max_trials: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
 
 
-class AutoSpace(_Strict):
-    """What the search may choose from; unset keys take the task's default."""
+# each task's space where the spec leaves a key unset. A language model's teacher cache holds its
+# top-k at one temperature, so its search keeps T at 1 (each other T would be another fill).
+TASK_SPACES = {
+    "image_classification": {"families": list(FAMILIES), "strategies": ["response", "dkd"],
+                             "temperature": (1.0, 8.0), "alpha": (0.1, 0.95), "epochs": (3, 30), "lr": (3e-4, 1e-2)},
+    "language_modeling": {"families": list(LM_FAMILIES), "strategies": ["token_kd"], "temperature": (1.0, 1.0),
+                          "alpha": (0.3, 0.95), "epochs": (2, 8), "lr": (5e-4, 5e-3)},
+}
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
-    families: list[Literal["cnn", "resnet", "wrn", "mlp"]] | None = Field(None, min_length=1)
+
+class AutoSpace(_Strict):
+    """What the search may choose from; unset keys take the task's default (``TASK_SPACES``)."""
+
+    families: list[Literal["cnn", "resnet", "wrn", "mlp", "gpt", "teacher_layers", "teacher_width",
+                           "teacher_pruned"]] | None = Field(None, min_length=1)
     strategies: list[str] | None = Field(None, min_length=1)
-    temperature: tuple[Positive, Positive] = (1.0, 8.0)
-    alpha: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.1, 0.95)
-    epochs: tuple[Annotated[StrictInt, Field(ge=1)], Annotated[StrictInt, Field(ge=1)]] = (3, 30)
-    lr: tuple[Positive, Positive] = (3e-4, 1e-2)
+    temperature: tuple[Positive, Positive] | None = None
+    alpha: tuple[Fraction, Fraction] | None = None
+    epochs: tuple[Annotated[StrictInt, Field(ge=1)], Annotated[StrictInt, Field(ge=1)]] | None = None
+    lr: tuple[Positive, Positive] | None = None
     cache_views: list[Annotated[StrictInt, Field(ge=1, le=1024)]] | None = Field(
         None, min_length=1, description="cached augmented views per image to choose from (default: the spec's)")
 
@@ -67,10 +100,26 @@ class AutoSpace(_Strict):
     @model_validator(mode="after")
     def _ranges_ascend(self) -> AutoSpace:
         for name in ("temperature", "alpha", "epochs", "lr"):
+            if getattr(self, name) is None:
+                continue
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"{name}: the range [{low}, {high}] runs backwards; write [low, high]")
         return self
+
+
+    def for_task(self, task: str) -> AutoSpace:
+        """This space with the task's defaults in the keys the spec left unset; a family of
+        another task is refused, naming the task's own."""
+        defaults = TASK_SPACES[task]
+        own = set(defaults["families"])
+        strangers = [family for family in self.families or () if family not in own]
+        if strangers:
+            from distillab.errors import SpecError
+
+            raise SpecError(f"auto.space.families: {', '.join(strangers)} are not {task} students; this task "
+                            f"searches {', '.join(defaults['families'])}")
+        return self.model_copy(update={key: value for key, value in defaults.items() if getattr(self, key) is None})
 
 
 class AutoSpec(_Strict):

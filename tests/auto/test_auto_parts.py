@@ -9,9 +9,9 @@ import torch
 from pydantic import ValidationError
 
 from distillab.autodistill.feasibility import feasible, judge
-from distillab.autodistill.latency import LatencyModel, build_latency_model, fit, layer_count, probes_of
+from distillab.autodistill.latency import LatencyModel, build_latency_model, fit, probes_of
 from distillab.autodistill.pareto import dominates, pareto_front
-from distillab.autodistill.space import Candidate, candidates, count
+from distillab.autodistill.space import Candidate, candidates, count, layer_count
 from distillab.errors import SpecError
 from distillab.models.facts import macs_per_sample
 from distillab.models.zoo import build_model
@@ -46,7 +46,7 @@ def test_candidates_are_counted_on_the_meta_device_as_the_real_models_are():
 
 def test_the_latency_fit_recovers_a_known_linear_law():
     truth = [0.05, 0.2, 0.01]  # ms, ms per MMAC, ms per layer
-    points = [(macs, layers, truth[0] + truth[1] * macs / 1e6 + truth[2] * layers)
+    points = [([1.0, macs / 1e6, layers], truth[0] + truth[1] * macs / 1e6 + truth[2] * layers)
               for macs, layers in [(1e5, 3), (1e6, 5), (5e6, 8), (2e6, 12), (8e6, 20)]]
     assert fit(points) == pytest.approx(truth, rel=1e-6, abs=1e-9)
 
@@ -60,7 +60,7 @@ def test_probes_span_the_space_and_the_model_reports_its_leave_one_out_error():
     assert len(model.probes) == 5 and all(p["measured_ms"] > 0 for p in model.probes)
     error = model.as_dict()["error"]
     assert error["probes"] == 5 and 0 <= error["median_relative_error"] <= error["max_relative_error"]
-    assert model.predict(probes[-1].macs, 10) > 0
+    assert model.predict(probes[-1]) > 0
     from distillab.runtime import bf16_path
 
     machine = model.as_dict()["machine"]  # what the latencies are true for
@@ -82,7 +82,7 @@ def test_a_candidate_over_a_constraint_is_ruled_out_before_training():
     large = count("mlp", {"hidden": [512, 256]}, SHAPE, CLASSES)
     constraints = AutoConstraints(max_params=100_000, max_latency_ms=1.0)
     latency = _latency([0.1, 1.0, 0.0])  # 0.1 ms + 1 ms per MMAC
-    verdicts = [judge(c, constraints, latency, SHAPE, CLASSES) for c in (small, large)]
+    verdicts = [judge(c, constraints, latency) for c in (small, large)]
     assert verdicts[0].feasible and not verdicts[1].feasible
     assert set(verdicts[1].violations) == {"max_params"}
     assert [v.candidate for v in feasible(verdicts, constraints)] == [small]
@@ -92,7 +92,7 @@ def test_a_candidate_over_a_constraint_is_ruled_out_before_training():
 def test_constraints_no_candidate_can_meet_name_the_tightest_and_the_nearest():
     space = candidates(["cnn", "mlp"], SHAPE, CLASSES)
     constraints = AutoConstraints(max_params=500, max_macs=10**9)
-    verdicts = [judge(c, constraints, None, SHAPE, CLASSES) for c in space]
+    verdicts = [judge(c, constraints, None) for c in space]
     with pytest.raises(SpecError, match=r"^auto.constraints.max_params: no candidate of the search space can meet it "
                                         r"\(500; it rules out \d+ of \d+\); the nearest candidate, \w+ .* has [\d,]+ "
                                         r"parameters"):

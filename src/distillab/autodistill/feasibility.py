@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distillab.autodistill.latency import LatencyModel, layer_count
+from distillab.autodistill.latency import LatencyModel
 from distillab.autodistill.space import Candidate
 from distillab.errors import SpecError
-from distillab.models.zoo import meta_model
 
 
 @dataclass
@@ -23,17 +22,16 @@ class Verdict:
         return not self.violations
 
 
-def judge(candidate: Candidate, constraints, latency: LatencyModel | None, in_shape, num_classes: int) -> Verdict:
-    """The candidate's figures against every structural constraint (parameters, MACs, size, latency)."""
-    predicted = None
-    if latency is not None:
-        layers = layer_count(meta_model(candidate.model, tuple(in_shape), num_classes, candidate.args))
-        predicted = latency.predict(candidate.macs, layers)
-    figures = {"max_params": candidate.params, "max_macs": candidate.macs, "max_size_mb": candidate.size_mb,
-               "max_latency_ms": predicted}
+def judge(candidate: Candidate, constraints, latency: LatencyModel | None) -> Verdict:
+    """The candidate's figures against every structural constraint (parameters, MACs, size, latency:
+    per forward pass, or per decoded token for a language model)."""
+    predicted = latency.predict(candidate) if latency is not None else None
+    figures = {"max_params": (candidate.params, constraints.max_params),
+               "max_macs": (candidate.macs, constraints.max_macs),
+               "max_size_mb": (candidate.size_mb, constraints.max_size_mb),
+               constraints.latency_name: (predicted, constraints.latency_limit_ms)}
     violations = {}
-    for name, value in figures.items():
-        limit = getattr(constraints, name)
+    for name, (value, limit) in figures.items():
         if limit is not None and value is not None and value > limit:
             violations[name] = value / limit - 1
     return Verdict(candidate, predicted, violations)
@@ -55,7 +53,9 @@ def feasible(verdicts: list[Verdict], constraints) -> list[Verdict]:
     nearest = min(verdicts, key=lambda v: (max(v.violations.values()), v.candidate.name))
     figures = f"{nearest.candidate.params:,} parameters, {nearest.candidate.macs:,} MACs, " \
               f"{nearest.candidate.size_mb:.3f} MB"
-    if nearest.latency_ms is not None:
+    if nearest.latency_ms is not None and constraints.min_decode_tokens_per_s is not None:
+        figures += f", {1000 / nearest.latency_ms:.1f} decoded tokens/s predicted"
+    elif nearest.latency_ms is not None:
         figures += f", {nearest.latency_ms:.3f} ms predicted"
     raise SpecError(f"auto.constraints.{tightest}: no candidate of the search space can meet it "
                     f"({getattr(constraints, tightest):g}; it rules out {counts[tightest]} of {len(verdicts)}); "

@@ -1,7 +1,11 @@
 """A per-machine latency model: a handful of probe networks from the search space are measured
 on the target runtime (eager torch, ONNX Runtime fp32, or ONNX Runtime int8), and a least-squares
 fit of latency against MACs and layer count predicts every other candidate's latency before it
-trains. Its error is measured, leave-one-out on the probes, and reported with the search."""
+trains. Its error is measured, leave-one-out on the probes, and reported with the search.
+
+A language model's latency is the time per token of greedy decoding at batch 1 (``kind``
+"decode"): fitted on MACs per token and decoder blocks, with its own intercept and cost per
+block for transformers models, whose per-step overhead is not the zoo's."""
 
 from __future__ import annotations
 
@@ -18,11 +22,6 @@ from torch import nn
 from distillab.autodistill.space import Candidate
 from distillab.models.facts import interleaved_latency
 from distillab.models.zoo import build_model
-
-
-def layer_count(model: nn.Module) -> int:
-    """Convolutions and linear layers: each is at least one kernel launch on any runtime."""
-    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 
 
 def _onnx_latency(model: nn.Module, example: torch.Tensor, int8: bool, repeats: int, warmup: int) -> float:
@@ -66,22 +65,32 @@ def measure(candidate: Candidate, in_shape, num_classes: int, runtime: str, batc
     return _onnx_latency(model, example, runtime == "onnx-int8", repeats, warmup)
 
 
-def _features(macs: int, layers: int) -> list[float]:
-    return [1.0, macs / 1e6, float(layers)]
+FEATURES = {"forward": ["1", "MMACs", "layers"],
+            "decode": ["1", "transformers", "MMACs per token", "blocks", "transformers x blocks"]}
+
+
+def features(candidate: Candidate, kind: str = "forward") -> list[float]:
+    """What the latency model multiplies its coefficients with (``FEATURES[kind]``)."""
+    if kind == "decode":
+        hf = 1.0 if candidate.group == "transformers" else 0.0
+        return [1.0, hf, candidate.token_macs / 1e6, float(candidate.layers), hf * candidate.layers]
+    return [1.0, candidate.macs / 1e6, float(candidate.layers)]
 
 
 @dataclass
 class LatencyModel:
-    """latency_ms ≈ c0 + c1 · MMACs + c2 · layers, fitted on measured probes of one runtime."""
+    """latency_ms ≈ coefficients · features(candidate), fitted on measured probes of one runtime:
+    c0 + c1 · MMACs + c2 · layers for a forward pass; per decoded token for a language model."""
 
     runtime: str
     batch_size: int
     coefficients: list[float]
-    probes: list[dict]  # {"candidate", "macs", "layers", "measured_ms", "predicted_ms", "loo_predicted_ms"}
+    probes: list[dict]  # {"candidate", "features", "measured_ms", "predicted_ms", "loo_predicted_ms"}
     machine: dict | None = None  # where the probes were measured (``this_machine``)
+    kind: str = "forward"  # or "decode": ms per generated token
 
-    def predict(self, macs: int, layers: int) -> float:
-        return float(max(1e-3, np.dot(self.coefficients, _features(macs, layers))))
+    def predict(self, candidate: Candidate) -> float:
+        return float(max(1e-3, np.dot(self.coefficients, features(candidate, self.kind))))
 
     @property
     def error(self) -> dict:
@@ -91,9 +100,15 @@ class LatencyModel:
                 "max_relative_error": max(errors)}
 
     def as_dict(self) -> dict:
-        return {"runtime": self.runtime, "batch_size": self.batch_size, "coefficients": self.coefficients,
-                "features": ["1", "MMACs", "layers"], "probes": self.probes, "error": self.error,
-                "machine": self.machine}
+        return {"runtime": self.runtime, "batch_size": self.batch_size, "kind": self.kind,
+                "coefficients": self.coefficients, "features": FEATURES[self.kind], "probes": self.probes,
+                "error": self.error, "machine": self.machine}
+
+    @classmethod
+    def read(cls, record: dict) -> LatencyModel:
+        """The model as ``as_dict`` wrote it (a search resumed predicts as the first run did)."""
+        return cls(**{key: value for key, value in record.items()
+                      if key in ("runtime", "batch_size", "coefficients", "probes", "machine", "kind")})
 
 
 def this_machine() -> dict:
@@ -112,10 +127,11 @@ def this_machine() -> dict:
     return {"cpu": cpu, "bf16_path": bf16_path() or "none", "threads": torch.get_num_threads()}
 
 
-def fit(points: list[tuple[int, int, float]]) -> list[float]:
-    """Least-squares coefficients of latency on (1, MMACs, layers); ``points`` are (macs, layers, ms)."""
-    x = np.array([_features(macs, layers) for macs, layers, _ in points])
-    y = np.array([ms for _, _, ms in points])
+def fit(points: list[tuple[list[float], float]]) -> list[float]:
+    """Least-squares coefficients of latency on the features; ``points`` are (features, ms). A
+    feature no probe has (no transformers probe) gets coefficient 0 (the minimum-norm solution)."""
+    x = np.array([row for row, _ in points])
+    y = np.array([ms for _, ms in points])
     coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
     return [float(c) for c in coefficients]
 
@@ -131,20 +147,23 @@ def probes_of(candidates: list[Candidate], count: int = 8) -> list[Candidate]:
 
 def build_latency_model(candidates: list[Candidate], in_shape, num_classes: int, runtime: str, batch_size: int,
                         probes: int = 8, repeats: int = 30) -> LatencyModel:
-    """Measure the probes on ``runtime`` and fit the model; each probe's leave-one-out prediction
-    (fitted without it) gives the model's error on networks it has not seen."""
+    """Measure the probes on ``runtime`` and fit the model (``fit_probes``)."""
     chosen = probes_of(candidates, probes)
-    rows = []
-    for candidate in chosen:
-        model = build_model(candidate.model, tuple(in_shape), num_classes, candidate.args)
-        rows.append((candidate, candidate.macs, layer_count(model),
-                     measure(candidate, in_shape, num_classes, runtime, batch_size, repeats)))
-    points = [(macs, layers, ms) for _, macs, layers, ms in rows]
+    return fit_probes(chosen, lambda c: measure(c, in_shape, num_classes, runtime, batch_size, repeats),
+                      runtime, batch_size, "forward")
+
+
+def fit_probes(chosen: list[Candidate], measure_ms, runtime: str, batch_size: int, kind: str) -> LatencyModel:
+    """Measure each probe (``measure_ms(candidate)``, in ms) and fit; each probe's leave-one-out
+    prediction (fitted without it) gives the model's error on networks it has not seen."""
+    rows = [(candidate, features(candidate, kind), measure_ms(candidate)) for candidate in chosen]
+    points = [(row, ms) for _, row, ms in rows]
     coefficients = fit(points)
     records = []
-    for i, (candidate, macs, layers, ms) in enumerate(rows):
-        others = fit(points[:i] + points[i + 1:]) if len(points) > 3 else coefficients
-        records.append({"candidate": candidate.name, "macs": macs, "layers": layers, "measured_ms": ms,
-                        "predicted_ms": float(max(1e-3, np.dot(coefficients, _features(macs, layers)))),
-                        "loo_predicted_ms": float(max(1e-3, np.dot(others, _features(macs, layers))))})
-    return LatencyModel(runtime, batch_size, coefficients, records, this_machine())
+    for i, (candidate, row, ms) in enumerate(rows):
+        others = fit(points[:i] + points[i + 1:]) if len(points) > 1 else coefficients
+        records.append({"candidate": candidate.name, "macs": candidate.macs, "layers": candidate.layers,
+                        "features": row, "measured_ms": ms,
+                        "predicted_ms": float(max(1e-3, np.dot(coefficients, row))),
+                        "loo_predicted_ms": float(max(1e-3, np.dot(others, row)))})
+    return LatencyModel(runtime, batch_size, coefficients, records, this_machine(), kind)

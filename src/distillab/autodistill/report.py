@@ -58,7 +58,13 @@ def front_of(rows: list[dict], higher_is_better: bool) -> tuple[list[dict], list
     return [points[i] for i in indices], points
 
 
-def _plot(points, front, chosen, constraints, metric: str, path: Path) -> None:
+def latency_label(constraints, kind: str) -> str:
+    if kind == "decode":
+        return "predicted ms per decoded token (greedy, batch 1, torch)"
+    return f"predicted latency (ms, batch {constraints.batch_size}, {constraints.runtime})"
+
+
+def _plot(points, front, chosen, constraints, metric: str, path: Path, kind: str) -> None:
     import io
 
     import matplotlib
@@ -72,14 +78,14 @@ def _plot(points, front, chosen, constraints, metric: str, path: Path) -> None:
     ordered = sorted(front, key=lambda p: p["latency_ms_predicted"])
     axes.plot([p["latency_ms_predicted"] for p in ordered], [p["val_score"] for p in ordered], "o-", c="#1f77b4",
               label="Pareto front")
-    if constraints.max_latency_ms is not None:
-        axes.axvspan(0, constraints.max_latency_ms, color="#2ca02c", alpha=0.08, label="feasible latency")
+    if constraints.latency_limit_ms is not None:
+        axes.axvspan(0, constraints.latency_limit_ms, color="#2ca02c", alpha=0.08, label="feasible latency")
     if chosen is not None:
         axes.scatter([chosen["latency_ms_predicted"]], [chosen["val_score"]], s=140, marker="*", c="#d62728",
                      zorder=5, label="chosen")
-    axes.set_xlabel(f"predicted latency (ms, batch {constraints.batch_size}, {constraints.runtime})")
+    axes.set_xlabel(latency_label(constraints, kind))
     axes.set_ylabel(f"validation {metric}")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
@@ -102,8 +108,9 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
     chosen = choose(rows, task.higher_is_better, floor, measured)
     front, points = front_of(rows, task.higher_is_better) if rows else ([], [])
     epochs_trained = sum(row["epochs"] for row in rows)
+    speed = "decode ms/token (predicted)" if latency.kind == "decode" else "latency ms (predicted)"
     lines = [f"| trial | rung | epochs | student | strategy | T | alpha | lr | validation {task.metric} | "
-             "latency ms (predicted) | s |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"{speed} | s |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         c, p = row["candidate"], row["params"]
         lines.append(f"| {row['trial']} | {row['rung']} | {row['epochs']} | {c['model']} "
@@ -112,7 +119,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
                      f"{row['latency_ms_predicted']:.3f} | {row['seconds']} |")
     atomic_write_text(out_dir / "trials.md", "\n".join(lines) + "\n")
     atomic_write_json(out_dir / "front.json", front)
-    front_lines = [f"| student | params | strategy | validation {task.metric} | latency ms (predicted) |",
+    front_lines = [f"| student | params | strategy | validation {task.metric} | {speed} |",
                    "|---|---:|---|---:|---:|"]
     for row in sorted(front, key=lambda r: r["latency_ms_predicted"]):
         c = row["candidate"]
@@ -120,7 +127,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
                            f"{_strategy(row['params'])} | {row['val_score']:.4f} | {row['latency_ms_predicted']:.3f} |")
     atomic_write_text(out_dir / "front.md", "\n".join(front_lines) + "\n")
     if points:
-        _plot(points, front, chosen, constraints, task.metric, out_dir / "front.png")
+        _plot(points, front, chosen, constraints, task.metric, out_dir / "front.png", latency.kind)
     summary = {
         "constraints": constraints.model_dump(), "teacher_val_score": teacher_val, "score_floor": floor,
         "candidates": pool, "feasible_candidates": feasible, "rungs_epochs": levels,
@@ -128,7 +135,7 @@ def write_outputs(out_dir: Path, study, done: dict, task, levels, floor, latency
         "configurations": len(points), "full_schedule_epochs": len(points) * levels[-1],
         "searched_seconds": round(searched_seconds, 1), "stopped": stopped,
         "trial_seconds": round(sum(row["seconds"] for row in rows), 1),  # every session and process together
-        "latency_model": {"coefficients": latency.coefficients, "error": latency.error},
+        "latency_model": {"kind": latency.kind, "coefficients": latency.coefficients, "error": latency.error},
         "chosen": chosen, "front": front, **({"teachers": teachers} if teachers else {}),
     }
     atomic_write_json(out_dir / "auto.json", summary)

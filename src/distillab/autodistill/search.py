@@ -28,24 +28,25 @@ from pathlib import Path
 import optuna
 
 from distillab.autodistill.feasibility import feasible, judge
-from distillab.autodistill.latency import LatencyModel, build_latency_model, measure, this_machine
+from distillab.autodistill.latency import LatencyModel, this_machine
 from distillab.autodistill.report import write_outputs
 from distillab.autodistill.shared import (POLL_S, SHARED_KEY, WORKER, Claims, create_shared, heartbeat, open_shared,
                                          publish_latency, wait_for_latency)
-from distillab.autodistill.space import candidates
+from distillab.autodistill.space import ImageSpace
 from distillab.engine.loop import Stop
 from distillab.errors import SpecError
 from distillab.experiment.job import Job, spec_teachers
 from distillab.experiment.phases import phase
 from distillab.files import atomic_write_json
 from distillab.runtime import resolve_device
-from distillab.spec_auto import FAMILIES
+from distillab.spec_auto import SEARCH_TASKS
 from distillab.spec_io import apply_override, parse_spec, read_spec_file, resolve_spec_paths
 
 log = logging.getLogger("distillab")
 ETA = 3  # successive halving: a third is promoted, at three times the epochs
 DEFAULT_TRIALS = 20
-DEFAULT_STRATEGIES = ("response", "dkd")
+
+
 def _spec_with(base: dict, assignments: dict):
     data = copy.deepcopy(base)
     for key, value in assignments.items():
@@ -86,10 +87,32 @@ def load_auto_spec(spec_path: Path | dict, overrides=()) -> tuple[dict, object]:
     if spec.auto is None:
         raise SpecError("auto: the spec has no auto section; give at least auto.constraints (max_latency_ms, "
                         "max_params, max_size_mb, max_macs, min_score, max_drop) or auto.budget")
-    if spec.task != "image_classification":
-        raise SpecError(f"task: automated search covers image classification students; a {spec.task} job is "
-                        "distilled with distillab run")
+    if spec.task not in SEARCH_TASKS:
+        raise SpecError(f"task: automated search covers {' and '.join(SEARCH_TASKS)} students; a {spec.task} job "
+                        "is distilled with distillab run")
+    constraints = spec.auto.constraints
+    if spec.task == "language_modeling":
+        if constraints.max_latency_ms is not None:
+            raise SpecError("auto.constraints.max_latency_ms: a language model's speed is its decoding; give "
+                            "min_decode_tokens_per_s (greedy, batch 1, with the key/value cache) instead")
+        if constraints.runtime != "torch" or constraints.batch_size != 1:
+            raise SpecError(f"auto.constraints: a language model's decoding is measured on torch at batch 1, not "
+                            f"{constraints.runtime} at batch {constraints.batch_size}")
+    elif constraints.min_decode_tokens_per_s is not None:
+        raise SpecError("auto.constraints.min_decode_tokens_per_s: goes with a language model; an image "
+                        "classifier's speed is max_latency_ms")
+    spec.auto.space.for_task(spec.task)  # a family of another task is refused here, before anything loads
     return base, spec
+
+
+def score_floor(constraints, teacher_val: float, higher_is_better: bool) -> float:
+    """The score the chosen student must reach on validation: ``min_score`` and the teacher's
+    score less ``max_drop``, whichever is stricter (for a lower-is-better metric, a ceiling)."""
+    sign = 1 if higher_is_better else -1
+    bounds = [sign * constraints.min_score] if constraints.min_score is not None else []
+    if constraints.max_drop is not None:
+        bounds.append(sign * teacher_val - constraints.max_drop)
+    return sign * max(bounds) if bounds else sign * -math.inf
 
 
 def _same_search(out_dir: Path, base: dict) -> None:
@@ -183,7 +206,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     else:
         base, spec = load_auto_spec(spec_path, overrides)
     auto = spec.auto
-    constraints, budget, space = auto.constraints, auto.budget, auto.space
+    constraints, budget, space = auto.constraints, auto.budget, auto.space.for_task(spec.task)
     task = Job.from_spec(spec).task
     directions = ["maximize" if task.higher_is_better else "minimize", "minimize"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -205,21 +228,27 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     teacher_facts = [{"teacher": str(i), "source": facts.get("source"), "val_score": value}
                      for i, ((_, _, facts), value) in enumerate(zip(teachers, teacher_vals))] if teacher_options else None
     if constraints.min_score is not None and task.better(constraints.min_score, teacher_val):
-        raise SpecError(f"auto.constraints.min_score: {constraints.min_score:g} is above the teacher's own "
+        raise SpecError(f"auto.constraints.min_score: {constraints.min_score:g} is {'above' if task.higher_is_better else 'below'} the teacher's own "
                         f"validation {task.metric} ({teacher_val:.4f}); a student distilled from it will not reach it")
-    floor = max(constraints.min_score if constraints.min_score is not None else -math.inf,
-                teacher_val - constraints.max_drop if constraints.max_drop is not None else -math.inf)
+    floor = score_floor(constraints, teacher_val, task.higher_is_better)
 
     # what the constraints allow, decided before anything trains
-    pool = candidates(space.families or FAMILIES, bundle.in_shape, bundle.num_classes)
+    if spec.task == "language_modeling":
+        from distillab.autodistill.lm_space import LMSpace
+
+        space_of = LMSpace(teachers[0][0], bundle.context_length, bundle.num_classes,
+                           int(bundle.train.tokens.numel()))
+    else:
+        space_of = ImageSpace(bundle.in_shape, bundle.num_classes, constraints.runtime, constraints.batch_size,
+                              teachers[0][0])
+    pool = space_of.candidates(space.families)
     out_dir.mkdir(parents=True, exist_ok=True)
     _same_search(out_dir, base)
     latency_path = out_dir / "latency_model.json"
     if join:  # the creator's machine is the target: every process predicts with its model
         atomic_write_json(latency_path, wait_for_latency(shared))
     if latency_path.exists():  # measured once per search: a resumed search predicts as the first did
-        latency = LatencyModel(**{k: v for k, v in json.loads(latency_path.read_text()).items()
-                                  if k in ("runtime", "batch_size", "coefficients", "probes", "machine")})
+        latency = LatencyModel.read(json.loads(latency_path.read_text()))
         here = this_machine()
         if not join and latency.machine and latency.machine != here:
             log.warning("auto: this search's latency model was measured on %s; this machine is %s. Candidates "
@@ -227,12 +256,11 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                         "measured here: resume on the first kind of machine for a constraint that means one thing",
                         latency.machine, here)
     else:
-        latency = build_latency_model(pool, bundle.in_shape, bundle.num_classes, constraints.runtime,
-                                      constraints.batch_size)
+        latency = space_of.latency_model(pool, constraints.runtime, constraints.batch_size)
         atomic_write_json(latency_path, latency.as_dict())
     if shared is not None and not join:
         publish_latency(shared, latency.as_dict())
-    verdicts = [judge(c, constraints, latency, bundle.in_shape, bundle.num_classes) for c in pool]
+    verdicts = [judge(c, constraints, latency) for c in pool]
     allowed = {v.candidate.name: v for v in feasible(verdicts, constraints)}
     log.info("auto: %d of %d candidates can meet the constraints (latency model: median error %.0f %%)",
              len(allowed), len(pool), 100 * latency.error["median_relative_error"])
@@ -242,10 +270,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     cheapest = min(allowed.values(), key=lambda v: v.candidate.macs).candidate
     limit = min(budget.wall_s or math.inf, (budget.device_hours or math.inf) * 3600)
     if limit < math.inf:
-        from distillab.models.facts import macs_per_sample
-
-        teacher_macs = macs_per_sample(teachers[0][0], bundle.in_shape) or 0
-        minimum = min_trial_seconds(spec, bundle, cheapest.macs, teacher_macs, levels[0])
+        minimum = min_trial_seconds(spec, bundle, cheapest.macs, space_of.teacher_macs(), levels[0])
         if limit < minimum:
             key = "wall_s" if budget.wall_s is not None else "device_hours"
             raise SpecError(f"auto.budget.{key}: {limit:.0f} s is less than one trial; the cheapest candidate "
@@ -253,7 +278,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     # a budget without a cap on trials sizes the plan from the epochs it can pay for (below)
     sized_by_budget = limit < math.inf and budget.max_trials is None
 
-    strategies = list(space.strategies or DEFAULT_STRATEGIES)
+    strategies = list(space.strategies)
     names = sorted(allowed)
     if shared is not None:
         study = shared
@@ -284,12 +309,11 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         verdict = allowed[params["student"]]
         candidate = verdict.candidate
         epochs = levels[rung]
-        strategy_params = {"temperature": params["temperature"], "alpha": params["alpha"]}
         trial_spec = _spec_with(base, {
             "student": {"model": candidate.model, "model_args": candidate.args},
-            "strategy": {"name": params["strategy"], "params": strategy_params},
+            "strategy": strategy_of(params),
             "training.epochs": epochs, "training.lr": params["lr"], "training.seeds": [seed], "auto": None,
-            "cache.views": views_of(params), **teacher_of(params)})
+            **views_of(params), **teacher_of(params)})
         job = Job.from_spec(trial_spec)
         used = teachers_of(params)
         caches = task.teacher_caches(trial_spec, bundle, used, job.params)  # one fill per teacher, shared by trials
@@ -327,9 +351,19 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         choice = params.get("teacher")
         return teachers if choice in (None, "ensemble") else [teachers[int(choice)]]
 
-    def views_of(params: dict):
-        """The trial's cached views: its own draw, the space's one value, or the spec's setting."""
-        return params.get("views", space.cache_views[0] if space.cache_views else spec.cache.views)
+    def views_of(params: dict) -> dict:
+        """The trial's cached views (images): its own draw, the space's one value, or the spec's setting."""
+        if spec.task != "image_classification":
+            return {}
+        return {"cache.views": params.get("views", space.cache_views[0] if space.cache_views else spec.cache.views)}
+
+    def strategy_of(params: dict) -> dict:
+        """The trial's strategy: its T and alpha over the spec's own settings of the same strategy
+        (a language model's top_k and tail, say), or over the strategy's defaults."""
+        same = base.get("strategy", {}).get("name") == params["strategy"]
+        settings = dict(base.get("strategy", {}).get("params") or {}) if same else {}
+        return {"name": params["strategy"],
+                "params": {**settings, "temperature": params["temperature"], "alpha": params["alpha"]}}
 
     def out_of_budget() -> bool:
         if storage is not None and limit < math.inf:  # every process's trial seconds count
@@ -421,34 +455,30 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         """(meets the latency constraint, ms) of a trained configuration, measured on the runtime."""
         name = row["params"]["student"]
         if name not in measured_ms:
-            measured_ms[name] = measure(allowed[name].candidate, bundle.in_shape, bundle.num_classes,
-                                        constraints.runtime, constraints.batch_size)
+            measured_ms[name] = space_of.measure(allowed[name].candidate)
             atomic_write_json(measured_path, measured_ms)
-        return measured_ms[name] <= constraints.max_latency_ms, measured_ms[name]
+        return measured_ms[name] <= constraints.latency_limit_ms, measured_ms[name]
 
     summary = write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
                             searched_seconds=time.monotonic() - started, stopped=stopped,
                             pool=len(pool), feasible=len(allowed), teacher_val=teacher_val, teachers=teacher_facts,
-                            measured=measured if constraints.max_latency_ms is not None else None)
+                            measured=measured if constraints.latency_limit_ms is not None else None)
     if final and summary["chosen"] is not None:
         chosen = summary["chosen"]
         seeds = final_seeds or (spec.training.seeds if len(spec.training.seeds) >= 3 else [0, 1, 2])
         final_spec = _spec_with(base, {
             "student": {"model": chosen["candidate"]["model"], "model_args": chosen["candidate"]["model_args"]},
-            "strategy": {"name": chosen["params"]["strategy"],
-                         "params": {"temperature": chosen["params"]["temperature"],
-                                    "alpha": chosen["params"]["alpha"]}},
+            "strategy": strategy_of(chosen["params"]),
             "training.epochs": levels[-1], "training.lr": chosen["params"]["lr"], "training.seeds": seeds,
-            "auto": None, "cache.views": views_of(chosen["params"]), **teacher_of(chosen["params"])})
+            "auto": None, **views_of(chosen["params"]), **teacher_of(chosen["params"])})
         if on_final is not None:
             on_final(final_spec)
         report = _final_run(final_spec, out_dir / "run", run_options)
         latency_ms = chosen["latency_ms_measured"]
         if latency_ms is None:  # no latency constraint: measured for the record
-            latency_ms = measure(allowed[chosen["params"]["student"]].candidate, bundle.in_shape,
-                                 bundle.num_classes, constraints.runtime, constraints.batch_size)
+            latency_ms = space_of.measure(allowed[chosen["params"]["student"]].candidate)
+        limit = constraints.latency_limit_ms
         summary["final"] = {"run": str(out_dir / "run"), "seeds": seeds, "verdict": report.verdict,
-                            "latency_ms_measured": latency_ms,
-                            "latency_met": constraints.max_latency_ms is None or latency_ms <= constraints.max_latency_ms}
+                            "latency_ms_measured": latency_ms, "latency_met": limit is None or latency_ms <= limit}
         atomic_write_json(out_dir / "auto.json", summary)
     return summary

@@ -25,7 +25,10 @@ class Candidate:
     model: str
     model_args: str  # JSON, sorted keys: hashable, and the same text for the same arguments
     params: int = field(default=0, compare=False)
-    macs: int = field(default=0, compare=False)
+    macs: int = field(default=0, compare=False)  # one forward pass of one sample (a block of tokens for text)
+    layers: int = field(default=0, compare=False)  # what the latency model counts: kernels, or decoder blocks
+    group: str = field(default="", compare=False)  # language models: "zoo" or "transformers" (their overheads differ)
+    token_macs: int = field(default=0, compare=False)  # language models: MACs of one decoded token
 
     @property
     def args(self) -> dict:
@@ -43,6 +46,13 @@ class Candidate:
     def facts(self) -> dict:
         return {"model": self.model, "model_args": self.args, "params": self.params, "macs": self.macs,
                 "size_mb": round(self.size_mb, 4)}
+
+
+def layer_count(model) -> int:
+    """Convolutions and linear layers: each is at least one kernel launch on any runtime."""
+    from torch import nn
+
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 
 
 def _cnn_args() -> list[dict]:
@@ -76,7 +86,8 @@ def count(name: str, args: dict, in_shape, num_classes: int) -> Candidate:
 @functools.lru_cache(maxsize=4096)
 def _count(name: str, args: str, in_shape: tuple, num_classes: int) -> Candidate:
     model = meta_model(name, in_shape, num_classes, json.loads(args))
-    return Candidate(name, args, sum(p.numel() for p in model.parameters()), int(macs_per_sample(model, in_shape) or 0))
+    return Candidate(name, args, sum(p.numel() for p in model.parameters()), int(macs_per_sample(model, in_shape) or 0),
+                     layer_count(model))
 
 
 def candidates(families, in_shape, num_classes: int) -> list[Candidate]:
@@ -91,3 +102,30 @@ def candidates(families, in_shape, num_classes: int) -> list[Candidate]:
         except (SpecError, RuntimeError, ValueError):
             continue
     return out
+
+
+class ImageSpace:
+    """The image-classification search space of one input shape: candidates, the forward-pass
+    latency model on the constraint's runtime, and the measurement of one candidate."""
+
+    kind = "forward"
+
+    def __init__(self, in_shape, num_classes: int, runtime: str, batch_size: int, teacher=None):
+        self.in_shape, self.num_classes = tuple(in_shape), num_classes
+        self.runtime, self.batch_size, self.teacher = runtime, batch_size, teacher
+
+    def candidates(self, families) -> list[Candidate]:
+        return candidates(families, self.in_shape, self.num_classes)
+
+    def measure(self, candidate: Candidate) -> float:
+        from distillab.autodistill.latency import measure
+
+        return measure(candidate, self.in_shape, self.num_classes, self.runtime, self.batch_size)
+
+    def latency_model(self, pool: list[Candidate], runtime: str, batch_size: int):
+        from distillab.autodistill.latency import build_latency_model
+
+        return build_latency_model(pool, self.in_shape, self.num_classes, runtime, batch_size)
+
+    def teacher_macs(self) -> int:
+        return int(macs_per_sample(self.teacher, self.in_shape) or 0) if self.teacher is not None else 0

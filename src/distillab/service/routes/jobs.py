@@ -303,8 +303,8 @@ def _search_estimate(spec, final, settings: Settings):
         searching, how = budget.wall_s, f"its budget of {budget.wall_s:.0f} s"
     else:
         trials = budget.max_trials or DEFAULT_TRIALS
-        searching = trials * spec.auto.space.epochs[1] * per_epoch
-        how = f"{trials} trials of at most {spec.auto.space.epochs[1]} epochs"
+        searching = trials * spec.auto.space.for_task(spec.task).epochs[1] * per_epoch
+        how = f"{trials} trials of at most {spec.auto.space.for_task(spec.task).epochs[1]} epochs"
     seconds = searching + final.seconds
     return replace(final, seconds=seconds, cost_usd=seconds / 3600 * settings.price_per_device_hour,
                    basis=f"an automated search ({how}) and the chosen student's final run; {final.basis}")
