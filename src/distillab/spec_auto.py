@@ -126,3 +126,25 @@ class AutoSpec(_Strict):
     constraints: AutoConstraints = AutoConstraints()
     budget: AutoBudget = AutoBudget()
     space: AutoSpace = AutoSpace()
+
+
+def check_auto(spec) -> None:
+    """What a search of this task cannot take, refused before anything loads (a SpecError): a
+    task without a search, a constraint of another task's kind, a family of another task."""
+    from distillab.errors import SpecError
+
+    if spec.task not in SEARCH_TASKS:
+        raise SpecError(f"task: automated search covers {' and '.join(SEARCH_TASKS)} students; a {spec.task} job "
+                        "is distilled with distillab run")
+    constraints = spec.auto.constraints
+    if spec.task == "language_modeling":
+        if constraints.max_latency_ms is not None:
+            raise SpecError("auto.constraints.max_latency_ms: a language model's speed is its decoding; give "
+                            "min_decode_tokens_per_s (greedy, batch 1, with the key/value cache) instead")
+        if constraints.runtime != "torch" or constraints.batch_size != 1:
+            raise SpecError(f"auto.constraints: a language model's decoding is measured on torch at batch 1, not "
+                            f"{constraints.runtime} at batch {constraints.batch_size}")
+    elif constraints.min_decode_tokens_per_s is not None:
+        raise SpecError("auto.constraints.min_decode_tokens_per_s: goes with a language model; an image "
+                        "classifier's speed is max_latency_ms")
+    spec.auto.space.for_task(spec.task)  # a family of another task

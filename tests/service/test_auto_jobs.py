@@ -91,10 +91,12 @@ def test_the_documented_shape_without_an_architecture_is_a_search(service):
         stray = client.post("/jobs", json={**body, "student_specification": {"model_args": {"hidden": [8]}}})
         assert stray.status_code == 422
         assert stray.json()["detail"][0]["loc"] == ["body", "student_specification", "model_args"]
-        text_search = client.post("/jobs", json={"spec": {"task": "language_modeling", "data": {"dataset": "austen"},
-                                                          "teacher": {"pretrained": "smollm2-135m-instruct"},
-                                                          "student": {"model": "gpt"}, "auto": {}}})
-        assert text_search.status_code == 422 and "automated search covers image classification" in text_search.text
+        text_search = {"task": "language_modeling", "data": {"dataset": "austen"},
+                       "teacher": {"pretrained": "smollm2-135m-instruct"}, "student": {"model": "gpt"},
+                       "auto": {"constraints": {"max_latency_ms": 2.0}}}
+        refused = client.post("/jobs", json={"spec": text_search})  # a language model's speed is its decoding
+        assert refused.status_code == 422 and "give min_decode_tokens_per_s" in refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "spec", "auto"]
 
 
 def test_a_cancelled_search_keeps_its_partial_front(service):

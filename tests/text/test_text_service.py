@@ -94,6 +94,34 @@ def test_an_uploaded_language_model_teaches_a_text_job_over_http(service, tiny_l
         assert json.dumps(results)  # the results document is built for a text job too
 
 
+@needs_austen
+def test_a_language_model_search_job_runs_end_to_end_over_http(service, tiny_lm_tar):
+    with service.client() as client:
+        upload = client.post("/models", content=tiny_lm_tar, params={"name": "lm for a search",
+                                                                     "task": "language_modeling"})
+        assert upload.status_code == 201, upload.text
+        spec = text_job_spec()
+        del spec["teacher"]
+        spec["training"] = {**spec["training"], "seeds": [0]}
+        spec["auto"] = {"constraints": {"max_params": 60_000}, "budget": {"max_trials": 2},
+                        "space": {"families": ["gpt"], "epochs": [1, 1]}}
+        created = client.post("/jobs", json={"spec": spec, "teacher_model_ids": [upload.json()["model_id"]]})
+        assert created.status_code == 201, created.text
+        job = created.json()["job_id"]
+        service.start_worker()
+        status = service.wait(job, lambda s: s["status"] in ("completed", "failed"), timeout=600)
+        assert status["status"] == "completed", service.worker_logs()
+        results = client.get(f"/jobs/{job}/results").json()
+        report = client.get(results["artifacts"]["report.json"].removeprefix(PREFIX)).json()
+        assert report["task"]["metric"] == "bits_per_character" and report["spec"]["student"]["model"] == "gpt"
+        distilled = next(m for m in report["models"] if m["role"] == "distilled")
+        assert distilled["params"] <= 60_000 and len(report["seeds"]) == 3  # the chosen student, over 3 seeds
+        search = results["auto"]
+        assert search["trials"] == 2 and search["front"] and search["final"]["latency_ms_measured"] > 0
+        assert {"front.png", "auto.json", "trials.md"} <= set(results["artifacts"])
+        assert "student.int8.onnx" not in results["artifacts"]  # int8 advice is for classifiers
+
+
 def test_bad_language_model_uploads_are_clean_4xx(service, tiny_lm_tar, tmp_path):
     lm = {"name": "lm", "task": "language_modeling"}
 

@@ -39,7 +39,7 @@ from distillab.experiment.job import Job, spec_teachers
 from distillab.experiment.phases import phase
 from distillab.files import atomic_write_json
 from distillab.runtime import resolve_device
-from distillab.spec_auto import SEARCH_TASKS
+from distillab.spec_auto import check_auto
 from distillab.spec_io import apply_override, parse_spec, read_spec_file, resolve_spec_paths
 
 log = logging.getLogger("distillab")
@@ -87,21 +87,7 @@ def load_auto_spec(spec_path: Path | dict, overrides=()) -> tuple[dict, object]:
     if spec.auto is None:
         raise SpecError("auto: the spec has no auto section; give at least auto.constraints (max_latency_ms, "
                         "max_params, max_size_mb, max_macs, min_score, max_drop) or auto.budget")
-    if spec.task not in SEARCH_TASKS:
-        raise SpecError(f"task: automated search covers {' and '.join(SEARCH_TASKS)} students; a {spec.task} job "
-                        "is distilled with distillab run")
-    constraints = spec.auto.constraints
-    if spec.task == "language_modeling":
-        if constraints.max_latency_ms is not None:
-            raise SpecError("auto.constraints.max_latency_ms: a language model's speed is its decoding; give "
-                            "min_decode_tokens_per_s (greedy, batch 1, with the key/value cache) instead")
-        if constraints.runtime != "torch" or constraints.batch_size != 1:
-            raise SpecError(f"auto.constraints: a language model's decoding is measured on torch at batch 1, not "
-                            f"{constraints.runtime} at batch {constraints.batch_size}")
-    elif constraints.min_decode_tokens_per_s is not None:
-        raise SpecError("auto.constraints.min_decode_tokens_per_s: goes with a language model; an image "
-                        "classifier's speed is max_latency_ms")
-    spec.auto.space.for_task(spec.task)  # a family of another task is refused here, before anything loads
+    check_auto(spec)
     return base, spec
 
 

@@ -265,9 +265,14 @@ def validate_spec(spec: dict, seed_shaped: bool) -> JobSpec:
         validated = JobSpec.model_validate(spec)
     except ValidationError as problem:
         raise BodyError(spec_errors(problem, seed_shaped)) from None
-    if validated.auto is not None and validated.task != "image_classification":
-        raise BodyError([error(["spec", "auto"], f"an automated search covers image classification students; a "
-                                                 f"{validated.task} job names its student")])
+    if validated.auto is not None:
+        from distillab.errors import SpecError
+        from distillab.spec_auto import check_auto
+
+        try:
+            check_auto(validated)
+        except SpecError as problem:
+            raise BodyError([error(["spec", "auto"], str(problem))]) from None
     if validated.student.model == "teacher_pruned":
         _check_cut(validated)
     return validated

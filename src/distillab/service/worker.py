@@ -301,7 +301,7 @@ class Worker:
                 else:
                     run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)
             package(out, self.settings)
-            if spec.auto is not None:
+            if spec.auto is not None and spec.task == "image_classification":  # int8 advice for a classifier
                 quantized(out)
             progress.metrics["summary"] = summary(out)
             status = "completed"
