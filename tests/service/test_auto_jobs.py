@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from service_processes import running_service, upload_teacher
+from distillab.engine.loop import Stop
 from distillab.service.store import TERMINAL
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -75,6 +76,77 @@ def _front_renders_in_chromium(service, job_id: str) -> None:
             assert "auto.json" in page.inner_text("#artifacts")
         finally:
             browser.close()
+
+
+def _study_trials(service, job: str, timeout: float, until) -> list:
+    """The search's trials in the service's study database, polled until ``until(trials)``."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from distillab.autodistill.shared import LATENCY_KEY
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            study = optuna.load_study(study_name=f"job-{job}", storage=f"sqlite:///{service.data_dir / 'studies.db'}")
+            if LATENCY_KEY in study.user_attrs and until(study.trials):
+                return study.trials
+        except (KeyError, OperationalError):  # not created yet, or busy
+            pass
+        assert time.time() < deadline, service.worker_logs()
+        time.sleep(0.2)
+
+
+def test_idle_workers_train_trials_of_a_running_search_until_it_is_cancelled(service):
+    import optuna
+
+    complete = optuna.trial.TrialState.COMPLETE
+    teacher = upload_teacher(service)
+    spec = {"name": "shared digits search", "data": {"dataset": "digits"}, "student": {"model": "mlp"},
+            "training": {"seeds": [0], "batch_size": 64}, "output": {"tensorboard": False, "plots": False},
+            "auto": {"constraints": {"max_params": 20000}, "budget": {"max_trials": 200},  # more than either trains
+                     "space": {"families": ["cnn"], "epochs": [3, 9], "strategies": ["response"]}}}
+    with service.client() as client:
+        created = client.post("/jobs", json={"spec": spec, "teacher_model_ids": [teacher]})
+        assert created.status_code == 201, created.text
+        job = created.json()["job_id"]
+        service.start_worker()
+        _study_trials(service, job, 120, lambda trials: any(t.state == complete for t in trials))
+        service.start_worker()  # idle: it joins the running search
+        _study_trials(service, job, 180, lambda trials: any(
+            t.state == complete and t.user_attrs.get("joined") for t in trials))
+        assert client.delete(f"/jobs/{job}").status_code == 200
+        final = service.wait(job, lambda j: j["status"] in TERMINAL, timeout=120)
+        assert final["status"] == "cancelled", service.worker_logs()
+        deadline = time.time() + 60
+        while "stopped helping job" not in service.worker_logs():  # the helper saw the job end
+            assert time.time() < deadline, service.worker_logs()
+            time.sleep(0.5)
+        search = client.get(f"/jobs/{job}/results").json()["auto"]  # the partial front
+    service.stop_workers()
+    trained = [t for t in _study_trials(service, job, 30, lambda trials: True) if t.state == complete]
+    assert len({t.user_attrs["worker"] for t in trained}) == 2  # both workers trained trials
+    assert any(t.user_attrs["joined"] for t in trained) and not all(t.user_attrs["joined"] for t in trained)
+    claims = [(t.user_attrs["rung"], t.user_attrs["config"]) for t in trained]
+    assert len(claims) == len(set(claims))  # no configuration trained twice at a rung
+    assert search["stopped"] == "cancelled by the user" and search["trials"] >= 2 and search["front"]
+
+
+def test_a_search_jobs_device_time_counts_its_helpers_trials():
+    from distillab.service.worker import Budget, JobProgress
+    from distillab.spec_io import parse_spec
+
+    spec = parse_spec({"name": "x", "data": {"dataset": "digits"}, "teacher": {"model": "mlp"},
+                       "student": {"model": "mlp"}})
+    progress = JobProgress(spec, time.monotonic(), 100.0, Budget({}, 0.5))
+    progress.on_search({"trials_done": 1, "trials_planned": 5, "helper_trial_seconds": 30.0})  # counted before
+    assert 100.0 <= progress.device_seconds() < 110.0
+    progress.on_search({"trials_done": 3, "trials_planned": 5, "helper_trial_seconds": 75.0})
+    assert 145.0 <= progress.device_seconds() < 155.0  # 45 s of helpers' trials since this attempt began
+    capped = JobProgress(spec, time.monotonic(), 0.0, Budget({"budget": {"max_duration_hours": 0.01}}, 0.5))
+    capped.on_search({"trials_done": 0, "trials_planned": 5, "helper_trial_seconds": 0.0})
+    with pytest.raises(Stop, match="max_duration_hours 0.01 exceeded"):  # 36 s: the helpers' time spends it too
+        capped.on_search({"trials_done": 2, "trials_planned": 5, "helper_trial_seconds": 40.0})
 
 
 def test_the_documented_shape_without_an_architecture_is_a_search(service):

@@ -295,6 +295,11 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         verdict = allowed[params["student"]]
         candidate = verdict.candidate
         epochs = levels[rung]
+        config = json.dumps(params, sort_keys=True)
+        trial.set_user_attr("rung", rung)  # the claim, at once: other processes skip what is running
+        trial.set_user_attr("config", config)
+        if not sync.won(trial, rung, config):
+            return
         trial_spec = _spec_with(base, {
             "student": {"model": candidate.model, "model_args": candidate.args},
             "strategy": strategy_of(params),
@@ -303,30 +308,39 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         job = Job.from_spec(trial_spec)
         used = teachers_of(params)
         caches = task.teacher_caches(trial_spec, bundle, used, job.params)  # one fill per teacher, shared by trials
-        config = json.dumps(params, sort_keys=True)
-        trial.set_user_attr("rung", rung)  # the claim: other processes skip what is running
-        trial.set_user_attr("config", config)
-        if not sync.won(trial, rung, config):
-            return
         trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("joined", join)  # a helper's trial: its seconds are device time of the creator's job
         trial_dir = out_dir / "trials" / f"{trial.number:04d}"
         clock = time.monotonic()
-        with heartbeat(study, trial):
-            result = phase(job, bundle, seed, "distilled", used, caches, trial_dir, True, None,
-                           (run_options or {}).get("callbacks"), test_split=False)
+        try:
+            with heartbeat(study, trial):
+                result = phase(job, bundle, seed, "distilled", used, caches, trial_dir, True, None,
+                               (run_options or {}).get("callbacks"), test_split=False)
+        except BaseException:
+            if storage is not None:  # stopped or failed: its claim is free for another process at once
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         trial.set_user_attr("epochs", epochs)
         trial.set_user_attr("seconds", time.monotonic() - clock)
         trial.set_user_attr("candidate", candidate.facts())
         study.tell(trial, [result["val_accuracy"], verdict.latency_ms])
         sync()
-        if on_progress is not None:
-            scores = [t.values[0] for t in done.values()]
-            on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung,
-                         "best_val_score": (max if task.higher_is_better else min)(scores),
-                         "searched_seconds": round(time.monotonic() - started, 1)})
+        progress(rung)
         log.info("auto: trial %d (rung %d, %d epochs) %s %s: validation %s %.4f, %.3f ms predicted", trial.number,
                  rung, epochs, candidate.model, candidate.model_args, task.metric, result["val_accuracy"],
                  verdict.latency_ms)
+
+    def progress(rung: int) -> None:
+        """Tell ``on_progress``: trials done and planned, the best score, seconds searched, and the
+        trial seconds of processes that joined the search (helpers)."""
+        if on_progress is None:
+            return
+        scores = [t.values[0] for t in done.values()]
+        on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung,
+                     "best_val_score": (max if task.higher_is_better else min)(scores) if scores else None,
+                     "searched_seconds": round(time.monotonic() - started, 1),
+                     "helper_trial_seconds": round(sum(t.user_attrs["seconds"] for t in done.values()
+                                                       if t.user_attrs.get("joined")), 1)})
 
     def teacher_of(params: dict) -> dict:
         """The spec's teacher entry for a trial that chose one teacher (all of them for the ensemble)."""
@@ -388,6 +402,8 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         return params
 
     stopped = None
+    if not join:
+        progress(0)  # a resumed search's trials, and what helpers had trained, before this process trains
     try:
         if sized_by_budget:
             per_rung[:] = [1] + [1] * (len(levels) - 1)  # one trial first, to measure what an epoch costs

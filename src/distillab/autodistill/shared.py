@@ -5,6 +5,7 @@ options and the creator's latency model; every trial is claimed in it before it 
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ warnings.filterwarnings("ignore", message=r"(Argument ``heartbeat_interval``|.*f
 
 SHARED_KEY = "distillab_auto"  # the study attribute that holds a shared search's spec, options and latency model
 POLL_S = 2.0  # how often a process looks at what the others are training
+SETTLE_S = 30.0  # the longest a claim waits for lower-numbered trials to write theirs
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -120,14 +122,27 @@ class Claims:
                           if t.state == states.COMPLETE})
         return {(t.user_attrs["rung"], t.user_attrs["config"]) for t in claimed if t.state == states.RUNNING}
 
-    def won(self, trial: optuna.Trial, rung: int, config: str) -> bool:
-        """Whether ``trial`` holds the claim on (rung, configuration): two processes that claimed it
-        at once both see the other, and the lower trial number keeps it (the other is pruned)."""
+    def won(self, trial: optuna.Trial, rung: int, config: str, settle_s: float = SETTLE_S) -> bool:
+        """Whether ``trial`` holds the claim on (rung, configuration): the lower trial number keeps
+        it (the other is pruned). A trial number is taken (``ask``) before its claim is written, so
+        first every lower-numbered trial still running without a claim is waited for (at most
+        ``settle_s``: a process that died there is not waited for longer) -- otherwise a process
+        could check before a lower-numbered rival wrote its claim, and both would train."""
         if not self.shared:
             return True
-        rivals = [t.number for t in self.study.get_trials(deepcopy=False)
-                  if t.user_attrs.get("rung") == rung and t.user_attrs.get("config") == config
-                  and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)]
+        states = optuna.trial.TrialState
+        deadline = time.monotonic() + settle_s
+        while True:
+            trials = self.study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
+            now = datetime.datetime.now()  # Optuna stamps trials with the local time
+            unclaimed = [t for t in trials if t.number < trial.number and t.state == states.RUNNING
+                         and "config" not in t.user_attrs and t.datetime_start is not None
+                         and (now - t.datetime_start).total_seconds() < settle_s]
+            if not unclaimed or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        rivals = [t.number for t in trials
+                  if t.user_attrs.get("rung") == rung and t.user_attrs.get("config") == config]
         if min(rivals) != trial.number:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return False

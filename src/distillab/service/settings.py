@@ -30,10 +30,19 @@ class Settings(BaseSettings):
                                                                 "the user's next ones queued")
     max_stored_mb_per_user: float = Field(10_000.0, gt=0, description="a user's uploads and job results; past it "
                                                                       "new jobs and uploads are a 403")
+    study_url: str | None = Field(None, description="SQLAlchemy URL of the database that holds automated searches' "
+                                                    "studies, which idle workers join; default: SQLite under "
+                                                    "data_dir (the workers of one machine); PostgreSQL for many")
+    help_searches: bool = Field(True, description="an idle worker trains trials of another worker's running search")
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'distillab.db').resolve()}"
+
+    @property
+    def resolved_study_url(self) -> str:
+        """Not the job database: Optuna keeps its own tables (and its own Alembic version) there."""
+        return self.study_url or f"sqlite:///{(self.data_dir / 'studies.db').resolve()}"
 
 
 def private_data_dir(settings: Settings) -> Path:

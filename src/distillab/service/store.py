@@ -157,6 +157,18 @@ class JobStore:
                 job.status = "queued"
             return True
 
+    def running_searches(self, worker_id: str) -> list[str]:
+        """Running automated searches of other workers, oldest first: what an idle worker may join."""
+        with self.sessions() as session:
+            jobs = session.scalars(select(JobRecord).where(JobRecord.status == "running",
+                                                           JobRecord.worker_id != worker_id)
+                                   .order_by(JobRecord.started_at, JobRecord.id)).all()
+            return [job.id for job in jobs if (job.spec or {}).get("auto")]
+
+    def status(self, job_id: str) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(JobRecord.status).where(JobRecord.id == job_id))
+
     # Workers: a row per process, for analytics (live workers, load).
     def register_worker(self, worker_id: str, hostname: str, pid: int) -> None:
         with self.sessions.begin() as session:

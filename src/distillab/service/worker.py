@@ -97,6 +97,8 @@ class JobProgress(Callback):
         self.stop_reason: str | None = None
         self.forwarded: dict | None = None  # a multi-process job's progress, as its rank 0 reported it
         self.search: dict | None = None  # an automated search's trials (on_search)
+        self.helpers_before: float | None = None  # helpers' trial seconds when this attempt began
+        self.helper_seconds = 0.0  # helpers' trial seconds since: device time of this job too
         self.final = False  # the search's final run has started
         self.lock = threading.Lock()
 
@@ -149,7 +151,8 @@ class JobProgress(Callback):
             raise Stop(reason)
 
     def device_seconds(self) -> float:
-        return self.before + (time.monotonic() - self.started)
+        """Earlier attempts', this one's, and the trial seconds of workers that helped its search."""
+        return self.before + (time.monotonic() - self.started) + self.helper_seconds
 
     # an automated search: its trials are the first SEARCH_SHARE of the job, the chosen student's
     # final run the rest
@@ -159,6 +162,10 @@ class JobProgress(Callback):
         with self.lock:
             self.phase, self.search = "searching", info
             self.metrics["auto"] = info
+            helpers = info.get("helper_trial_seconds", 0.0)
+            if self.helpers_before is None:  # counted by an earlier attempt already
+                self.helpers_before = helpers
+            self.helper_seconds = max(0.0, helpers - self.helpers_before)
         self._check()
 
     def retarget(self, spec) -> None:
@@ -205,6 +212,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.shutdown = threading.Event()
         self.current: JobProgress | None = None
+        self.helped: set[str] = set()  # searches this worker joined (once each)
 
     def request_shutdown(self, *_args) -> None:
         self.shutdown.set()
@@ -229,6 +237,9 @@ class Worker:
                     log.error("worker %s: cannot poll the queue (%s); retrying", self.id, problem)
                     self.shutdown.wait(max(self.poll_s, 2.0))
                     continue
+                if claim is None and self.settings.help_searches and self.help_a_search():
+                    idle_since = time.monotonic()
+                    continue
                 if claim is None:
                     self._retry(lambda: self.store.worker_heartbeat(self.id, None), "worker heartbeat", attempts=1)
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
@@ -244,6 +255,47 @@ class Worker:
             self._retry(lambda: self.store.worker_stopped(self.id), "worker stop", attempts=2)
             self.engine.dispose()
         return done
+
+    def help_a_search(self) -> bool:
+        """Join another worker's running search (its study, once its latency model is measured)
+        and train its trials until its plan or budget is spent, the job ends, or this worker shuts
+        down. Each search is joined once per worker. True when one was joined."""
+        import optuna
+
+        from distillab.autodistill.search import search
+        from distillab.autodistill.shared import LATENCY_KEY
+
+        try:
+            running = [job for job in self.store.running_searches(self.id) if job not in self.helped]
+        except Exception as problem:
+            log.warning("worker %s: cannot list running searches: %s", self.id, problem)
+            return False
+        for job_id in running:
+            name = study_name(job_id)
+            try:
+                study = optuna.load_study(study_name=name, storage=self.settings.resolved_study_url)
+                ready = LATENCY_KEY in study.user_attrs
+            except Exception:  # not created yet: its worker is still setting it up
+                ready = False
+            if not ready:
+                continue
+            self.helped.add(job_id)
+            folder = job_dir(self.settings, job_id) / "helpers" / self.id.replace(":", "-")
+            log.info("worker %s: helping the search of job %s", self.id, job_id)
+            self._retry(lambda: self.store.worker_heartbeat(self.id, job_id), "worker heartbeat", attempts=1)
+            stop = HelperStop(self.store, job_id, self.shutdown)
+            try:
+                search(None, folder, storage=self.settings.resolved_study_url, study_name=name, join=True,
+                       run_options={"callbacks": lambda role, seed: [stop]})
+                log.info("worker %s: its share of job %s's search is done", self.id, job_id)
+            except Stop as stopped:
+                log.info("worker %s: stopped helping job %s: %s", self.id, job_id, stopped.reason)
+            except DistillabError as problem:
+                log.warning("worker %s: could not help job %s: %s", self.id, job_id, problem)
+            except Exception:  # a bug: the helper goes on serving; the job's own worker is unaffected
+                log.error("worker %s: helping job %s crashed:\n%s", self.id, job_id, traceback.format_exc())
+            return True
+        return False
 
     def _retry(self, write, what: str, attempts: int = 6):
         """Run a database write, retrying with back-off; a failure is logged, never raised (a
@@ -295,7 +347,8 @@ class Worker:
                     from distillab.autodistill.search import search
 
                     search(claim.spec, folder, run_options={"callbacks": progress, "on_phase": progress.on_phase},
-                           on_progress=progress.on_search, on_final=progress.retarget)
+                           on_progress=progress.on_search, on_final=progress.retarget,
+                           storage=self.settings.resolved_study_url, study_name=study_name(claim.job_id))
                 elif self.nproc > 1:
                     self._run_processes(claim, folder, progress)
                 else:
@@ -398,6 +451,34 @@ class Worker:
                 progress.stop_reason = progress.stop_reason or CANCELLED
             elif status == "lost":
                 progress.stop_reason = LOST
+
+
+def study_name(job_id: str) -> str:
+    """The study of a search job in the service's study database."""
+    return f"job-{job_id}"
+
+
+class HelperStop(Callback):
+    """Stops a helper's trial at the next step once the job is no longer running (cancelled,
+    finished, re-queued) or the helper's worker is shutting down; the job's status is read at
+    most every ``every_s``."""
+
+    def __init__(self, store: JobStore, job_id: str, shutdown: threading.Event, every_s: float = 2.0):
+        self.store, self.job_id, self.shutdown, self.every_s = store, job_id, shutdown, every_s
+        self.checked = 0.0
+
+    def on_step(self, epoch, step, metrics):
+        if self.shutdown.is_set():
+            raise Stop(SHUTDOWN)
+        if time.monotonic() - self.checked < self.every_s:
+            return
+        self.checked = time.monotonic()
+        try:
+            status = self.store.status(self.job_id)
+        except Exception:  # a database hiccup: look again at the next step
+            return
+        if status != "running":
+            raise Stop(f"the job is {status or 'gone'}")
 
 
 def summary(out: Path) -> dict:
