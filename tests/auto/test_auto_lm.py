@@ -59,8 +59,9 @@ def test_language_model_candidates_are_counted_as_the_real_students_are(deep_lm,
     assert [c.args["keep"] for c in kept] == [2, 3] and kept[0].token_macs < kept[1].token_macs
     # the speed is the report's: greedy decoding at batch 1, per token
     gpt = next(c for c in pool if c.model == "gpt")
-    assert 0 < decode_ms_per_token(random_student(gpt, teacher, data.context_length, data.num_classes),
-                                   data.num_classes, data.context_length, repeats=2) < 1000
+    timed = decode_ms_per_token({"gpt": random_student(gpt, teacher, data.context_length, data.num_classes)},
+                                data.num_classes, data.context_length, rounds=2)
+    assert set(timed) == {"gpt"} and 0 < timed["gpt"] < 1000
 
 
 def fake_speed(candidate) -> float:

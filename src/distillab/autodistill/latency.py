@@ -127,11 +127,17 @@ def this_machine() -> dict:
     return {"cpu": cpu, "bf16_path": bf16_path() or "none", "threads": torch.get_num_threads()}
 
 
-def fit(points: list[tuple[list[float], float]]) -> list[float]:
+def fit(points: list[tuple[list[float], float]], nonnegative: bool = False) -> list[float]:
     """Least-squares coefficients of latency on the features; ``points`` are (features, ms). A
-    feature no probe has (no transformers probe) gets coefficient 0 (the minimum-norm solution)."""
+    feature no probe has (no transformers probe) gets coefficient 0 (the minimum-norm solution).
+    ``nonnegative``: every coefficient at least 0 (no cost per MAC or per block below zero, which
+    noisy timings of correlated features can otherwise give)."""
     x = np.array([row for row, _ in points])
     y = np.array([ms for _, ms in points])
+    if nonnegative:
+        from scipy.optimize import nnls
+
+        return [float(c) for c in nnls(x, y)[0]]
     coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
     return [float(c) for c in coefficients]
 
@@ -155,13 +161,15 @@ def build_latency_model(candidates: list[Candidate], in_shape, num_classes: int,
 
 def fit_probes(chosen: list[Candidate], measure_ms, runtime: str, batch_size: int, kind: str) -> LatencyModel:
     """Measure each probe (``measure_ms(candidate)``, in ms) and fit; each probe's leave-one-out
-    prediction (fitted without it) gives the model's error on networks it has not seen."""
+    prediction (fitted without it) gives the model's error on networks it has not seen. A decode
+    model is fitted with non-negative coefficients."""
     rows = [(candidate, features(candidate, kind), measure_ms(candidate)) for candidate in chosen]
     points = [(row, ms) for _, row, ms in rows]
-    coefficients = fit(points)
+    positive = kind == "decode"
+    coefficients = fit(points, positive)
     records = []
     for i, (candidate, row, ms) in enumerate(rows):
-        others = fit(points[:i] + points[i + 1:]) if len(points) > 1 else coefficients
+        others = fit(points[:i] + points[i + 1:], positive) if len(points) > 1 else coefficients
         records.append({"candidate": candidate.name, "macs": candidate.macs, "layers": candidate.layers,
                         "features": row, "measured_ms": ms,
                         "predicted_ms": float(max(1e-3, np.dot(coefficients, row))),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import statistics
 import time
 
@@ -168,21 +169,26 @@ def random_student(candidate: Candidate, teacher, context: int, vocabulary: int)
 
 
 @torch.no_grad()
-def decode_ms_per_token(model: nn.Module, vocabulary: int, context: int, repeats: int = 5) -> float:
+def decode_ms_per_token(models: dict[str, nn.Module], vocabulary: int, context: int, rounds: int = 5) -> dict:
     """Median ms per token of greedy generation at batch 1 (a 16-token prompt, 32 new tokens,
     with the key/value cache; fewer in a shorter context), as the report's decode tokens/s
-    measures it."""
+    measures it. The models are timed round-robin, in a shuffled order each round, so what
+    disturbs the machine for a moment hits them alike rather than one of them."""
     prompt_tokens = min(PROMPT_TOKENS, context // 2)
     new_tokens = min(NEW_TOKENS, context - prompt_tokens)
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocabulary, (1, prompt_tokens), generator=generator)
-    model.generate(prompt, min(4, new_tokens))  # warm-up
-    times = []
-    for _ in range(max(2, repeats)):
-        start = time.perf_counter()
-        model.generate(prompt, new_tokens)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / new_tokens * 1000.0
+    for model in models.values():
+        model.generate(prompt, min(4, new_tokens))  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    order, shuffle = list(models), random.Random(0)
+    for _ in range(max(2, rounds)):
+        shuffle.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            models[name].generate(prompt, new_tokens)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) / new_tokens * 1000.0 for name, seconds in times.items()}
 
 
 class LMSpace:
@@ -199,17 +205,23 @@ class LMSpace:
         return lm_candidates(families, self.teacher, self.context, self.vocabulary, self.train_tokens)
 
     def measure(self, candidate: Candidate, repeats: int = 5) -> float:
-        return decode_ms_per_token(random_student(candidate, self.teacher, self.context, self.vocabulary),
-                                   self.vocabulary, self.context, repeats)
+        return self.measure_all([candidate], repeats)[candidate.name]
+
+    def measure_all(self, candidates: list[Candidate], rounds: int = 5) -> dict[str, float]:
+        """ms per decoded token of each candidate, timed together (``decode_ms_per_token``)."""
+        models = {c.name: random_student(c, self.teacher, self.context, self.vocabulary) for c in candidates}
+        return decode_ms_per_token(models, self.vocabulary, self.context, rounds)
 
     def latency_model(self, pool: list[Candidate], runtime: str, batch_size: int, probes: int = 10) -> LatencyModel:
-        """Probes of each kind (zoo and transformers), spread over the MACs of their own kind."""
+        """Probes of each kind (zoo and transformers), spread over the MACs of their own kind,
+        timed together."""
         groups = sorted({c.group for c in pool})
         chosen = []
         for group in groups:
             members = [c for c in pool if c.group == group]
             chosen += probes_of(members, max(3, probes // len(groups)))
-        return fit_probes(chosen, self.measure, runtime, batch_size, self.kind)
+        measured = self.measure_all(chosen)
+        return fit_probes(chosen, lambda c: measured[c.name], runtime, batch_size, self.kind)
 
     def teacher_macs(self) -> int:
         config = self.teacher.model.config

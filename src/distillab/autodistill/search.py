@@ -214,7 +214,8 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     teacher_facts = [{"teacher": str(i), "source": facts.get("source"), "val_score": value}
                      for i, ((_, _, facts), value) in enumerate(zip(teachers, teacher_vals))] if teacher_options else None
     if constraints.min_score is not None and task.better(constraints.min_score, teacher_val):
-        raise SpecError(f"auto.constraints.min_score: {constraints.min_score:g} is {'above' if task.higher_is_better else 'below'} the teacher's own "
+        beyond = "above" if task.higher_is_better else "below"
+        raise SpecError(f"auto.constraints.min_score: {constraints.min_score:g} is {beyond} the teacher's own "
                         f"validation {task.metric} ({teacher_val:.4f}); a student distilled from it will not reach it")
     floor = score_floor(constraints, teacher_val, task.higher_is_better)
 
