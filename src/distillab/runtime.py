@@ -10,6 +10,8 @@ picks fp32 there and an explicit ``bf16`` is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,25 @@ def cpu_features() -> str:
     """What torch reports of this CPU, for error messages and benchmark notes."""
     return (f"capability {torch.backends.cpu.get_cpu_capability()}, "
             f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}")
+
+
+@functools.lru_cache(maxsize=1)
+def cpuinfo() -> str | None:
+    """This machine's /proc/cpuinfo (its CPU's model name and flags), or None where there is none."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo), else what the platform says."""
+    import platform
+
+    for line in (cpuinfo() or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def bf16_path() -> str | None:

@@ -113,18 +113,9 @@ class LatencyModel:
 
 def this_machine() -> dict:
     """What a latency model is true for: the CPU's model name, its bf16 path and torch's threads."""
-    import platform
+    from distillab.runtime import bf16_path, cpu_name
 
-    from distillab.runtime import bf16_path
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {"cpu": cpu, "bf16_path": bf16_path() or "none", "threads": torch.get_num_threads()}
+    return {"cpu": cpu_name(), "bf16_path": bf16_path() or "none", "threads": torch.get_num_threads()}
 
 
 def fit(points: list[tuple[list[float], float]], nonnegative: bool = False) -> list[float]:

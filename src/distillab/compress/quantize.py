@@ -52,9 +52,10 @@ def int8_saturates(cpuinfo: str | None = None, machine: str | None = None) -> bo
     if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
+        from distillab.runtime import cpuinfo as read_cpuinfo
+
+        cpuinfo = read_cpuinfo()
+        if cpuinfo is None:
             return True
     return not set(cpuinfo.split()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
 

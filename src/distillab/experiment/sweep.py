@@ -159,9 +159,15 @@ def _rdb(storage: str):
     """Optuna's database storage with heartbeats: a trial whose process stops beating for two
     minutes is failed and queued again with the same parameters (RetryFailedTrialCallback),
     so a machine that dies does not lose its grid point, and a live one is never re-run."""
-    from optuna.storages import RetryFailedTrialCallback
+    import inspect
 
-    return open_storage(storage, failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    from optuna import storages
+
+    # Optuna 4.9 renamed the argument and the callback (the old names go in 6.0); older ones know the old names
+    if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:
+        return open_storage(storage, heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=3))
+    return open_storage(storage, failed_trial_callback=storages.RetryFailedTrialCallback(max_retry=3))
 
 
 def open_storage(url: str, **options):
