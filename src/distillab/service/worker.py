@@ -257,45 +257,10 @@ class Worker:
         return done
 
     def help_a_search(self) -> bool:
-        """Join another worker's running search (its study, once its latency model is measured)
-        and train its trials until its plan or budget is spent, the job ends, or this worker shuts
-        down. Each search is joined once per worker. True when one was joined."""
-        import optuna
+        """Train trials of another worker's running search (``search_jobs.help_a_search``)."""
+        from distillab.service.search_jobs import help_a_search
 
-        from distillab.autodistill.search import search
-        from distillab.autodistill.shared import LATENCY_KEY
-
-        try:
-            running = [job for job in self.store.running_searches(self.id) if job not in self.helped]
-        except Exception as problem:
-            log.warning("worker %s: cannot list running searches: %s", self.id, problem)
-            return False
-        for job_id in running:
-            name = study_name(job_id)
-            try:
-                study = optuna.load_study(study_name=name, storage=self.settings.resolved_study_url)
-                ready = LATENCY_KEY in study.user_attrs
-            except Exception:  # not created yet: its worker is still setting it up
-                ready = False
-            if not ready:
-                continue
-            self.helped.add(job_id)
-            folder = job_dir(self.settings, job_id) / "helpers" / self.id.replace(":", "-")
-            log.info("worker %s: helping the search of job %s", self.id, job_id)
-            self._retry(lambda: self.store.worker_heartbeat(self.id, job_id), "worker heartbeat", attempts=1)
-            stop = HelperStop(self.store, job_id, self.shutdown)
-            try:
-                search(None, folder, storage=self.settings.resolved_study_url, study_name=name, join=True,
-                       run_options={"callbacks": lambda role, seed: [stop]})
-                log.info("worker %s: its share of job %s's search is done", self.id, job_id)
-            except Stop as stopped:
-                log.info("worker %s: stopped helping job %s: %s", self.id, job_id, stopped.reason)
-            except DistillabError as problem:
-                log.warning("worker %s: could not help job %s: %s", self.id, job_id, problem)
-            except Exception:  # a bug: the helper goes on serving; the job's own worker is unaffected
-                log.error("worker %s: helping job %s crashed:\n%s", self.id, job_id, traceback.format_exc())
-            return True
-        return False
+        return help_a_search(self)
 
     def _retry(self, write, what: str, attempts: int = 6):
         """Run a database write, retrying with back-off; a failure is logged, never raised (a
@@ -345,6 +310,7 @@ class Worker:
                 (partial / "partial.json").unlink(missing_ok=True)
                 if spec.auto is not None:  # the search, then its chosen student's run in OUT (one process)
                     from distillab.autodistill.search import search
+                    from distillab.service.search_jobs import study_name
 
                     search(claim.spec, folder, run_options={"callbacks": progress, "on_phase": progress.on_phase},
                            on_progress=progress.on_search, on_final=progress.retarget,
@@ -355,6 +321,8 @@ class Worker:
                     run(spec, out, resume=claim.attempts > 1, callbacks=progress, on_phase=progress.on_phase)
             package(out, self.settings)
             if spec.auto is not None and spec.task == "image_classification":  # int8 advice for a classifier
+                from distillab.service.search_jobs import quantized
+
                 quantized(out)
             progress.metrics["summary"] = summary(out)
             status = "completed"
@@ -453,34 +421,6 @@ class Worker:
                 progress.stop_reason = LOST
 
 
-def study_name(job_id: str) -> str:
-    """The study of a search job in the service's study database."""
-    return f"job-{job_id}"
-
-
-class HelperStop(Callback):
-    """Stops a helper's trial at the next step once the job is no longer running (cancelled,
-    finished, re-queued) or the helper's worker is shutting down; the job's status is read at
-    most every ``every_s``."""
-
-    def __init__(self, store: JobStore, job_id: str, shutdown: threading.Event, every_s: float = 2.0):
-        self.store, self.job_id, self.shutdown, self.every_s = store, job_id, shutdown, every_s
-        self.checked = 0.0
-
-    def on_step(self, epoch, step, metrics):
-        if self.shutdown.is_set():
-            raise Stop(SHUTDOWN)
-        if time.monotonic() - self.checked < self.every_s:
-            return
-        self.checked = time.monotonic()
-        try:
-            status = self.store.status(self.job_id)
-        except Exception:  # a database hiccup: look again at the next step
-            return
-        if status != "running":
-            raise Stop(f"the job is {status or 'gone'}")
-
-
 def summary(out: Path) -> dict:
     """The headline numbers of a finished run, kept in the job row for analytics."""
     report = json.loads((out / "report.json").read_text())
@@ -524,41 +464,6 @@ def package(out: Path, settings: Settings) -> None:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     atomic_write_json(out / "student.json", facts)
-
-
-def quantized(out: Path) -> None:
-    """For a search's chosen student: export it to int8 (ONNX Runtime, static, calibrated on
-    training inputs) and measure what that changes on the whole test split, beside the fp32
-    student, into ``quantized.json`` (the results' recommendations read it). A model that does not
-    quantize is recorded as such; the job's result stands either way."""
-    import torch
-
-    from distillab.compress.export import onnx_runner
-    from distillab.compress.runs import best_seed, export_run, read_report, run_student
-
-    if (out / "quantized.json").exists() or not (out / "student.onnx").exists():
-        return
-    staging = out / ".export-int8"
-    try:
-        seed = best_seed(out, read_report(out))
-        record = export_run(out, staging, fmt="onnx", quantize="int8", seed=seed, parity_samples=256, overwrite=True)
-        student = run_student(out, seed)
-        batches = [(batch["inputs"], batch["targets"]) for batch in student.data.eval_batches("test", 256)]
-        int8 = onnx_runner(staging / record["file"])
-        with torch.no_grad():
-            fp32_right = sum((student.model(x).argmax(-1) == y).sum().item() for x, y in batches)
-        int8_right = sum((int8(x).argmax(-1) == y).sum().item() for x, y in batches)
-        count = sum(len(y) for _, y in batches)
-        facts = {"fp32_bytes": (out / "student.onnx").stat().st_size, "int8_bytes": record["bytes"],
-                 "fp32_accuracy": fp32_right / count, "int8_accuracy": int8_right / count,
-                 "test_samples": count, "parity": record["parity"]}
-        os.replace(staging / record["file"], out / "student.int8.onnx")
-    except Exception as problem:  # quantization is advice; the job's result stands
-        log.warning("int8 export failed: %s", problem)
-        facts = {"error": str(problem)[:300]}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_json(out / "quantized.json", facts)
 
 
 def _read_progress(path: Path) -> dict | None:
