@@ -10,10 +10,13 @@ import math
 
 import optuna
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from conftest import make_tiny_lm, text_spec, write_corpus
 from distillab.autodistill.lm_space import LMSpace, decode_ms_per_token, random_student
 from distillab.autodistill.search import load_auto_spec, score_floor, search
+from distillab.cli import app
 from distillab.errors import SpecError
 from distillab.spec_auto import LM_FAMILIES, AutoConstraints
 from distillab.spec_io import parse_spec
@@ -74,8 +77,14 @@ def test_a_language_model_search_keeps_to_the_decode_speed_and_lowers_bits_per_c
     monkeypatch.setattr(LMSpace, "measure_all", lambda self, candidates, rounds=5: {
         c.name: fake_speed(c) for c in candidates})
     spec = lm_auto_spec(lm_corpus, deep_lm, constraints={"min_decode_tokens_per_s": 1000 / 1.5})  # ≤ 1.5 ms/token
-    out = tmp_path / "search"
-    summary = search(spec, out, final_seeds=[0])
+    spec["training"]["seeds"] = [0, 1, 2]
+    spec_path, out = tmp_path / "lm_auto.yaml", tmp_path / "search"
+    spec_path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["auto", str(spec_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "validation bits_per_character" in result.output
+    assert "tokens/s measured (within the constraint)" in result.output
+    summary = json.loads((out / "auto.json").read_text())
     study = optuna.load_study(study_name="auto", storage=f"sqlite:///{out / 'study.db'}")
     trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert trained and all(t.user_attrs["candidate"]["model"] == "gpt" for t in trained)  # the slow never trained

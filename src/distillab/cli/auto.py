@@ -52,10 +52,13 @@ def auto(
     console.print(f"chosen: {candidate['model']} {json.dumps(candidate['model_args'])} ({candidate['params']:,} "
                   f"parameters), {chosen['params']['strategy']} T={chosen['params']['temperature']:.2f} "
                   f"alpha={chosen['params']['alpha']:.2f}: validation {chosen['val_score']:.4f}"
-                  f"{'' if chosen['meets_score'] else ' (below the score constraint)'}", markup=False, highlight=False)
+                  f"{'' if chosen['meets_score'] else ' (short of the score constraint)'}", markup=False,
+                  highlight=False)
     final = summary.get("final")
     if final:
-        console.print(f"latency {final['latency_ms_measured']:.3f} ms measured "
-                      f"({'within' if final['latency_met'] else 'OVER'} the constraint); {final['verdict']}",
-                      markup=False, highlight=False)
+        ms = final["latency_ms_measured"]
+        speed = f"decoding {1000 / ms:.1f} tokens/s" if summary["latency_model"].get("kind") == "decode" else \
+            f"latency {ms:.3f} ms"
+        console.print(f"{speed} measured ({'within' if final['latency_met'] else 'OUTSIDE'} the constraint); "
+                      f"{final['verdict']}", markup=False, highlight=False)
         console.print(f"report: {Path(final['run']) / 'report.md'}", markup=False, highlight=False)
