@@ -129,6 +129,9 @@ def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, t
     with pytest.raises(KeyboardInterrupt):
         search(spec, tmp_path / "s", final=False)
     assert len(trials_of(tmp_path / "s")) == 2
+    first = optuna.load_study(study_name="auto", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").user_attrs[
+        "searched_seconds"]  # trials and what ran between them, kept for a resumed budget
+    assert first >= sum(t.user_attrs["seconds"] for t in trials_of(tmp_path / "s"))
     monkeypatch.setattr(search_module, "phase", lambda *a, **k: (calls.append(a[6]), real_phase(*a, **k))[1])
     record = json.loads((tmp_path / "s" / "latency_model.json").read_text())
     assert record["machine"]["cpu"]  # resumed as if on another machine: said, not silent
@@ -143,6 +146,7 @@ def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, t
     configs = [(t.user_attrs["rung"], t.user_attrs["config"]) for t in trained]
     assert len(set(configs)) == len(configs)  # no configuration trained twice at one rung
     assert len(calls) == 3 + sum(per_rung) - 2  # the two finished trials were not run again
+    assert summary["searched_seconds"] >= first  # the first session's searching counts
 
 
 def test_the_python_entry_point_is_the_same_search(tmp_path, blobs, tiny_teacher):

@@ -281,8 +281,14 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     study.sampler = (optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler)(
         seed=len(study.trials))
     started = time.monotonic()
-    spent = sum(t.user_attrs["seconds"] for t in done.values())  # a resumed search's budget counts them
+    # a resumed search's budget counts what earlier sessions spent: their searching time (trials and
+    # what ran between them; a shared study counts every process's trial seconds instead)
+    before = float(study.user_attrs.get("searched_seconds", 0.0)) if storage is None else 0.0
+    spent = max(before, sum(t.user_attrs["seconds"] for t in done.values()))
     deadline = started + limit - spent if limit < math.inf else None
+
+    def searched() -> float:
+        return before + time.monotonic() - started
 
     def resize() -> None:
         """Size the plan from the mean seconds per epoch of the first rung's trials: as they come
@@ -325,6 +331,8 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         trial.set_user_attr("seconds", time.monotonic() - clock)
         trial.set_user_attr("candidate", candidate.facts())
         study.tell(trial, [result["val_accuracy"], verdict.latency_ms])
+        if storage is None:
+            study.set_user_attr("searched_seconds", searched())
         sync()
         progress(rung)
         log.info("auto: trial %d (rung %d, %d epochs) %s %s: validation %s %.4f, %.3f ms predicted", trial.number,
@@ -339,7 +347,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         scores = [t.values[0] for t in done.values()]
         on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung,
                      "best_val_score": (max if task.higher_is_better else min)(scores) if scores else None,
-                     "searched_seconds": round(time.monotonic() - started, 1),
+                     "searched_seconds": round(searched(), 1),
                      "helper_trial_seconds": round(sum(t.user_attrs["seconds"] for t in done.values()
                                                        if t.user_attrs.get("joined")), 1)})
 
@@ -439,7 +447,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                 break
     except (Stop, KeyboardInterrupt) as interruption:  # cancelled, or out of the job's budget: keep the front
         write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
-                      searched_seconds=time.monotonic() - started, stopped=getattr(interruption, "reason", "interrupted"),
+                      searched_seconds=searched(), stopped=getattr(interruption, "reason", "interrupted"),
                       pool=len(pool), feasible=len(allowed), teacher_val=teacher_val, teachers=teacher_facts)
         raise
 
@@ -463,7 +471,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         return measured_ms[name] <= constraints.latency_limit_ms, measured_ms[name]
 
     summary = write_outputs(out_dir, study, done, task, levels, floor, latency, constraints,
-                            searched_seconds=time.monotonic() - started, stopped=stopped,
+                            searched_seconds=searched(), stopped=stopped,
                             pool=len(pool), feasible=len(allowed), teacher_val=teacher_val, teachers=teacher_facts,
                             measured=measured if constraints.latency_limit_ms is not None else None)
     if final and summary["chosen"] is not None:
