@@ -105,6 +105,22 @@ def test_a_language_model_search_keeps_to_the_decode_speed_and_lowers_bits_per_c
     assert "decode ms/token" in (out / "front.md").read_text()
 
 
+def test_two_language_model_teachers_are_a_choice_not_an_ensemble(tmp_path, deep_lm, lm_corpus, monkeypatch):
+    """multi_teacher serves classifiers: a language-model search chooses one teacher of several."""
+    monkeypatch.setattr(LMSpace, "measure_all", lambda self, candidates, rounds=5: {
+        c.name: fake_speed(c) for c in candidates})
+    other = make_tiny_lm(tmp_path / "other_lm", layers=4, seed=1)
+    spec = lm_auto_spec(lm_corpus, deep_lm, budget={"max_trials": 4})
+    spec["teacher"] = [{"checkpoint": str(deep_lm)}, {"checkpoint": str(other)}]
+    spec["auto"]["space"] = {**spec["auto"]["space"], "families": ["gpt"], "epochs": [1, 1]}
+    summary = search(spec, tmp_path / "search", final=False)
+    assert [t["teacher"] for t in summary["teachers"]] == ["0", "1"]
+    study = optuna.load_study(study_name="auto", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    choices = {t.params.get("teacher") for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert choices and choices <= {"0", "1"}
+    assert study.trials[0].distributions["teacher"].choices == ("0", "1")
+
+
 @pytest.mark.parametrize("auto, message", [
     ({"constraints": {"max_latency_ms": 5}}, r"^auto.constraints.max_latency_ms: a language model's speed is its "
                                              r"decoding; give min_decode_tokens_per_s"),

@@ -41,6 +41,7 @@ from distillab.files import atomic_write_json
 from distillab.runtime import resolve_device
 from distillab.spec_auto import check_auto
 from distillab.spec_io import apply_override, parse_spec, read_spec_file, resolve_spec_paths
+from distillab.strategies import STRATEGIES
 
 log = logging.getLogger("distillab")
 ETA = 3  # successive halving: a third is promoted, at three times the epochs
@@ -210,7 +211,9 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     teacher_val = teacher_vals[0]
     for value in teacher_vals[1:]:
         teacher_val = value if task.better(value, teacher_val) else teacher_val
-    teacher_options = [str(i) for i in range(len(teachers))] + ["ensemble"] if len(teachers) > 1 else []
+    ensembles = STRATEGIES["multi_teacher"].tasks is None or spec.task in STRATEGIES["multi_teacher"].tasks
+    teacher_options = [str(i) for i in range(len(teachers))] + (["ensemble"] if ensembles else []) \
+        if len(teachers) > 1 else []
     teacher_facts = [{"teacher": str(i), "source": facts.get("source"), "val_score": value}
                      for i, ((_, _, facts), value) in enumerate(zip(teachers, teacher_vals))] if teacher_options else None
     if constraints.min_score is not None and task.better(constraints.min_score, teacher_val):
