@@ -74,6 +74,8 @@ def _front_renders_in_chromium(service, job_id: str) -> None:
                 assert time.time() < deadline, "the front plot did not load"
                 time.sleep(0.1)
             assert "auto.json" in page.inner_text("#artifacts")
+            status = page.inner_text("#job-search")  # what the search did: trials, time, best point
+            assert status.startswith("3 of 3 trials · ") and "best validation accuracy" in status and "mlp" in status
         finally:
             browser.close()
 

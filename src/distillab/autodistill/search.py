@@ -347,10 +347,15 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         trial seconds of processes that joined the search (helpers)."""
         if on_progress is None:
             return
-        scores = [t.values[0] for t in done.values()]
-        on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung,
-                     "best_val_score": (max if task.higher_is_better else min)(scores) if scores else None,
-                     "searched_seconds": round(searched(), 1),
+        best = None
+        for trial_done in done.values():
+            if best is None or task.better(trial_done.values[0], best.values[0]):
+                best = trial_done
+        on_progress({"trials_done": len(done), "trials_planned": sum(per_rung), "rung": rung, "metric": task.metric,
+                     "best_val_score": best.values[0] if best else None,
+                     "best_student": ({k: best.user_attrs["candidate"][k] for k in ("model", "params")}
+                                      if best else None),
+                     "searched_seconds": round(searched(), 1), "budget_s": limit if limit < math.inf else None,
                      "helper_trial_seconds": round(sum(t.user_attrs["seconds"] for t in done.values()
                                                        if t.user_attrs.get("joined")), 1)})
 

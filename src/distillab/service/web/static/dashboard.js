@@ -66,6 +66,22 @@ const ACTIVE = ["queued", "running", "cancelling"];
 const money = (v) => (v == null ? "-" : `$${Number(v).toFixed(4)}`);
 const when = (iso) => (iso ? iso.replace("T", " ").replace("+00:00", " UTC") : "-");
 
+// an automated search's status: trials, budget used, and the best point so far (every trained
+// point met the constraints as predicted before it trained)
+function searchStatus(search) {
+  const parts = [`${search.trials_done} of ${search.trials_planned} trials`];
+  const seconds = `${Math.round(search.searched_seconds)} s`;
+  parts.push(search.budget_s ? `${seconds} of ${Math.round(search.budget_s)} s budget` : `${seconds} searched`);
+  if (search.best_val_score != null) {
+    const score = search.metric === "accuracy" ? `${(100 * search.best_val_score).toFixed(2)} %`
+      : search.best_val_score.toFixed(4);
+    const student = search.best_student
+      ? ` (${search.best_student.model}, ${search.best_student.params.toLocaleString("en-US")} params)` : "";
+    parts.push(`best validation ${search.metric || "score"} ${score}${student}`);
+  }
+  return parts.join(" · ");
+}
+
 async function isAdmin() {
   const response = await api("/analytics");
   return response.ok;
@@ -140,6 +156,9 @@ const pages = {
       $("#job-eta").textContent = when(job.estimated_completion);
       $("#job-cost").textContent = money(job.estimated_cost);
       $("#job-device").textContent = `${job.device_seconds.toFixed(1)} s`;
+      const search = (job.current_metrics || {}).auto;
+      $("#job-search-fact").hidden = !search;
+      if (search) $("#job-search").textContent = searchStatus(search);
       $("#cancel").hidden = !ACTIVE.includes(job.status) || job.status === "cancelling";
       if (!ACTIVE.includes(job.status) && !finished) { finished = true; await results(job); }
     };
