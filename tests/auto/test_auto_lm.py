@@ -138,6 +138,9 @@ def test_a_score_target_beyond_the_teacher_and_constraints_no_student_meets_are_
     with pytest.raises(SpecError, match=r"^auto.constraints.min_score: 0.01 is below the teacher's own validation "
                                         r"bits_per_character"):
         search(lm_auto_spec(lm_corpus, deep_lm, constraints={"min_score": 0.01}), tmp_path / "a")
+    with pytest.raises(SpecError, match=r"^auto.budget.wall_s: 0 s is less than one trial; the cheapest candidate "
+                                        r"needs about \d+ s for 1 epochs"):
+        search(lm_auto_spec(lm_corpus, deep_lm, budget={"wall_s": 0.001}), tmp_path / "c")
     with pytest.raises(SpecError, match=r"^auto.constraints.max_params: no candidate .* the nearest candidate, gpt"):
         search(lm_auto_spec(lm_corpus, deep_lm, constraints={"max_params": 100}), tmp_path / "b")
     assert not (tmp_path / "b" / "study.db").exists()  # nothing trained
