@@ -68,7 +68,9 @@ def help_a_search(worker) -> bool:
     for job_id in running:
         name = study_name(job_id)
         try:
-            study = optuna.load_study(study_name=name, storage=worker.settings.resolved_study_url)
+            if worker.study_storage is None:  # one connection pool for every look, not one per poll
+                worker.study_storage = optuna.storages.RDBStorage(worker.settings.resolved_study_url)
+            study = optuna.load_study(study_name=name, storage=worker.study_storage)
             ready = LATENCY_KEY in study.user_attrs
         except Exception:  # not created yet: its worker is still setting it up
             ready = False
@@ -91,7 +93,6 @@ def help_a_search(worker) -> bool:
             log.error("worker %s: helping job %s crashed:\n%s", worker.id, job_id, traceback.format_exc())
         return True
     return False
-
 
 
 def quantized(out: Path) -> None:

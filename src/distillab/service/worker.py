@@ -213,6 +213,7 @@ class Worker:
         self.shutdown = threading.Event()
         self.current: JobProgress | None = None
         self.helped: set[str] = set()  # searches this worker joined (once each)
+        self.study_storage = None  # the study database, opened when a running search is first looked at
 
     def request_shutdown(self, *_args) -> None:
         self.shutdown.set()
@@ -254,6 +255,8 @@ class Worker:
         finally:
             self._retry(lambda: self.store.worker_stopped(self.id), "worker stop", attempts=2)
             self.engine.dispose()
+            if self.study_storage is not None:
+                self.study_storage.engine.dispose()
         return done
 
     def help_a_search(self) -> bool:
