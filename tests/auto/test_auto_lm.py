@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import make_tiny_lm, text_spec, write_corpus
 from distillab.autodistill.lm_space import LMSpace, decode_ms_per_token, random_student
-from distillab.autodistill.search import load_auto_spec, score_floor, search
+from distillab.autodistill.feasibility import score_floor
+from distillab.autodistill.search import load_auto_spec, search
 from distillab.cli import app
 from distillab.errors import SpecError
 from distillab.spec_auto import LM_FAMILIES, AutoConstraints

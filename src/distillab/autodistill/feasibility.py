@@ -4,6 +4,7 @@ When none can, the error names the tightest constraint and the nearest candidate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from distillab.autodistill.latency import LatencyModel
@@ -60,3 +61,13 @@ def feasible(verdicts: list[Verdict], constraints) -> list[Verdict]:
     raise SpecError(f"auto.constraints.{tightest}: no candidate of the search space can meet it "
                     f"({getattr(constraints, tightest):g}; it rules out {counts[tightest]} of {len(verdicts)}); "
                     f"the nearest candidate, {nearest.candidate.model} {nearest.candidate.model_args}, has {figures}")
+
+
+def score_floor(constraints, teacher_val: float, higher_is_better: bool) -> float:
+    """The score the chosen student must reach on validation: ``min_score`` and the teacher's
+    score less ``max_drop``, whichever is stricter (for a lower-is-better metric, a ceiling)."""
+    sign = 1 if higher_is_better else -1
+    bounds = [sign * constraints.min_score] if constraints.min_score is not None else []
+    if constraints.max_drop is not None:
+        bounds.append(sign * teacher_val - constraints.max_drop)
+    return sign * max(bounds) if bounds else sign * -math.inf

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import optuna
 
-from distillab.autodistill.feasibility import feasible, judge
+from distillab.autodistill.feasibility import feasible, judge, score_floor
 from distillab.autodistill.latency import LatencyModel, this_machine
 from distillab.autodistill.report import write_outputs
 from distillab.autodistill.shared import (POLL_S, SHARED_KEY, WORKER, Claims, create_shared, heartbeat, open_shared,
@@ -90,16 +90,6 @@ def load_auto_spec(spec_path: Path | dict, overrides=()) -> tuple[dict, object]:
                         "max_params, max_size_mb, max_macs, min_score, max_drop) or auto.budget")
     check_auto(spec)
     return base, spec
-
-
-def score_floor(constraints, teacher_val: float, higher_is_better: bool) -> float:
-    """The score the chosen student must reach on validation: ``min_score`` and the teacher's
-    score less ``max_drop``, whichever is stricter (for a lower-is-better metric, a ceiling)."""
-    sign = 1 if higher_is_better else -1
-    bounds = [sign * constraints.min_score] if constraints.min_score is not None else []
-    if constraints.max_drop is not None:
-        bounds.append(sign * teacher_val - constraints.max_drop)
-    return sign * max(bounds) if bounds else sign * -math.inf
 
 
 def _same_search(out_dir: Path, base: dict) -> None:
