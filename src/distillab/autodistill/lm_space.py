@@ -29,6 +29,7 @@ from torch import nn
 from distillab.autodistill.latency import LatencyModel, fit_probes, probes_of
 from distillab.autodistill.space import Candidate
 from distillab.errors import SpecError
+from distillab.models.lm_facts import NEW_TOKENS, PROMPT_TOKENS  # the report's decode protocol
 
 # The grids scale with the teacher: widths are fractions of its hidden size, in heads as wide as
 # its own (SmolLM2-135M, hidden 576 in 64-wide heads: gpt widths 128 to 384, teacher_width 192 and 384).
@@ -39,7 +40,6 @@ NARROW_WIDTHS = (1 / 3, 2 / 3)  # teacher_width
 NARROW_LAYERS = (4, 8)
 CUT_LAYERS = (2, 4, 8)  # teacher_pruned: depth cuts
 CUT_PARAMS = (0.3,)  # teacher_pruned: width cuts to this share of the teacher's parameters
-PROMPT_TOKENS, NEW_TOKENS = 16, 32  # the report's decode protocol (models.lm_facts)
 
 
 def _head_dim(config) -> int:
