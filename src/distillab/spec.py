@@ -352,7 +352,14 @@ class JobSpec(Strict):
         from distillab.tasks.language_modeling import LM_STUDENTS
 
         text_task = self.task in ("language_modeling", "text_embedding")
-        if self.student.model in LM_STUDENTS and not text_task:
+        if self.student.model == "teacher_pruned" and self.task == "image_classification":
+            from distillab.models.cut import check_cut_spec
+
+            try:
+                check_cut_spec(self)  # cut from a zoo resnet or cnn teacher
+            except SpecError as problem:
+                raise ValueError(str(problem)) from None
+        elif self.student.model in LM_STUDENTS and not text_task:
             raise ValueError(f"student.model: {self.student.model} is a language-model student (task: language_modeling)")
         if text_task != self.data.is_text:
             kind = "a text corpus" if text_task else "an image or tensor dataset"

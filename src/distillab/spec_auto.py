@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # where a student's latency is measured
-FAMILIES = ("cnn", "resnet", "wrn", "mlp")  # the zoo families an image-classification search draws from
+# an image-classification search: the zoo families, and students cut from the teacher
+FAMILIES = ("cnn", "resnet", "wrn", "mlp", "teacher_pruned")
 # a language-model search: the zoo's gpt, some of the teacher's layers, the teacher's architecture
 # narrower (fresh weights), and the teacher cut to its most important units (Minitron)
 LM_FAMILIES = ("gpt", "teacher_layers", "teacher_width", "teacher_pruned")
@@ -148,3 +149,12 @@ def check_auto(spec) -> None:
         raise SpecError("auto.constraints.min_decode_tokens_per_s: goes with a language model; an image "
                         "classifier's speed is max_latency_ms")
     spec.auto.space.for_task(spec.task)  # a family of another task
+    if spec.task == "image_classification" and "teacher_pruned" in (spec.auto.space.families or ()):
+        from distillab.models.cut import CUTTABLE
+
+        teachers = spec.teachers
+        if len(teachers) != 1 or teachers[0].model not in CUTTABLE \
+                or teachers[0].resolved_format not in (None, "safetensors") or teachers[0].input != "normalized":
+            raise SpecError(f"auto.space.families: teacher_pruned cuts one zoo {', '.join(CUTTABLE)} teacher that "
+                            "takes the dataset's normalised inputs; this spec's teachers cannot be cut (leave the "
+                            "family out, or leave families unset: the default space offers it when it can)")

@@ -229,3 +229,34 @@ def test_several_teachers_make_the_teacher_a_dimension_of_the_search(tmp_path, b
     report = json.loads((tmp_path / "s" / "run" / "report.json").read_text())
     expected = 2 if chosen == "ensemble" else 1
     assert sum(1 for m in report["models"] if m["role"] == "teacher") == expected
+
+
+def test_students_cut_from_the_teacher_are_searched_and_the_chosen_one_exports(tmp_path, blobs, tiny_teacher):
+    from distillab.compress import export_run
+
+    space = {"families": ["teacher_pruned"], "epochs": [1, 2], "strategies": ["response"]}
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher, space=space, budget={"max_trials": 3}),
+                     tmp_path / "s", final_seeds=[0, 1])
+    assert summary["candidates"] == 4  # the cnn teacher's channels at 4 shares
+    trained = trials_of(tmp_path / "s")
+    assert trained
+    for trial in trained:  # counted and timed as the zoo model each cut is
+        candidate = trial.user_attrs["candidate"]
+        assert candidate["model"] == "teacher_pruned" and candidate["architecture"]["model"] == "cnn"
+    chosen = summary["chosen"]["candidate"]
+    run_dir = tmp_path / "s" / "run"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["student_cut"]["params"] == chosen["params"]
+    assert report["student_cut"]["architecture"] == chosen["architecture"]
+    tiny_teacher.unlink()  # the chosen student exports from its run folder alone
+    assert export_run(run_dir, tmp_path / "onnx")["parity"]["argmax_agreement"] == 1.0
+
+
+def test_a_cut_family_needs_one_teacher_that_can_be_cut(tmp_path, blobs, tiny_teacher):
+    path = auto_spec(tmp_path, blobs, tiny_teacher, space={"families": ["teacher_pruned"]})
+    spec = yaml.safe_load(path.read_text())
+    spec["teacher"] = [spec["teacher"], dict(spec["teacher"])]
+    path.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["auto", str(path), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "auto.space.families: teacher_pruned cuts one zoo" in result.output
+    assert not (tmp_path / "s" / "trials").exists()

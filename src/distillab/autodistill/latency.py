@@ -58,7 +58,8 @@ def measure(candidate: Candidate, in_shape, num_classes: int, runtime: str, batc
     """Median latency in ms of one forward pass of ``candidate`` (random weights: latency does
     not depend on their values) at ``batch_size`` on ``runtime``."""
     torch.manual_seed(0)
-    model = build_model(candidate.model, tuple(in_shape), num_classes, candidate.args).eval()
+    name, args = candidate.zoo
+    model = build_model(name, tuple(in_shape), num_classes, args).eval()
     if runtime == "torch":
         return interleaved_latency({"m": model}, tuple(in_shape), batch_size, repeats, warmup)["m"]["median"]
     example = torch.randn(batch_size, *in_shape)

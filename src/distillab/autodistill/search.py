@@ -220,7 +220,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                            int(bundle.train.tokens.numel()))
     else:
         space_of = ImageSpace(bundle.in_shape, bundle.num_classes, constraints.runtime, constraints.batch_size,
-                              teachers[0][0])
+                              teachers[0][0], cut_from=teachers[0][0] if len(teachers) == 1 else None)
     pool = space_of.candidates(space.families)
     out_dir.mkdir(parents=True, exist_ok=True)
     _same_search(out_dir, base)

@@ -3,7 +3,9 @@ parameters, MACs and fp32 size, counted on the meta device (no memory is allocat
 
 The default space for image classification spans the zoo's families from a few thousand to a
 few hundred thousand parameters: VGG-style CNNs of two or three stages, CIFAR ResNets, narrow
-WideResNets and MLPs. A spec's ``auto.space.families`` narrows it."""
+WideResNets and MLPs, and students cut from a zoo ResNet or CNN teacher (``teacher_pruned``: a
+quarter to three quarters of its channels, and for a ResNet 1 to all of its blocks per stage).
+A spec's ``auto.space.families`` narrows it."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from distillab.models.facts import macs_per_sample
 from distillab.models.zoo import meta_model
 
 CNN_WIDTHS = (8, 12, 16, 24, 32, 48, 64, 96)
+CUT_KEEP = (0.25, 0.375, 0.5, 0.75)  # teacher_pruned: the shares of the teacher's channels kept
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,16 @@ class Candidate:
     layers: int = field(default=0, compare=False)  # what the latency model counts: kernels, or decoder blocks
     group: str = field(default="", compare=False)  # language models: "zoo" or "transformers" (their overheads differ)
     token_macs: int = field(default=0, compare=False)  # language models: MACs of one decoded token
+    # an image student cut from the teacher: the zoo model it is (JSON [name, args]), for timing it
+    architecture: str = field(default="", compare=False)
+
+    @property
+    def zoo(self) -> tuple[str, dict]:
+        """(zoo name, model_args) that build this student's architecture."""
+        if self.architecture:
+            name, args = json.loads(self.architecture)
+            return name, args
+        return self.model, self.args
 
     @property
     def args(self) -> dict:
@@ -44,8 +57,12 @@ class Candidate:
         return f"{self.model}{self.model_args}"
 
     def facts(self) -> dict:
-        return {"model": self.model, "model_args": self.args, "params": self.params, "macs": self.macs,
-                "size_mb": round(self.size_mb, 4)}
+        out = {"model": self.model, "model_args": self.args, "params": self.params, "macs": self.macs,
+               "size_mb": round(self.size_mb, 4)}
+        if self.architecture:
+            name, args = self.zoo
+            out["architecture"] = {"model": name, "model_args": args}
+        return out
 
 
 def layer_count(model) -> int:
@@ -90,13 +107,41 @@ def _count(name: str, args: str, in_shape: tuple, num_classes: int) -> Candidate
                      layer_count(model))
 
 
-def candidates(families, in_shape, num_classes: int) -> list[Candidate]:
+def cut_candidates(teacher, in_shape, num_classes: int) -> list[Candidate]:
+    """The students cut from ``teacher`` (a zoo resnet or cnn; ``models.cut``): each share of
+    channels kept, and for a ResNet each number of blocks kept per stage (the same in every
+    stage); [] for a teacher that cannot be cut."""
+    from distillab.models.cut import cut_shape
+    from distillab.errors import SpecError
+    from distillab.models.zoo import ResNet, SmallCNN
+
+    if not isinstance(teacher, (ResNet, SmallCNN)):
+        return []
+    depths = [None]
+    if isinstance(teacher, ResNet):
+        most = max(len(stage) for stage in (teacher.layer1, teacher.layer2, teacher.layer3))
+        depths = [[b] * 3 for b in range(1, most + 1)]
+    out = []
+    for keep, blocks in itertools.product(CUT_KEEP, depths):
+        args = {"keep": keep} if blocks is None else {"keep": keep, "blocks": blocks}
+        try:
+            name, shape = cut_shape(teacher, args, "auto.space")
+        except SpecError:  # more blocks than a stage of this teacher has
+            continue
+        counted = count(name, shape, in_shape, num_classes)
+        out.append(Candidate("teacher_pruned", json.dumps(args, sort_keys=True), counted.params, counted.macs,
+                             counted.layers, architecture=json.dumps([name, shape], sort_keys=True)))
+    return out
+
+
+def candidates(families, in_shape, num_classes: int, teacher=None) -> list[Candidate]:
     """Every architecture of ``families`` for this input, counted; those whose structure cannot
-    fit the input (more poolings than its resolution allows) are left out."""
+    fit the input (more poolings than its resolution allows) are left out. ``teacher_pruned``
+    cuts ``teacher`` (none when there is no single zoo resnet or cnn teacher)."""
     from distillab.errors import SpecError
 
-    out = []
-    for name, args in architectures(families):
+    out = cut_candidates(teacher, in_shape, num_classes) if "teacher_pruned" in families else []
+    for name, args in architectures([family for family in families if family != "teacher_pruned"]):
         try:
             out.append(count(name, args, in_shape, num_classes))
         except (SpecError, RuntimeError, ValueError):
@@ -110,12 +155,13 @@ class ImageSpace:
 
     kind = "forward"
 
-    def __init__(self, in_shape, num_classes: int, runtime: str, batch_size: int, teacher=None):
+    def __init__(self, in_shape, num_classes: int, runtime: str, batch_size: int, teacher=None, cut_from=None):
         self.in_shape, self.num_classes = tuple(in_shape), num_classes
         self.runtime, self.batch_size, self.teacher = runtime, batch_size, teacher
+        self.cut_from = cut_from  # the one teacher that teacher_pruned students are cut from, if any
 
     def candidates(self, families) -> list[Candidate]:
-        return candidates(families, self.in_shape, self.num_classes)
+        return candidates(families, self.in_shape, self.num_classes, self.cut_from)
 
     def measure(self, candidate: Candidate) -> float:
         from distillab.autodistill.latency import measure

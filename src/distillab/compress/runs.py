@@ -60,6 +60,7 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
     from distillab.experiment.job import Job
     from distillab.models.loading import load_state_into
     from distillab.spec_io import parse_spec
+    from distillab.tasks.language_modeling import weightless_teachers
 
     run_dir = Path(run_dir)
     report = read_report(run_dir)
@@ -86,8 +87,9 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
         raise ExportError(f"{run_dir}: seed {chosen} has no distilled student ({weights} is missing; multi-stage "
                           "strategies keep their students per stage)")
     job = Job.from_spec(spec)
-    data = job.build_data(chosen)
-    model = job.build_student(data)
+    with weightless_teachers():  # the student's weights are the run's: a teacher's are not read
+        data = job.build_data(chosen)
+        model = job.build_student(data)
     if strategy_cls.student_export == "rebuilt":  # e.g. dynamic convolutions: the strategy rebuilds them
         model = job.make_strategy([], model, data).deployed_model()
     model = load_state_into(model, weights, "student").eval()
@@ -96,6 +98,8 @@ def run_student(run_dir: Path | str, seed: int | None = None) -> RunStudent:
     facts = {
         "run": str(run_dir.resolve()), "seed": chosen, "task": spec.task, "model": spec.student.model,
         "model_args": spec.student.model_args, "strategy": spec.strategy.name,
+        # a student made from the teacher (cut from it): the zoo model it is
+        **({"architecture": model.architecture} if getattr(model, "architecture", None) else {}),
         "in_shape": list(data.in_shape), "num_classes": data.num_classes,
         "normalize": dataset.get("normalize") or _normalize_facts(data),
         "labels": list(CLASS_NAMES.get(dataset["name"], [str(i) for i in range(data.num_classes)]))

@@ -136,7 +136,9 @@ def package_run(run_dir: Path | str, out: Path | str, *, quantize: str | None = 
             "format_version": 1, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "distillab": importlib.metadata.version("distillab"), "task": record["task"],
             "model": {"file": record["file"], "format": record["format"], "quantize": record["quantize"],
-                      "architecture": record["model"], "model_args": record["model_args"],
+                      # the zoo model the weights load into (a student cut from its teacher is one)
+                      "architecture": record.get("architecture", {}).get("model", record["model"]),
+                      "model_args": record.get("architecture", {}).get("model_args", record["model_args"]),
                       "weights": "student.safetensors", "seed": record["seed"], "run": record["run"]},
             "preprocessing": {"in_shape": record["in_shape"], "dtype": "float32", "normalize": record["normalize"],
                               "labels": record["labels"],

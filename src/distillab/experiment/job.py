@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from distillab.experiment.students import spec_student
 from distillab.experiment.teacher import get_teachers
 from distillab.models.zoo import build_model
 from distillab.spec import CacheSpec, ConstraintsSpec, JobSpec, OutputSpec, TrainingSpec
@@ -85,7 +86,7 @@ class Job:
             settings=spec, task=task, strategy_cls=strategy_cls,
             params=strategy_cls.Params.model_validate(spec.strategy.params),
             build_data=lambda seed: task.build(spec.data, seed, spec),
-            build_student=lambda data: task.build_student(spec, data),
+            build_student=lambda data: spec_student(spec, task, data),
             load_teachers=lambda first, resume=False, callbacks=None: spec_teachers(spec, task, first, resume,
                                                                                     callbacks),
             student_name=spec.student.model,

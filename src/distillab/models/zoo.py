@@ -81,11 +81,15 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    """conv-BN-ReLU, conv-BN, plus the shortcut, then ReLU. ``inner``: the width between the two
+    convolutions (default ``c_out``; a block cut from a wider one keeps fewer)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        inner = inner or c_out
+        self.conv1 = nn.Conv2d(c_in, inner, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
@@ -101,22 +105,35 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """CIFAR-style ResNet (He et al. 2016): depth = 6n + 2, three stages of n basic
-    blocks with widths (w, 2w, 4w); stages 2 and 3 halve the resolution."""
+    blocks with widths (w, 2w, 4w); stages 2 and 3 halve the resolution.
 
-    def __init__(self, in_shape, num_classes, depth=20, width=16):
+    Or every width given (a ResNet cut from a wider one, ``models.cut``): ``streams``, the
+    residual stream's width in each of the three stages, and ``inner``, each stage's list of
+    its blocks' inner widths (one entry per block, so stages may differ in depth)."""
+
+    def __init__(self, in_shape, num_classes, depth=None, width=None, streams=None, inner=None):
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"depth must be 6n+2 (8, 14, 20, 32, 56 ...), got {depth}")
-        n = (depth - 2) // 6
+        if streams is None and inner is None:
+            depth, width = depth or 20, width or 16
+            if (depth - 2) % 6 != 0:
+                raise ValueError(f"depth must be 6n+2 (8, 14, 20, 32, 56 ...), got {depth}")
+            n = (depth - 2) // 6
+            streams, inner = [width, 2 * width, 4 * width], [[c] * n for c in (width, 2 * width, 4 * width)]
+        elif depth is not None or width is not None:
+            raise ValueError("give depth and width, or streams and inner, not both")
+        elif streams is None or inner is None or len(streams) != 3 or len(inner) != 3 or not all(inner):
+            raise ValueError("streams (3 widths) and inner (3 lists of block widths, at least one block each) "
+                             "go together")
         self.stem = nn.Sequential(
-            nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(in_shape[0], streams[0], 3, 1, 1, bias=False), nn.BatchNorm2d(streams[0]),
+            nn.ReLU(inplace=True)
         )
         stages = []
-        c_in = width
-        for i, c_out in enumerate((width, 2 * width, 4 * width)):
+        c_in = streams[0]
+        for i, (c_out, widths) in enumerate(zip(streams, inner)):
             blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(c_in, c_out, stride=2 if (i > 0 and j == 0) else 1))
+            for j, width_j in enumerate(widths):
+                blocks.append(BasicBlock(c_in, c_out, stride=2 if (i > 0 and j == 0) else 1, inner=width_j))
                 c_in = c_out
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -203,7 +220,7 @@ MODEL_SUMMARIES = {
     "cnn_tiny": "3-stage conv-BN-ReLU CNN, ~25k parameters on 1x28x28",
     "cnn_small": "5-conv VGG-style CNN, ~89k parameters on 1x28x28",
     "cnn": "VGG-style CNN with configurable stages",
-    "resnet": "CIFAR-style ResNet, depth 6n+2 and width w",
+    "resnet": "CIFAR-style ResNet, depth 6n+2 and width w (or streams and inner: every stage's and block's width)",
     "wrn": "WideResNet WRN-d-k, depth 6n+4 and widen_factor k",
     "gpt": "decoder-only language model (layers=4, dim=256, heads=4; RoPE, RMSNorm, tied embeddings)",
 }
@@ -260,6 +277,12 @@ def check_structure(name: str, in_shape, model_args: dict | None, where: str | N
             raise SpecError(f"{prefix}.stages: {len(stages)} stages pool {len(stages) - 1} times, which leaves "
                             f"nothing of a {shape[1]}x{shape[2]} input; use at most "
                             f"{min(shape[1:]).bit_length()} stages")
+    elif name == "resnet" and ("streams" in args or "inner" in args):
+        for i, size in enumerate(widths("streams", args.get("streams", []))):
+            count(f"streams[{i}]", size)
+        for i, stage in enumerate(widths("inner", args.get("inner", []))):
+            for j, size in enumerate(widths(f"inner[{i}]", stage)):
+                count(f"inner[{i}][{j}]", size)
     elif name in ("resnet", "wrn"):
         if "depth" in args:
             count("depth", args["depth"], 1, MAX_DEPTH[name])

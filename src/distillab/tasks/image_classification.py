@@ -61,6 +61,19 @@ class ImageClassification(Task):
     def build(self, data_spec, seed: int, spec=None):
         return data_module.build(data_spec, seed)
 
+    def finish_run(self, job, data, teachers, phases: dict, folder, device) -> dict:
+        """A student cut from the teacher: the cut, and its accuracy before any training."""
+        if job.spec is None or job.spec.student.model != "teacher_pruned":
+            return {}
+        fresh = job.student_for(job.spec.training.seeds[0], data).to(device)
+        cut = getattr(fresh, "cut", None)
+        if not cut:
+            return {}
+        batch = job.spec.training.eval_batch_size
+        zero_shot = {f"{split}_accuracy": self.evaluate(fresh, data, split, batch, device).value
+                     for split in ("val", "test")}
+        return {"student_cut": {**cut, "zero_shot": zero_shot}}
+
     @torch.no_grad()
     def evaluate(self, model, data, split: str, batch_size: int, device) -> Evaluation:
         was_training = getattr(model, "training", False)

@@ -33,7 +33,8 @@ LM_STUDENTS = {
                      "intermediate_size, heads, kv_heads, layers, head_dim",
     "teacher_pruned": "the teacher cut to its most important heads, neurons, channels and layers (Minitron): "
                       "hidden_size, intermediate_size, heads, kv_heads, layers, or params (+ axis width|depth); "
-                      "calibration_tokens, layer_metric",
+                      "calibration_tokens, layer_metric; for an image classifier, a zoo resnet or cnn teacher's "
+                      "channels and blocks: keep, blocks, importance, round_to",
     "hf": "a Hugging Face causal LM folder (path); it must share the teacher's tokenizer",
 }
 
@@ -75,6 +76,11 @@ def weightless_teachers():
         yield
     finally:
         _WEIGHTLESS.reset(token)
+
+
+def teachers_weightless() -> bool:
+    """Whether teachers load without their weights here (inside ``weightless_teachers()``)."""
+    return _WEIGHTLESS.get()
 
 
 def load_lm_teacher(teacher_spec, cache_dir=None, where: str = "teacher"):
