@@ -17,8 +17,11 @@ least as fast.
     .venv/bin/python benchmarks/auto_lm.py --threads 1   # -> benchmarks/results/auto_lm.{json,md}
 
 Resumable: the search resumes from its study, the final run from its unfinished run; a finished
-search is read back. The budget is wall-clock, so the search refuses to resume on another kind of
-CPU (its bf16 path) unless ``--any-cpu``.
+search is read back. The final run's finished phases (``search/run.partial/seed_*/*/result.json``,
+committed) stand on another machine without their weights, so a later session trains only the
+rest; each phase records the precision and bf16 path it trained with, and the result lists them.
+The budget is wall-clock, so the search refuses to resume on another kind of CPU (its bf16 path)
+unless ``--any-cpu``.
 """
 
 from __future__ import annotations
@@ -159,6 +162,10 @@ def main() -> None:
         atomic_write_json(duel_path, head_to_head(spec, summary["chosen"]["candidate"], args.rounds))
     duel = json.loads(duel_path.read_text())
     measured_ms = duel["chosen"]
+    # how each phase of the final run trained (a run resumed across machines may mix them)
+    trained_with = {f"seed {s} {role}": (json.loads(path.read_text()).get("precision") or {})
+                    for s in seeds for role in ("scratch", "distilled")
+                    for path in [search_dir / "run" / f"seed_{s}" / role / "result.json"] if path.is_file()}
     result = {
         "budget_s": args.budget_s, "threads": args.threads, "seeds": seeds, "cpu_bf16_path": cpu,
         "hand_picked": {**speed, "decode_tokens_per_s_head_to_head": 1000.0 / duel["hand_picked"],
@@ -172,6 +179,7 @@ def main() -> None:
                    "scratch_mean": statistics.fmean(scratch[s] for s in common),
                    "decode_tokens_per_s": 1000.0 / measured_ms, "verdict": report["verdict"],
                    "search_check_decode_tokens_per_s": 1000.0 / summary["final"]["latency_ms_measured"]},
+        "final_run_precision": trained_with,
         "search": {"candidates": summary["candidates"], "feasible_candidates": summary["feasible_candidates"],
                    "trials": summary["trials"], "epochs_trained": summary["epochs_trained"],
                    "trial_seconds": summary["trial_seconds"], "stopped": summary["stopped"],
@@ -195,7 +203,11 @@ def main() -> None:
              f"{c['scratch_mean']:.4f} | {c['decode_tokens_per_s']:.1f} | {c['student']['params']:,} |",
              "", f"Search: {summary['trials']} trials ({summary['epochs_trained']} epochs, "
                  f"{summary['trial_seconds']:.0f} s of training) over {summary['feasible_candidates']} of "
-                 f"{summary['candidates']} candidates that could meet the decode constraint; CPU bf16 path: {cpu}."]
+                 f"{summary['candidates']} candidates that could meet the decode constraint; the search's CPU bf16 path: "
+                 f"{json.loads((out / 'machine.json').read_text())['bf16_path']}, this machine's: {cpu}.",
+             "", "Final run, how each phase trained: " + "; ".join(
+                 f"{name}: {record.get('used', 'not recorded')} ({record.get('bf16_path') or 'no bf16 path'})"
+                 for name, record in trained_with.items()) + "."]
     lines += target_lines(result["targets"])
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -147,6 +147,13 @@ def test_an_interrupted_search_resumes_and_completes_its_plan(tmp_path, blobs, t
     assert len(set(configs)) == len(configs)  # no configuration trained twice at one rung
     assert len(calls) == 3 + sum(per_rung) - 2  # the two finished trials were not run again
     assert summary["searched_seconds"] >= first  # the first session's searching counts
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "s" / "study.db") as db:  # a study from before the searching time was kept,
+        db.execute("DELETE FROM study_user_attributes WHERE key = 'searched_seconds'")  # with long trials
+        db.execute("UPDATE trial_user_attributes SET value_json = '1000.0' WHERE key = 'seconds'")
+    again = search(spec, tmp_path / "s", final=False)  # finished: read back
+    assert again["searched_seconds"] >= 1000.0 * len(trained)  # at least its trials' seconds
 
 
 def test_the_python_entry_point_is_the_same_search(tmp_path, blobs, tiny_teacher):

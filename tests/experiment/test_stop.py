@@ -37,3 +37,26 @@ def test_stop_keeps_checkpoints_and_writes_partial_summary_then_resume_finishes(
     assert ("scratch", True) in phases and ("distilling", False) in phases and phases[-1] == ("evaluating", None)
     distilled_model = report.model("distilled")
     assert len(distilled_model["curves"]["0"]) == 3  # epochs 1 (kept) + 2, 3 (resumed)
+
+
+def test_finished_phases_resume_on_another_machine_from_their_results_alone(tmp_path, blobs, tiny_teacher):
+    """A run stopped in its second seed, carried to a fresh machine with its results but not its
+    weights or checkpoints (what a repository keeps): the finished phases stand, and the rest train."""
+    spec = tiny_spec(blobs, tiny_teacher, training={"seeds": [0, 1], "epochs": 2},
+                     strategy={"name": "self", "params": {"generations": 1}})
+    out = tmp_path / "run"
+
+    def callbacks(role, seed):
+        return [StopAt(1)] if seed == 1 and role == "scratch" else []
+
+    with pytest.raises(Stop):
+        run(spec, out, callbacks=callbacks)
+    partial = out.with_name("run.partial")
+    before = json.loads((partial / "seed_0" / "distilled" / "result.json").read_text())
+    assert before["precision"]["used"] in ("fp32", "bf16")  # each phase says how it trained
+    for path in [*partial.rglob("*.safetensors"), *partial.rglob("checkpoint.pt")]:
+        path.unlink()
+    report = run(spec, out, resume=True)
+    distilled = report.model("distilled")
+    assert distilled["accuracy"]["per_seed"][0] == before["test_accuracy"]  # seed 0 was not trained again
+    assert len(distilled["accuracy"]["per_seed"]) == 2

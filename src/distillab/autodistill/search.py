@@ -278,6 +278,7 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
     # what ran between them; a shared study counts every process's trial seconds instead)
     before = float(study.user_attrs.get("searched_seconds", 0.0)) if storage is None else 0.0
     spent = max(before, sum(t.user_attrs["seconds"] for t in done.values()))
+    before = spent if storage is None else before  # a study that kept no searching time: its trials' seconds
     deadline = started + limit - spent if limit < math.inf else None
 
     def searched() -> float:

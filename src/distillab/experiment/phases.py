@@ -8,7 +8,7 @@ import logging
 
 
 from distillab.files import atomic_write_json
-from distillab.runtime import resolve_device
+from distillab.runtime import precision_record, resolve_device
 from distillab.engine.loop import fit
 from distillab.experiment.job import Job, as_job
 from distillab.models.loading import load_state_into
@@ -51,6 +51,8 @@ def _fit_one(job: Job, bundle, seed, strategy, caches, run_dir, resume, deadline
         "seconds_per_epoch": result.seconds_per_epoch,
         "extra_training_params": strategy.extra_parameter_count(),
         "history": result.history,
+        # where it trained: a run resumed on another machine may hold phases of both
+        "precision": precision_record(spec.training, device),
     }
 
 

@@ -167,9 +167,15 @@ def _run(job: Job, out_dir: Path, partial: Path, resume: bool, callbacks, notify
                                                                   job.task.cache_unit))
             scratch = phase(job, bundle, seed, "scratch", teachers, caches, partial / f"seed_{seed}" / "scratch",
                              resume, deadline, callbacks, notify=notify)
-            distilled = phase(job, bundle, seed, "distilled", teachers, caches,
-                               partial / f"seed_{seed}" / "distilled", resume, deadline, callbacks, notify=notify,
-                               scratch=trained_student(job, bundle, seed, scratch, partial / f"seed_{seed}" / "scratch"))
+            distilled_dir = partial / f"seed_{seed}" / "distilled"
+            # a multi-stage strategy may learn from the trained scratch student: loaded only when
+            # its phase still has to train (a finished phase's results stand without any weights)
+            finished = resume and (distilled_dir / "result.json").exists()
+            needs_scratch = bool(job.strategy_cls.stages(job.params)) and not finished
+            distilled = phase(job, bundle, seed, "distilled", teachers, caches, distilled_dir, resume, deadline,
+                              callbacks, notify=notify,
+                              scratch=trained_student(job, bundle, seed, scratch, partial / f"seed_{seed}" / "scratch")
+                              if needs_scratch else None)
             phases["scratch"].append(scratch)
             phases["distilled"].append(distilled)
         notify("evaluating", {})
