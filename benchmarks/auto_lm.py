@@ -203,8 +203,8 @@ def main() -> None:
              f"{c['scratch_mean']:.4f} | {c['decode_tokens_per_s']:.1f} | {c['student']['params']:,} |",
              "", f"Search: {summary['trials']} trials ({summary['epochs_trained']} epochs, "
                  f"{summary['trial_seconds']:.0f} s of training) over {summary['feasible_candidates']} of "
-                 f"{summary['candidates']} candidates that could meet the decode constraint; the search's CPU bf16 path: "
-                 f"{json.loads((out / 'machine.json').read_text())['bf16_path']}, this machine's: {cpu}.",
+                 f"{summary['candidates']} candidates that could meet the decode constraint; the search's CPU "
+                 f"bf16 path: {json.loads((out / 'machine.json').read_text())['bf16_path']}, this machine's: {cpu}.",
              "", "Final run, how each phase trained: " + "; ".join(
                  f"{name}: {record.get('used', 'not recorded')} ({record.get('bf16_path') or 'no bf16 path'})"
                  for name, record in trained_with.items()) + "."]
