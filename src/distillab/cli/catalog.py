@@ -39,7 +39,8 @@ def models() -> None:
     for name, summary in MODEL_SUMMARIES.items():
         console.print(f"[bold]{name}[/]: {summary}")
     for name, summary in LM_STUDENTS.items():
-        console.print(f"[bold]{name}[/]: {summary} (language-model student)")
+        kind = "a student made from the teacher" if name == "teacher_pruned" else "language-model student"
+        console.print(f"[bold]{name}[/]: {summary} ({kind})")
     for name, entry in PRETRAINED.items():
         console.print(f"[bold]{name}[/]: {entry.summary} (teacher.pretrained; {entry.install})")
 
