@@ -144,3 +144,27 @@ def test_the_search_space_counts_the_cuts_as_they_are_built():
         assert count_parameters(student) == candidate.params
         assert candidate.facts()["architecture"]["model"] == "resnet"
     assert ImageSpace((1, 28, 28), 10, "torch", 1, teacher, cut_from=None).candidates(["teacher_pruned"]) == []
+
+
+def test_the_python_api_cuts_a_teacher_module(tmp_path):
+    from distillab import Distiller, compare
+    from distillab.models.loading import load_state_into
+
+    npz = make_blobs_npz(tmp_path / "blobs.npz")
+    arrays = __import__("numpy").load(npz)
+    x = torch.tensor(arrays["x_train"], dtype=torch.float32).unsqueeze(1) / 255
+    y = torch.tensor(arrays["y_train"], dtype=torch.long)
+    x_test = torch.tensor(arrays["x_test"], dtype=torch.float32).unsqueeze(1) / 255
+    y_test = torch.tensor(arrays["y_test"], dtype=torch.long)
+    teacher = load_state_into(build_model("resnet", (1, 8, 8), 3, {"depth": 14, "width": 8}),
+                              blobs_teacher(tmp_path / "t.safetensors", "resnet", {"depth": 14, "width": 8}),
+                              "teacher").eval()
+    distiller = Distiller(teacher, "teacher_pruned", student_args={"keep": 0.5, "blocks": [1, 1, 1]}, lr=1e-2)
+    distiller.fit((x, y), epochs=1, progress=False)
+    assert distiller.student.cut["architecture"]["model_args"]["inner"] == [[4], [8], [16]]
+    with pytest.raises(SpecError, match="student_args.blocks"):
+        Distiller(teacher, "teacher_pruned", student_args={"blocks": [1, 1]})
+    report = compare(teacher, "teacher_pruned", (x, y), (x_test, y_test), student_args={"keep": 0.5}, seeds=[0],
+                     epochs=1, out_dir=tmp_path / "cmp", latency_repeats=2)
+    teacher_row, scratch, distilled = report.models
+    assert scratch["params"] == distilled["params"] < teacher_row["params"] / 3  # both twins are the cut

@@ -22,8 +22,8 @@ from distillab.api.common import (
     _teachers,
 )
 from distillab.api.functions import evaluate
-from distillab.api.text import (TEACHER_STUDENTS, TEXT_TASKS, as_text_model, task_of, teacher_student, text_data,
-                                tokenizer_of)
+from distillab.api.text import (TEACHER_STUDENTS, TEXT_TASKS, as_text_model, image_cut_student, task_of,
+                                teacher_student, text_data, tokenizer_of)
 from distillab.data.user import user_data
 from distillab.errors import SpecError
 from distillab.experiment.job import RunSettings, StrategyChoice
@@ -42,6 +42,8 @@ class Distiller:
     The training arguments (``TrainingArgs``: optimizer, lr, weight_decay, batch_size, schedule,
     device, precision) are those of a spec's ``training`` section.
 
+    An image student can be cut from a zoo ResNet or CNN teacher: ``student="teacher_pruned"`` with
+    ``student_args`` such as ``{"keep": 0.5, "blocks": [1, 1, 1]}`` (made when ``fit`` has the data).
     A language-model student can be made from a transformers teacher: ``student="teacher_pruned"``
     (cut to its most important parts, scored on the training text when ``fit`` reads it),
     ``"teacher_layers"`` or ``"teacher_width"``, with ``student_args`` as a spec's ``model_args``.
@@ -56,6 +58,11 @@ class Distiller:
         self._cut = None  # (name, args) of a student cut from the teacher, made when fit() has the text
         self.tokenizer = None
         if isinstance(student, str) and self.task.name == "language_modeling" and student in TEACHER_STUDENTS:
+            self._cut = (student, dict(student_args or {}))
+        elif student == "teacher_pruned" and self.task.name == "image_classification":
+            from distillab.models.cut import cut_shape
+
+            cut_shape(self.teachers[0], dict(student_args or {}), "student_args")  # refused now, not in fit()
             self._cut = (student, dict(student_args or {}))
         elif student_args:
             raise SpecError("student_args: they go with a student made from the teacher (student=\"teacher_pruned\", "
@@ -133,6 +140,8 @@ class Distiller:
                 self.student = teacher_student(self._cut[0], self.teachers[0], self._cut[1], data)
         else:
             data = user_data(train_data, val_data, None, seed, val_size)
+            if self.student is None:  # cut from the teacher, on these training inputs
+                self.student = image_cut_student(self.teachers[0], self._cut[1], data).to(self._device)
         _check_outputs(self.teachers, self.student, data, self._device, self.task.name)
         strategy = self._strategy(data)
         caches = []

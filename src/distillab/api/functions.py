@@ -24,8 +24,8 @@ from distillab.api.common import (
     _teacher_keys,
     _teachers,
 )
-from distillab.api.text import (TEACHER_STUDENTS, TEXT_TASKS, as_text_model, name_of, task_of, teacher_student,
-                                text_data, tokenizer_of)
+from distillab.api.text import (TEACHER_STUDENTS, TEXT_TASKS, as_text_model, image_cut_student, name_of, task_of,
+                                teacher_student, text_data, tokenizer_of)
 from distillab.data.user import LoaderData, user_data
 from distillab.engine.callbacks import show_progress
 from distillab.errors import SpecError
@@ -121,6 +121,14 @@ def compare(teacher, student, train_data: DatasetLike, test_data: DatasetLike = 
 
         def build_student(data):
             return teacher_student(student_name, teachers[0], student_args or {}, data)
+    elif student == "teacher_pruned" and task.name == "image_classification":
+        from distillab.models.cut import cut_shape
+
+        cut_shape(teachers[0], dict(student_args or {}), "student_args")  # refused before anything trains
+        student_name = student
+
+        def build_student(data):  # the cut does not depend on torch's seed: both twins start from it
+            return image_cut_student(teachers[0], student_args or {}, data)
     elif isinstance(student, str):
         if student not in MODELS:
             raise SpecError(f"student: unknown zoo model {student!r}; pass a function returning your nn.Module")

@@ -72,6 +72,17 @@ def teacher_student(name: str, teacher: nn.Module, args: dict, data):
                        "student_args")
 
 
+def image_cut_student(teacher: nn.Module, args: dict, data) -> nn.Module:
+    """An image student cut from a zoo ResNet or CNN teacher module (``models.cut``), its blocks
+    ranked and its BatchNorm statistics re-estimated on ``data``'s training inputs."""
+    from distillab.models.cut import calibration_images, checked_args, cut
+
+    images = calibration_images(data, checked_args(args, "student_args")["calibration_images"])
+    student, facts = cut(teacher, args, images, "student_args")
+    student.cut = facts
+    return student.train()
+
+
 def tokenizer_of(teachers: list[nn.Module], tokenizer):
     """The tokenizer of the text: the argument, else the first teacher's own."""
     tokenizer = tokenizer if tokenizer is not None else getattr(teachers[0], "tokenizer", None)

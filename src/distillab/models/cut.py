@@ -279,6 +279,8 @@ def cut(teacher: nn.Module, args: dict, calibration: torch.Tensor | None = None,
     ``calibration`` images, its BatchNorm statistics are re-estimated on them (``recalibrate_bn``)."""
     name, shape = cut_shape(teacher, args, where)
     settings = checked_args(args, where)
+    if calibration is not None:  # where the teacher is
+        calibration = calibration.to(next(teacher.parameters()).device)
     if isinstance(teacher, SmallCNN):
         keep = channels_to_keep(teacher, [c for stage in shape["stages"] for c in stage], settings["importance"])
         student, _ = rebuild(teacher, keep)
