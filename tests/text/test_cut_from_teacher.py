@@ -256,3 +256,18 @@ def test_a_cut_is_reused_only_for_the_same_teacher(tiny_lm, tmp_path):
         data = text_data("language_modeling", documents, teacher.tokenizer, 16, 0.15, 0.15, None, [teacher], None)
         cuts.append(teacher_student("teacher_pruned", teacher, args, data))
     assert not torch.equal(cuts[0].model.model.embed_tokens.weight, cuts[1].model.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("student", [{"model": "teacher_width", "model_args": {"hidden_size": 24, "heads": 2,
+                                                                              "intermediate_size": 48}},
+                                     {"model": "teacher_layers", "model_args": {"keep": 1}}])
+def test_a_student_made_from_the_teacher_exports_from_its_run_folder(corpus, tiny_lm, tmp_path, student):
+    from distillab.experiment.run import run
+
+    run(parse_spec(text_spec(corpus, tiny_lm, student=student, training={"epochs": 1, "seeds": [0]})),
+        tmp_path / "run")
+    exported = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"),
+                                        "--format", "hf"])  # the student is rebuilt without the teacher's weights
+    assert exported.exit_code == 0, exported.output
+    record = json.loads((tmp_path / "hf" / "export.json").read_text())
+    assert record["parity"]["max_abs_logit_diff"] < 1e-4 and record["model"] == student["model"]
