@@ -67,9 +67,10 @@ class AutoBudget(_Strict):
 # each task's space where the spec leaves a key unset. A language model's teacher cache holds its
 # top-k at one temperature, so its search keeps T at 1 (each other T would be another fill).
 TASK_SPACES = {
-    "image_classification": {"families": list(FAMILIES), "strategies": ["response", "dkd"],
+    "image_classification": {"families": list(FAMILIES), "strategies": ["response", "dkd"], "dynamic": [False],
                              "temperature": (1.0, 8.0), "alpha": (0.1, 0.95), "epochs": (3, 30), "lr": (3e-4, 1e-2)},
-    "language_modeling": {"families": list(LM_FAMILIES), "strategies": ["token_kd"], "temperature": (1.0, 1.0),
+    "language_modeling": {"families": list(LM_FAMILIES), "strategies": ["token_kd"], "dynamic": [False],
+                          "temperature": (1.0, 1.0),
                           "alpha": (0.3, 0.95), "epochs": (2, 8), "lr": (5e-4, 5e-3)},
 }
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -87,6 +88,9 @@ class AutoSpace(_Strict):
     lr: tuple[Positive, Positive] | None = None
     cache_views: list[Annotated[StrictInt, Field(ge=1, le=1024)]] | None = Field(
         None, min_length=1, description="cached augmented views per image to choose from (default: the spec's)")
+    dynamic: list[bool] | None = Field(
+        None, min_length=1, description="image students with their last spatial convolution dynamic (adaptive_v2): "
+                                        "[false] (the default), [true], or [false, true] for the search to decide")
 
     @model_validator(mode="after")
     def _known_strategies(self) -> AutoSpace:
@@ -120,6 +124,11 @@ class AutoSpace(_Strict):
 
             raise SpecError(f"auto.space.families: {', '.join(strangers)} are not {task} students; this task "
                             f"searches {', '.join(defaults['families'])}")
+        if task != "image_classification" and True in (self.dynamic or ()):
+            from distillab.errors import SpecError
+
+            raise SpecError(f"auto.space.dynamic: dynamic convolutions are for image classifiers; a {task} search "
+                            "takes [false] or leaves it unset")
         return self.model_copy(update={key: value for key, value in defaults.items() if getattr(self, key) is None})
 
 
@@ -149,6 +158,15 @@ def check_auto(spec) -> None:
         raise SpecError("auto.constraints.min_decode_tokens_per_s: goes with a language model; an image "
                         "classifier's speed is max_latency_ms")
     spec.auto.space.for_task(spec.task)  # a family of another task
+    if True in (spec.auto.space.dynamic or ()):
+        shape_keys = sorted({"experts", "layers", "gates", "vae"} & set(spec.strategy.params or {}))
+        if spec.strategy.name == "adaptive_v2" and shape_keys:
+            raise SpecError(f"auto.space.dynamic: dynamic students are counted and timed as adaptive_v2 makes them "
+                            f"by default (the last spatial convolution, 4 experts); leave strategy.params "
+                            f"{', '.join(shape_keys)} unset")
+        if len(spec.teachers) > 1:
+            raise SpecError("auto.space.dynamic: dynamic students learn from one teacher; with several, the search "
+                            "chooses among them and their ensemble for static students only (leave dynamic unset)")
     if spec.task == "image_classification" and "teacher_pruned" in (spec.auto.space.families or ()):
         from distillab.models.cut import CUTTABLE
 

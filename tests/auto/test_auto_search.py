@@ -267,3 +267,45 @@ def test_a_cut_family_needs_one_teacher_that_can_be_cut(tmp_path, blobs, tiny_te
     result = runner.invoke(app, ["auto", str(path), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "auto.space.families: teacher_pruned cuts one zoo" in result.output
     assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_dynamic_students_are_counted_timed_and_trained_as_adaptive_v2_makes_them(tmp_path, blobs, tiny_teacher):
+    from distillab.autodistill.space import ImageSpace
+    from distillab.compress import export_run
+    from distillab.strategies import STRATEGIES
+
+    space = ImageSpace((1, 8, 8), 3, "torch", 1, dynamic=[False, True])
+    pool = space.candidates(["resnet", "mlp"])
+    twins = [c for c in pool if c.dynamic]
+    assert twins and all(c.model == "resnet" for c in twins)  # an mlp has no convolution to make dynamic
+    for twin in twins:  # only those adaptive_v2 accepts (its MAC budget: 1.1x the static student's)
+        static = next(c for c in pool if not c.dynamic and c.model_args == twin.model_args)
+        assert twin.macs <= 1.1 * static.macs
+    twin = twins[0]
+    static = next(c for c in pool if not c.dynamic and c.model_args == twin.model_args)
+    strategy = STRATEGIES["adaptive_v2"]([], static.build((1, 8, 8), 3), STRATEGIES["adaptive_v2"].Params(),
+                                         in_shape=(1, 8, 8))  # the trial's student: static, made dynamic
+    built = sum(p.numel() for p in strategy.student.parameters())
+    assert twin.params == built > static.params  # counted as the strategy builds it
+
+    summary = search(auto_spec(tmp_path, blobs, tiny_teacher, constraints={"max_params": 30_000},
+                               space={"families": ["resnet"], "epochs": [1, 2], "strategies": ["response"],
+                                      "dynamic": [True]}, budget={"max_trials": 3}),
+                     tmp_path / "s", final_seeds=[0, 1])
+    latency = json.loads((tmp_path / "s" / "latency_model.json").read_text())
+    assert latency["kind"] == "forward_dynamic" and latency["features"][-1] == "dynamic"
+    for trial in trials_of(tmp_path / "s"):
+        assert trial.user_attrs["candidate"]["dynamic"] and json.loads(trial.user_attrs["config"])["strategy"] \
+            == "adaptive_v2"
+    report = json.loads((tmp_path / "s" / "run" / "report.json").read_text())
+    assert report["strategy"]["name"] == "adaptive_v2" and summary["chosen"]["candidate"]["dynamic"]
+    assert export_run(tmp_path / "s" / "run", tmp_path / "onnx")["parity"]["argmax_agreement"] >= 0.99
+
+
+def test_dynamic_students_are_refused_where_they_cannot_be_trained(tmp_path, blobs, tiny_teacher):
+    path = auto_spec(tmp_path, blobs, tiny_teacher, space={"families": ["cnn"], "dynamic": [True]})
+    spec = yaml.safe_load(path.read_text())
+    spec["strategy"] = {"name": "adaptive_v2", "params": {"experts": 8}}
+    path.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["auto", str(path), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "auto.space.dynamic: dynamic students are counted and timed" in result.output

@@ -21,7 +21,6 @@ from torch import nn
 
 from distillab.autodistill.space import Candidate
 from distillab.models.facts import interleaved_latency
-from distillab.models.zoo import build_model
 
 
 def _onnx_latency(model: nn.Module, example: torch.Tensor, int8: bool, repeats: int, warmup: int) -> float:
@@ -58,15 +57,14 @@ def measure(candidate: Candidate, in_shape, num_classes: int, runtime: str, batc
     """Median latency in ms of one forward pass of ``candidate`` (random weights: latency does
     not depend on their values) at ``batch_size`` on ``runtime``."""
     torch.manual_seed(0)
-    name, args = candidate.zoo
-    model = build_model(name, tuple(in_shape), num_classes, args).eval()
+    model = candidate.build(in_shape, num_classes).eval()
     if runtime == "torch":
         return interleaved_latency({"m": model}, tuple(in_shape), batch_size, repeats, warmup)["m"]["median"]
     example = torch.randn(batch_size, *in_shape)
     return _onnx_latency(model, example, runtime == "onnx-int8", repeats, warmup)
 
 
-FEATURES = {"forward": ["1", "MMACs", "layers"],
+FEATURES = {"forward": ["1", "MMACs", "layers"], "forward_dynamic": ["1", "MMACs", "layers", "dynamic"],
             "decode": ["1", "transformers", "MMACs per token", "blocks", "transformers x blocks"]}
 
 
@@ -75,6 +73,8 @@ def features(candidate: Candidate, kind: str = "forward") -> list[float]:
     if kind == "decode":
         hf = 1.0 if candidate.group == "transformers" else 0.0
         return [1.0, hf, candidate.token_macs / 1e6, float(candidate.layers), hf * candidate.layers]
+    if kind == "forward_dynamic":  # a dynamic convolution's router and kernel mixing cost more than their MACs
+        return [1.0, candidate.macs / 1e6, float(candidate.layers), float(candidate.dynamic)]
     return [1.0, candidate.macs / 1e6, float(candidate.layers)]
 
 
@@ -145,10 +145,13 @@ def probes_of(candidates: list[Candidate], count: int = 8) -> list[Candidate]:
 
 def build_latency_model(candidates: list[Candidate], in_shape, num_classes: int, runtime: str, batch_size: int,
                         probes: int = 8, repeats: int = 30) -> LatencyModel:
-    """Measure the probes on ``runtime`` and fit the model (``fit_probes``)."""
-    chosen = probes_of(candidates, probes)
+    """Measure the probes on ``runtime`` and fit the model (``fit_probes``); with dynamic students
+    in the space, a few of them are probes too, and the model has a term for being dynamic."""
+    dynamic = [c for c in candidates if c.dynamic]
+    static = [c for c in candidates if not c.dynamic]
+    chosen = probes_of(static, probes) + probes_of(dynamic, max(3, probes // 2) if static else probes)
     return fit_probes(chosen, lambda c: measure(c, in_shape, num_classes, runtime, batch_size, repeats),
-                      runtime, batch_size, "forward")
+                      runtime, batch_size, "forward_dynamic" if dynamic else "forward")
 
 
 def fit_probes(chosen: list[Candidate], measure_ms, runtime: str, batch_size: int, kind: str) -> LatencyModel:

@@ -220,7 +220,8 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
                            int(bundle.train.tokens.numel()))
     else:
         space_of = ImageSpace(bundle.in_shape, bundle.num_classes, constraints.runtime, constraints.batch_size,
-                              teachers[0][0], cut_from=teachers[0][0] if len(teachers) == 1 else None)
+                              teachers[0][0], cut_from=teachers[0][0] if len(teachers) == 1 else None,
+                              dynamic=space.dynamic)
     pool = space_of.candidates(space.families)
     out_dir.mkdir(parents=True, exist_ok=True)
     _same_search(out_dir, base)
@@ -401,7 +402,9 @@ def search(spec_path: Path | dict | None, out_dir: Path, overrides=(), final_see
         if teacher_options:
             params["teacher"] = trial.suggest_categorical("teacher", teacher_options)
         ensemble = params.get("teacher") == "ensemble"  # weighted by validation score (multi_teacher)
-        params["strategy"] = "multi_teacher" if ensemble else trial.suggest_categorical("strategy", strategies)
+        dynamic = allowed[params["student"]].candidate.dynamic  # its dynamic convolution trains with adaptive_v2
+        params["strategy"] = "multi_teacher" if ensemble else "adaptive_v2" if dynamic else \
+            trial.suggest_categorical("strategy", strategies)
         params.update(temperature=trial.suggest_float("temperature", *space.temperature, log=True),
                       alpha=trial.suggest_float("alpha", *space.alpha),
                       lr=trial.suggest_float("lr", *space.lr, log=True))

@@ -34,6 +34,9 @@ class Candidate:
     token_macs: int = field(default=0, compare=False)  # language models: MACs of one decoded token
     # an image student cut from the teacher: the zoo model it is (JSON [name, args]), for timing it
     architecture: str = field(default="", compare=False)
+    # its last spatial convolution dynamic (adaptive_v2's per-input mixture of kernels): another
+    # student than the static one, trained with adaptive_v2
+    dynamic: bool = False
 
     @property
     def zoo(self) -> tuple[str, dict]:
@@ -54,7 +57,7 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"{self.model}{self.model_args}"
+        return f"{self.model}{self.model_args}" + (" dynamic" if self.dynamic else "")
 
     def facts(self) -> dict:
         out = {"model": self.model, "model_args": self.args, "params": self.params, "macs": self.macs,
@@ -62,7 +65,21 @@ class Candidate:
         if self.architecture:
             name, args = self.zoo
             out["architecture"] = {"model": name, "model_args": args}
+        if self.dynamic:
+            out["dynamic"] = True
         return out
+
+    def build(self, in_shape, num_classes: int):
+        """This student, untrained (its dynamic convolution made as adaptive_v2 makes it)."""
+        from distillab.models.zoo import build_model
+
+        name, args = self.zoo
+        model = build_model(name, tuple(in_shape), num_classes, args)
+        if self.dynamic:
+            from distillab.adaptive.dynamic import make_dynamic
+
+            make_dynamic(model)
+        return model
 
 
 def layer_count(model) -> int:
@@ -134,6 +151,21 @@ def cut_candidates(teacher, in_shape, num_classes: int) -> list[Candidate]:
     return out
 
 
+DYNAMIC_FAMILIES = ("cnn", "resnet", "wrn", "teacher_pruned")  # students with spatial convolutions
+
+
+def dynamic_twin(candidate: Candidate, in_shape, num_classes: int) -> Candidate:
+    """``candidate`` with its last spatial convolution dynamic, counted (adaptive_v2's default)."""
+    import dataclasses
+
+    import torch
+
+    with torch.device("meta"):
+        model = dataclasses.replace(candidate, dynamic=True).build(in_shape, num_classes)
+    return dataclasses.replace(candidate, dynamic=True, params=sum(p.numel() for p in model.parameters()),
+                               macs=int(macs_per_sample(model, in_shape) or 0), layers=layer_count(model))
+
+
 def candidates(families, in_shape, num_classes: int, teacher=None) -> list[Candidate]:
     """Every architecture of ``families`` for this input, counted; those whose structure cannot
     fit the input (more poolings than its resolution allows) are left out. ``teacher_pruned``
@@ -155,13 +187,23 @@ class ImageSpace:
 
     kind = "forward"
 
-    def __init__(self, in_shape, num_classes: int, runtime: str, batch_size: int, teacher=None, cut_from=None):
+    def __init__(self, in_shape, num_classes: int, runtime: str, batch_size: int, teacher=None, cut_from=None,
+                 dynamic=(False,)):
         self.in_shape, self.num_classes = tuple(in_shape), num_classes
         self.runtime, self.batch_size, self.teacher = runtime, batch_size, teacher
         self.cut_from = cut_from  # the one teacher that teacher_pruned students are cut from, if any
+        self.dynamic = tuple(dynamic)  # static students, dynamic ones (adaptive_v2), or both
 
     def candidates(self, families) -> list[Candidate]:
-        return candidates(families, self.in_shape, self.num_classes, self.cut_from)
+        from distillab.strategies.adaptive_v2 import AdaptiveV2Params
+
+        pool = candidates(families, self.in_shape, self.num_classes, self.cut_from)
+        twins = [(c, dynamic_twin(c, self.in_shape, self.num_classes)) for c in pool
+                 if c.model in DYNAMIC_FAMILIES] if True in self.dynamic else []
+        # those within adaptive_v2's MAC budget (on small inputs the router can cost more)
+        budget = AdaptiveV2Params().max_macs_ratio
+        return (pool if False in self.dynamic else []) + [twin for c, twin in twins
+                                                          if c.macs and twin.macs <= budget * c.macs]
 
     def measure(self, candidate: Candidate) -> float:
         from distillab.autodistill.latency import measure
