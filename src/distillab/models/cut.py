@@ -132,6 +132,18 @@ def cut_shape(teacher: nn.Module, args: dict, where: str = WHERE) -> tuple[str, 
 
 
 @torch.no_grad()
+def _run_over(model: nn.Module, images: torch.Tensor, batch_size: int, training: bool) -> None:
+    """``model`` over ``images`` in batches, in train or eval mode (its mode restored after)."""
+    was_training = model.training
+    model.train(training)
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start:start + batch_size])
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def block_influence(model: ResNet, images: torch.Tensor, batch_size: int = 128) -> list[list[float]]:
     """Per stage, each block's mean 1 - cos(input, output) over ``images`` (normalised inputs);
     None for a block with a projection (its output has another shape, and it is never dropped)."""
@@ -142,15 +154,11 @@ def block_influence(model: ResNet, images: torch.Tensor, batch_size: int = 128) 
         sums[block] = sums.get(block, 0.0) + float((1 - nn.functional.cosine_similarity(x, y, dim=1)).sum())
 
     handles = [block.register_forward_hook(hook) for stage in _stages(model) for block in stage if _droppable(block)]
-    was_training = model.training
-    model.eval()
     try:
-        for start in range(0, len(images), batch_size):
-            model(images[start:start + batch_size])
+        _run_over(model, images, batch_size, training=False)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return [[sums[block] / max(1, len(images)) if block in sums else None for block in stage]
             for stage in _stages(model)]
 
@@ -262,15 +270,11 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 128
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # a cumulative average over the batches
-    was_training = model.training
-    model.train()
     try:
-        for start in range(0, len(images), batch_size):
-            model(images[start:start + batch_size])
+        _run_over(model, images, batch_size, training=True)  # train mode: BatchNorm updates its statistics
     finally:
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum
-        model.train(was_training)
 
 
 def cut(teacher: nn.Module, args: dict, calibration: torch.Tensor | None = None,
