@@ -114,6 +114,8 @@ def main() -> None:
         "distilled: cut vs random init (same architecture)": compare(("cut", "distilled"),
                                                                      ("random_init", "distilled")),
         "distilled: cut vs cnn_small": compare(("cut", "distilled"), ("cnn_small", "distilled")),
+        "the cut trained on labels alone vs cnn_small distilled": compare(("cut", "scratch"),
+                                                                          ("cnn_small", "distilled")),
     }
     latency_path = out / "latency.json"
     if not latency_path.is_file():  # as the search measures its constraint, the three in turn
