@@ -168,11 +168,10 @@ def check_auto(spec) -> None:
             raise SpecError("auto.space.dynamic: dynamic students learn from one teacher; with several, the search "
                             "chooses among them and their ensemble for static students only (leave dynamic unset)")
     if spec.task == "image_classification" and "teacher_pruned" in (spec.auto.space.families or ()):
-        from distillab.models.cut import CUTTABLE
+        from distillab.models.cut import CUTTABLE, uncuttable
 
-        teachers = spec.teachers
-        if len(teachers) != 1 or teachers[0].model not in CUTTABLE \
-                or teachers[0].resolved_format not in (None, "safetensors") or teachers[0].input != "normalized":
+        problem = uncuttable(spec.teachers)
+        if problem:
             raise SpecError(f"auto.space.families: teacher_pruned cuts one zoo {', '.join(CUTTABLE)} teacher that "
-                            "takes the dataset's normalised inputs; this spec's teachers cannot be cut (leave the "
-                            "family out, or leave families unset: the default space offers it when it can)")
+                            f"takes the dataset's normalised inputs ({problem}); leave the family out, or leave "
+                            "families unset: the default space offers it when it can")

@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from distillab.compress.export import EXPORT_TASKS, ExportError, Tolerance, export_model
+from distillab.data.batches import batches_of  # noqa: F401  (export, qat and benchmarks take it from here)
 from distillab.strategies import STRATEGIES
 from distillab.errors import DistillabError
 
@@ -114,18 +114,6 @@ def _normalize_facts(data) -> dict | None:
     if normalize is None:
         return None
     return {"mean": list(normalize.mean), "std": list(normalize.std), "scale": normalize.scale}
-
-
-def batches_of(data, split: str, count: int, batch_size: int = 128) -> list[torch.Tensor]:
-    """The first ``count`` inputs of a split, un-augmented and normalised, in batches."""
-    batches, taken = [], 0
-    for batch in data.eval_batches(split, batch_size):
-        inputs = batch["inputs"][: count - taken]
-        batches.append(inputs)
-        taken += len(inputs)
-        if taken >= count:
-            break
-    return batches
 
 
 def export_run(run_dir: Path | str, out: Path | str, *, fmt: str = "onnx", quantize: str | None = None,

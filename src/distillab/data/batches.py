@@ -82,3 +82,15 @@ def eval_batches(split, normalize, batch_size: int) -> Iterator[dict]:
     for start in range(0, len(split), batch_size):
         yield {"inputs": normalize(split.images[start : start + batch_size]),
                "targets": split.labels[start : start + batch_size]}
+
+
+def batches_of(data, split: str, count: int, batch_size: int = 128) -> list[torch.Tensor]:
+    """The first ``count`` inputs of a split, un-augmented and normalised, in batches."""
+    batches, taken = [], 0
+    for batch in data.eval_batches(split, batch_size):
+        inputs = batch["inputs"][: count - taken]
+        batches.append(inputs)
+        taken += len(inputs)
+        if taken >= count:
+            break
+    return batches

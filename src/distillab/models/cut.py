@@ -308,23 +308,30 @@ def cut(teacher: nn.Module, args: dict, calibration: torch.Tensor | None = None,
     return student, facts
 
 
+def uncuttable(teachers) -> str | None:
+    """Why an image student cannot be cut from a spec's ``teachers`` (TeacherSpecs), or None."""
+    if len(teachers) != 1:
+        return f"teacher_pruned is cut from one teacher; the spec has {len(teachers)}"
+    teacher = teachers[0]
+    if teacher.model not in CUTTABLE or teacher.resolved_format not in (None, "safetensors"):
+        return (f"an image teacher_pruned student is cut from a zoo {', '.join(CUTTABLE)} teacher (safetensors or "
+                f"trained by the run); the teacher is {teacher.model or teacher.resolved_format or 'not a zoo model'}")
+    if teacher.input_convention != "normalized":
+        return ("teacher_pruned copies the teacher's first layer, so the teacher must take the dataset's "
+                "normalised inputs (teacher.input: normalized)")
+    return None
+
+
 def check_cut_spec(spec) -> None:
     """Refuse, before anything loads, an image ``teacher_pruned`` student whose teacher cannot be
     cut or whose arguments do not fit it (a SpecError names the key)."""
     from distillab.data import DATASETS
     from distillab.models.zoo import meta_model
 
-    teachers = spec.teachers
-    if len(teachers) != 1:
-        raise SpecError(f"student.model: teacher_pruned is cut from one teacher; the spec has {len(teachers)}")
-    teacher = teachers[0]
-    if teacher.model not in CUTTABLE or teacher.resolved_format not in (None, "safetensors"):
-        raise SpecError(f"student.model: an image teacher_pruned student is cut from a zoo {', '.join(CUTTABLE)} "
-                        f"teacher (safetensors or trained by the run); the teacher is "
-                        f"{teacher.model or teacher.resolved_format or 'not a zoo model'}")
-    if teacher.input_convention != "normalized":
-        raise SpecError("student.model: teacher_pruned copies the teacher's first layer, so the teacher must take "
-                        "the dataset's normalised inputs (teacher.input: normalized)")
+    problem = uncuttable(spec.teachers)
+    if problem:
+        raise SpecError(f"student.model: {problem}")
+    teacher = spec.teachers[0]
     info = DATASETS[spec.data.dataset]
     cut_shape(meta_model(teacher.model, info.in_shape or (3, 32, 32), info.num_classes or 10, teacher.model_args),
               spec.student.model_args)
@@ -332,9 +339,7 @@ def check_cut_spec(spec) -> None:
 
 def calibration_images(data, count: int) -> torch.Tensor:
     """The first ``count`` training inputs, un-augmented and normalised."""
-    taken: list[torch.Tensor] = []
-    for batch in data.eval_batches("train", 256):
-        taken.append(batch["inputs"])
-        if sum(len(t) for t in taken) >= count:
-            break
-    return torch.cat(taken)[:count] if taken else torch.zeros(0)
+    from distillab.data.batches import batches_of
+
+    taken = batches_of(data, "train", count, 256)
+    return torch.cat(taken) if taken else torch.zeros(0)
