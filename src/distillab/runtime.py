@@ -114,3 +114,34 @@ def agreement(model: torch.nn.Module, inputs: torch.Tensor, device: torch.device
     return {"precision": precision, "samples": len(inputs),
             "argmax_agreement": (reference.argmax(-1) == reduced.argmax(-1)).float().mean().item(),
             "kl_fp32_to_reduced": kl.item()}
+
+
+def channels_last_fault(module: torch.nn.Module, device: torch.device) -> str | None:
+    """The first trainable layer of ``module`` whose weight gradient this CPU's oneDNN kernels
+    compute out of bounds in channels-last layout, or None where training channels-last is safe.
+
+    On CPUs without AVX512 (torch's AVX2 kernels), the weight gradient of a strided 1x1
+    convolution with few input channels per group, in channels-last layout, writes past its
+    buffer and corrupts the heap (torch 2.13 here: 2 to 6 input channels abort within a few
+    hundred steps; the gradient itself is right). A ResNet's projection shortcut on a narrow
+    stage is such a layer. Fewer than 8 (one AVX2 register of fp32) is the guarded range."""
+    import os
+
+    if device.type != "cpu":
+        return None
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and not (
+        cap and cap != "ALL" and "AVX512" not in cap and "AMX" not in cap)
+    if avx512:
+        return None
+    for name, layer in module.named_modules():
+        weight = getattr(layer, "weight", None)
+        kernel, stride = getattr(layer, "kernel_size", None), getattr(layer, "stride", None)
+        if weight is None or not weight.requires_grad or kernel is None or stride is None:
+            continue
+        kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
+        stride = tuple(stride) if isinstance(stride, (tuple, list)) else (stride,)
+        per_group = getattr(layer, "in_channels", 8) // max(1, getattr(layer, "groups", 1))
+        if len(kernel) == 2 and set(kernel) == {1} and any(s > 1 for s in stride) and per_group < 8:
+            return (f"{name or type(layer).__name__} (1x1, stride {stride[0]}, {per_group} input channels)")
+    return None

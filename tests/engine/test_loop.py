@@ -88,3 +88,44 @@ def test_optimizers_and_schedules_learn(blobs, tmp_path, optimizer, schedule):
                             schedule=schedule, step_size=2, grad_clip=1.0)
     result = fit(strategy, bundle, training, 0, tmp_path / "opt", task=IMAGES, tensorboard=False)
     assert result.best_val_score > 0.6  # three classes: chance is 1/3
+
+
+def narrow_resnet():
+    torch.manual_seed(0)  # width 4: the second stage's projection is a stride-2 1x1 convolution of 4 channels
+    student = build_model("resnet", (1, 8, 8), 3, {"depth": 8, "width": 4})
+    return STRATEGIES["none"]([], student, STRATEGIES["none"].Params())
+
+
+@pytest.mark.parametrize("capability, cap, faulty", [("AVX2", "", True), ("AVX512", "", False),
+                                                      ("AVX512", "AVX2", True), ("AVX512", "AVX512_CORE_AMX", False)])
+def test_the_channels_last_fault_is_found_where_onednn_runs_avx2_kernels(monkeypatch, capability, cap, faulty):
+    from distillab.runtime import channels_last_fault
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    found = channels_last_fault(narrow_resnet(), torch.device("cpu"))
+    assert (found == "student.layer2.0.shortcut.0 (1x1, stride 2, 4 input channels)") == faulty
+    wide = STRATEGIES["none"]([], build_model("resnet", (1, 8, 8), 3, {"depth": 8, "width": 8}),
+                              STRATEGIES["none"].Params())
+    assert channels_last_fault(wide, torch.device("cpu")) is None  # 8 input channels: out of the range
+    frozen = narrow_resnet()
+    frozen.student.requires_grad_(False)
+    assert channels_last_fault(frozen, torch.device("cpu")) is None  # no weight gradient, no fault
+
+
+def test_training_on_avx2_kernels_keeps_a_narrow_resnet_out_of_channels_last(monkeypatch, blobs, tmp_path, caplog):
+    """On a CPU without AVX512 this training aborts the process (heap corruption) in channels-last.
+    The guard must reach the layer's input too: augmented one-channel batches come in channels-last
+    strides, which convolutions follow even with contiguous weights."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    bundle = data_module.build(DataSpec(dataset="npz", path=blobs, augment={"crop_padding": 1, "hflip": True}), 0)
+    strategy = narrow_resnet()
+    shortcut = strategy.student.layer2[0].shortcut[0]
+    seen = []
+    shortcut.register_forward_pre_hook(lambda module, inputs: seen.append(
+        (inputs[0].is_contiguous(), module.weight.is_contiguous())) if module.training else None)
+    with caplog.at_level("WARNING", logger="distillab"):
+        fit(strategy, bundle, TrainingSpec(epochs=1, batch_size=32, lr=0.01), 0, tmp_path / "run", task=IMAGES,
+            tensorboard=False)
+    assert "training in contiguous layout, not channels-last" in caplog.text and "layer2.0.shortcut.0" in caplog.text
+    assert seen and all(inputs and weight for inputs, weight in seen)

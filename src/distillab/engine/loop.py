@@ -17,7 +17,7 @@ from distillab.engine.callbacks import Callback, JsonlLogger, TensorBoardLogger
 from distillab.engine import distributed
 from distillab.files import atomic_torch_save, atomic_write_bytes
 from distillab.engine.checkpoint import load_training_checkpoint
-from distillab.runtime import resolve_device
+from distillab.runtime import channels_last_fault, resolve_device
 from distillab.engine.optim import build_optimizer, build_scheduler
 from distillab.runtime import autocast, requested_precision, resolve_precision
 from distillab.errors import DistillabError, TrainingDiverged
@@ -50,10 +50,17 @@ class FitResult:
     seconds_per_epoch: float = 0.0
 
 
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+def _to_device(batch: dict, device: torch.device, layout: torch.memory_format | None) -> dict:
+    """``batch`` on ``device``, its image inputs in ``layout`` (None: as they come). A clone, not
+    ``contiguous()``, for the contiguous layout: a one-channel batch in channels-last strides counts
+    as contiguous, yet convolutions follow its strides into channels-last kernels."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if channels_last and out["inputs"].dim() == 4:
-        out["inputs"] = out["inputs"].contiguous(memory_format=torch.channels_last)
+    if layout is not None and out["inputs"].dim() == 4:
+        inputs = out["inputs"]
+        if layout == torch.channels_last:
+            out["inputs"] = inputs.contiguous(memory_format=layout)
+        elif inputs.stride() != torch.empty(inputs.shape, device="meta").stride():
+            out["inputs"] = inputs.clone(memory_format=torch.contiguous_format)
     return out
 
 
@@ -83,8 +90,14 @@ def fit(
     torch.manual_seed(seed)
     strategy.prepare(bundle)
     strategy.to(device)
-    if training.channels_last:
-        strategy.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if training.channels_last else None
+    fault = channels_last_fault(strategy, device) if training.channels_last else None
+    if fault:  # a layout, not a result: the weights and the outputs are the same in either
+        log.warning("%s: training in contiguous layout, not channels-last: this CPU's oneDNN kernels corrupt memory "
+                    "computing the weight gradient of %s in channels-last", description, fault)
+        layout = torch.contiguous_format
+    if layout is not None:
+        strategy.to(memory_format=layout)
     optimizer = build_optimizer(strategy.trainable_parameters(), training)
     steps_per_epoch = bundle.steps_per_epoch(training.batch_size)
     scheduler = build_scheduler(optimizer, training, steps_per_epoch)
@@ -111,7 +124,7 @@ def fit(
         for epoch in range(start_epoch, training.epochs):
             metrics = _train_epoch(
                 strategy, bundle, training, seed, epoch, optimizer, scheduler, caches, device, precision,
-                callbacks, steps_per_epoch, deadline, description, task,
+                callbacks, steps_per_epoch, deadline, description, task, layout,
             )
             val = task.evaluate(strategy.student, bundle, "val", training.eval_batch_size, device)
             metrics = {"epoch": epoch + 1, **metrics, **{f"val_{k}": v for k, v in val.metrics.items()},
@@ -160,7 +173,7 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _train_epoch(
     strategy, bundle, training, seed, epoch, optimizer, scheduler, caches, device, precision,
-    callbacks, steps_per_epoch, deadline, description, task,
+    callbacks, steps_per_epoch, deadline, description, task, layout,
 ) -> dict:
     strategy.train()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # resume replays the same epoch
@@ -175,7 +188,7 @@ def _train_epoch(
         global_count = len(batch["targets"])
         if processes > 1:  # every process drew the same global batch; each trains on its share
             batch = distributed.shard(batch, rank, processes)
-        batch = _to_device(batch, device, training.channels_last)
+        batch = _to_device(batch, device, layout)
         batch["epoch"], batch["epochs"] = epoch, training.epochs  # for warm-ups and schedules inside losses
         with autocast(device, precision):
             out = strategy.loss(batch)
