@@ -120,11 +120,12 @@ def channels_last_fault(module: torch.nn.Module, device: torch.device) -> str | 
     """The first trainable layer of ``module`` whose weight gradient this CPU's oneDNN kernels
     compute out of bounds in channels-last layout, or None where training channels-last is safe.
 
-    On CPUs without AVX512 (torch's AVX2 kernels), the weight gradient of a strided 1x1
-    convolution with few input channels per group, in channels-last layout, writes past its
-    buffer and corrupts the heap (torch 2.13 here: 2 to 6 input channels abort within a few
-    hundred steps; the gradient itself is right). A ResNet's projection shortcut on a narrow
-    stage is such a layer. Fewer than 8 (one AVX2 register of fp32) is the guarded range."""
+    On CPUs without AVX512 (oneDNN's ``jit_1x1:avx2``), the weight gradient of a strided 1x1
+    convolution with fewer input channels per group than its block of 8, in channels-last
+    layout, writes past its workspace (oneDNN issue 6035, open). Measured with torch 2.13 on one
+    thread: 2 to 6 input channels abort the process within a few hundred steps; the report there
+    also shows wrong weight gradients without a crash, and hangs, with several threads. A
+    ResNet's projection shortcut on a narrow stage is such a layer."""
     import os
 
     if device.type != "cpu":
