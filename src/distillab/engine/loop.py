@@ -92,7 +92,7 @@ def fit(
     strategy.to(device)
     layout = torch.channels_last if training.channels_last else None
     fault = channels_last_fault(strategy, device) if training.channels_last else None
-    if fault:  # a layout, not a result: the weights and the outputs are the same in either
+    if fault:  # a layout, not a result: the weights differ by rounding only
         log.warning("%s: training in contiguous layout, not channels-last: this CPU's oneDNN kernels corrupt memory "
                     "computing the weight gradient of %s in channels-last", description, fault)
         layout = torch.contiguous_format
