@@ -136,9 +136,9 @@ def channels_last_fault(module: torch.nn.Module, device: torch.device) -> str | 
     if avx512:
         return None
     for name, layer in module.named_modules():
-        weight = getattr(layer, "weight", None)
+        # trainable parameters, not ``layer.weight``: reading a parametrized weight (spectral norm) computes it
         kernel, stride = getattr(layer, "kernel_size", None), getattr(layer, "stride", None)
-        if weight is None or not weight.requires_grad or kernel is None or stride is None:
+        if kernel is None or stride is None or not any(p.requires_grad for p in layer.parameters()):
             continue
         kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
         stride = tuple(stride) if isinstance(stride, (tuple, list)) else (stride,)

@@ -129,3 +129,18 @@ def test_training_on_avx2_kernels_keeps_a_narrow_resnet_out_of_channels_last(mon
             tensorboard=False)
     assert "training in contiguous layout, not channels-last" in caplog.text and "layer2.0.shortcut.0" in caplog.text
     assert seen and all(inputs and weight for inputs, weight in seen)
+
+
+def test_the_fault_check_reads_no_parametrized_weight(monkeypatch):
+    """Reading a spectral-normed weight runs a power iteration; the check must leave it alone."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    from distillab.runtime import channels_last_fault
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    strategy = narrow_resnet()
+    block = strategy.student.layer2[0].shortcut
+    block[0] = spectral_norm(block[0])
+    before = {k: v.clone() for k, v in strategy.student.state_dict().items()}
+    assert channels_last_fault(strategy, torch.device("cpu")) == \
+        "student.layer2.0.shortcut.0 (1x1, stride 2, 4 input channels)"
+    assert all(torch.equal(v, before[k]) for k, v in strategy.student.state_dict().items())
