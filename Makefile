@@ -52,8 +52,13 @@ corpora:
 run: setup
 	$(VENV)/bin/distillab run configs/fashion_mnist_kd.yaml --out runs/fashion_mnist_kd --overwrite
 
+# one test worker per core, at most 4 (pytest-xdist; every test uses one torch thread, and the
+# servers and workers a test starts get one each); a file's tests stay on one worker, so a file's
+# fixtures are built once. TEST_WORKERS=1 runs the suite in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: setup
-	@$(PY) -m pytest; rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing"; exit 1; fi; \
 	exit $$rc
 

@@ -16,6 +16,8 @@ from distillab.models.loading import save_model
 from distillab.models.zoo import build_model
 
 torch.set_num_threads(1)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: the servers and workers
+    os.environ["OMP_NUM_THREADS"] = "1"  # a test starts get one thread each too, not a core apiece
 
 # DISTILLAB_TEST_STRICT=1 (set by .ci/run): a skipped test fails the run, so that a machine that
 # cannot run the PostgreSQL, browser, root or corpus tests never passes CI without them
