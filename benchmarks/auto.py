@@ -75,7 +75,9 @@ def run_default(spec: dict, out: Path) -> dict:
 
 def run_search(row: str, spec: dict, out: Path, latency_ms: float, budget_s: float, seeds: list[int]) -> dict:
     from distillab.autodistill.search import search
+    from distillab.engine.callbacks import show_progress
 
+    show_progress()  # the trials' lines, also when no default row ran before
     summary_path = out / "auto.json"
     if summary_path.is_file() and (out / "run" / "report.json").is_file():  # finished: read back, not rerun
         summary = json.loads(summary_path.read_text())

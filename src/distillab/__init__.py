@@ -37,11 +37,15 @@ def run(spec, out_dir=None, **options):
 def auto(spec, out_dir, overrides=(), **options) -> dict:
     """Search the student for a spec's ``auto`` section (constraints, budget, space): a path to a
     YAML/JSON spec. Returns the summary also written to ``out_dir/auto.json``; the chosen student's
-    run is ``out_dir/run``. Options: final_seeds, final (see distillab.autodistill.search.search)."""
+    run is ``out_dir/run``. Options: final_seeds, final (see distillab.autodistill.search.search).
+    Its progress (trials, the final run's epochs) is logged as ``run``'s is: visible on stderr
+    unless the program configured logging of its own."""
     from pathlib import Path
 
     from distillab.autodistill.search import search
+    from distillab.engine.callbacks import show_progress
 
+    show_progress()
     return search(Path(spec), Path(out_dir), overrides, **options)
 
 

@@ -68,7 +68,8 @@ def test_the_choice_never_reads_the_test_split(tmp_path, blobs, tiny_teacher):
     second = search(auto_spec(tmp_path / "b", poisoned, tiny_teacher), tmp_path / "poisoned", final=False)
     assert first["chosen"]["params"] == second["chosen"]["params"]
     # the same validation scores trial by trial (latency is measured afresh, so only the scores are compared)
-    assert [t.values[0] for t in trials_of(tmp_path / "clean")] == [t.values[0] for t in trials_of(tmp_path / "poisoned")]
+    clean, poisoned = trials_of(tmp_path / "clean"), trials_of(tmp_path / "poisoned")
+    assert [t.values[0] for t in clean] == [t.values[0] for t in poisoned]
 
 
 def test_the_chosen_student_is_retrained_against_its_scratch_twin(tmp_path, blobs, tiny_teacher):
@@ -309,3 +310,17 @@ def test_dynamic_students_are_refused_where_they_cannot_be_trained(tmp_path, blo
     path.write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["auto", str(path), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "auto.space.dynamic: dynamic students are counted and timed" in result.output
+
+
+def test_the_python_entry_point_shows_its_progress_where_nothing_configured_logging(tmp_path, blobs, tiny_teacher):
+    import subprocess
+    import sys
+
+    spec = auto_spec(tmp_path, blobs, tiny_teacher, budget={"wall_s": 0.001})
+    code = ("import sys, distillab, torch\nfrom distillab.errors import SpecError\ntorch.set_num_threads(1)\n"
+            f"try:\n    distillab.auto({str(spec)!r}, {str(tmp_path / 's')!r})\n"
+            "except SpecError as error:\n    print(error, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert " distillab: auto: " in done.stderr and "candidates can meet the constraints" in done.stderr
+    assert "auto.budget.wall_s: 0 s is less than one trial" in done.stderr  # and then refused, as before
