@@ -146,21 +146,29 @@ def probes_of(candidates: list[Candidate], count: int = 8) -> list[Candidate]:
 def build_latency_model(candidates: list[Candidate], in_shape, num_classes: int, runtime: str, batch_size: int,
                         probes: int = 8, repeats: int = 30) -> LatencyModel:
     """Measure the probes on ``runtime`` and fit the model (``fit_probes``); with dynamic students
-    in the space, a few of them are probes too, and the model has a term for being dynamic."""
+    in the space, a few of them are probes too, and the model has a term for being dynamic.
+    Every family gets probes of its own (its smallest and largest): a family whose cost per layer
+    differs from the rest (a cut of a ResNet teacher: many layers, few MACs) is otherwise predicted
+    from the others' and can be judged several times too fast."""
     dynamic = [c for c in candidates if c.dynamic]
     static = [c for c in candidates if not c.dynamic]
-    chosen = probes_of(static, probes) + probes_of(dynamic, max(3, probes // 2) if static else probes)
+    chosen = probes_of(static, probes)
+    for family in sorted({c.model for c in static} - {c.model for c in chosen}):
+        chosen += probes_of([c for c in static if c.model == family], 2)
+    chosen += probes_of(dynamic, max(3, probes // 2) if static else probes)
     return fit_probes(chosen, lambda c: measure(c, in_shape, num_classes, runtime, batch_size, repeats),
                       runtime, batch_size, "forward_dynamic" if dynamic else "forward")
 
 
 def fit_probes(chosen: list[Candidate], measure_ms, runtime: str, batch_size: int, kind: str) -> LatencyModel:
     """Measure each probe (``measure_ms(candidate)``, in ms) and fit; each probe's leave-one-out
-    prediction (fitted without it) gives the model's error on networks it has not seen. A decode
-    model is fitted with non-negative coefficients."""
+    prediction (fitted without it) gives the model's error on networks it has not seen. The
+    coefficients are non-negative: no layer or MAC makes a network faster (a least-squares fit of
+    noisy, correlated timings can say so, and then predicts a deep, narrow network at next to
+    nothing)."""
     rows = [(candidate, features(candidate, kind), measure_ms(candidate)) for candidate in chosen]
     points = [(row, ms) for _, row, ms in rows]
-    positive = kind == "decode"
+    positive = True
     coefficients = fit(points, positive)
     records = []
     for i, (candidate, row, ms) in enumerate(rows):
