@@ -14,7 +14,8 @@ run, and at most 100k parameters. Every search gets the same wall-clock budget. 
 Each search's chosen student is retrained with the full schedule over the same seeds against its
 scratch twin. The targets (written to ``auto.json`` under ``targets``): auto's distilled student at
 least 0.8 points above the default's distilled `cnn_small` (paired over the seeds, p < 0.05),
-within the latency constraint.
+within the latency constraint, and ahead of random search at the same budget (``ahead_of_random``;
+``vs_baselines`` holds auto's paired comparison with each baseline row run).
 
     .venv/bin/python benchmarks/auto.py --budget-s 3600 --seeds 5   # -> benchmarks/results/auto.{json,md}
 
@@ -202,6 +203,17 @@ def main() -> None:
             "latency": {"target": latency_ms, "measured": rows["auto"]["latency_ms_measured"],
                         "met": rows["auto"]["latency_ms_measured"] <= latency_ms},
         }
+        # the same budget spent another way: random search, and the search without multi-fidelity
+        result["vs_baselines"] = {}
+        for row in ("random", "single_fidelity"):
+            if row in reports:
+                other = per_seed(reports[row], "distilled")
+                shared = sorted(set(other) & set(chosen))
+                result["vs_baselines"][row] = paired_comparison(
+                    "auto", [chosen[s] for s in shared], row, [other[s] for s in shared])
+        if "random" in result["vs_baselines"]:
+            ahead = result["vs_baselines"]["random"]["mean_diff"]
+            result["targets"]["ahead_of_random"] = {"target": 0.0, "measured": ahead, "met": ahead > 0}
     atomic_write_json(out.with_suffix(".json"), result)
     lines = ["| row | student | distilled (%) | scratch (%) | latency ms (ONNX, b=1) | trials | epochs trained | CPU |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -211,6 +223,9 @@ def main() -> None:
         lines.append(f"| {row} | {student} | {100 * facts['distilled_mean']:.2f} | {100 * facts['scratch_mean']:.2f} | "
                      f"{facts['latency_ms_measured']:.3f} | {facts.get('trials', '-')} | "
                      f"{facts.get('epochs_trained', '-')} | {facts.get('cpu') or '-'} |")
+    for row, comparison in result.get("vs_baselines", {}).items():
+        lines += ["", f"auto against {row} (distilled, paired over seeds): {100 * comparison['mean_diff']:+.2f} "
+                      f"points, p = {'-' if comparison['p_value'] is None else format(comparison['p_value'], '.3g')}"]
     lines += target_lines(result.get("targets", {}))
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
