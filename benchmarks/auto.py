@@ -76,9 +76,7 @@ def run_default(spec: dict, out: Path) -> dict:
 
 def run_search(row: str, spec: dict, out: Path, latency_ms: float, budget_s: float, seeds: list[int]) -> dict:
     from distillab.autodistill.search import search
-    from distillab.engine.callbacks import show_progress
 
-    show_progress()  # the trials' lines, also when no default row ran before
     summary_path = out / "auto.json"
     if summary_path.is_file() and (out / "run" / "report.json").is_file():  # finished: read back, not rerun
         summary = json.loads(summary_path.read_text())
@@ -155,9 +153,11 @@ def main() -> None:
                         help="run or resume a row on another kind of CPU than the rows already run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from distillab.engine.callbacks import show_progress
     from distillab.experiment.stats import paired_comparison
     from distillab.files import atomic_write_json, atomic_write_text
 
+    show_progress()  # the search rows' trials too, not only the default row's epochs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     check_cpu(out, args.rows, args.any_cpu)

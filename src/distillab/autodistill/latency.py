@@ -168,11 +168,10 @@ def fit_probes(chosen: list[Candidate], measure_ms, runtime: str, batch_size: in
     nothing)."""
     rows = [(candidate, features(candidate, kind), measure_ms(candidate)) for candidate in chosen]
     points = [(row, ms) for _, row, ms in rows]
-    positive = True
-    coefficients = fit(points, positive)
+    coefficients = fit(points, nonnegative=True)
     records = []
     for i, (candidate, row, ms) in enumerate(rows):
-        others = fit(points[:i] + points[i + 1:], positive) if len(points) > 1 else coefficients
+        others = fit(points[:i] + points[i + 1:], nonnegative=True) if len(points) > 1 else coefficients
         records.append({"candidate": candidate.name, "macs": candidate.macs, "layers": candidate.layers,
                         "features": row, "measured_ms": ms,
                         "predicted_ms": float(max(1e-3, np.dot(coefficients, row))),
