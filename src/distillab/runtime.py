@@ -122,10 +122,10 @@ def channels_last_fault(module: torch.nn.Module, device: torch.device) -> str | 
 
     On CPUs without AVX512 (oneDNN's ``jit_1x1:avx2``), the weight gradient of a strided 1x1
     convolution with fewer input channels per group than its block of 8, in channels-last
-    layout, writes past its workspace (reported upstream as oneDNN#6035, open). Measured with torch 2.13 on one
-    thread: 2 to 6 input channels abort the process within a few hundred steps; the report there
-    also shows wrong weight gradients without a crash, and hangs, with several threads. A
-    ResNet's projection shortcut on a narrow stage is such a layer."""
+    layout, writes past its workspace (reported upstream as oneDNN#6035, open). Measured with
+    torch 2.13 on one thread: 2 to 6 input channels abort the process within a few hundred steps;
+    the report there also shows wrong weight gradients without a crash, and hangs, with several
+    threads. A ResNet's projection shortcut on a narrow stage is such a layer."""
     import os
 
     if device.type != "cpu":

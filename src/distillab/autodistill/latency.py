@@ -119,19 +119,16 @@ def this_machine() -> dict:
     return {"cpu": cpu_name(), "bf16_path": bf16_path() or "none", "threads": torch.get_num_threads()}
 
 
-def fit(points: list[tuple[list[float], float]], nonnegative: bool = False) -> list[float]:
-    """Least-squares coefficients of latency on the features; ``points`` are (features, ms). A
-    feature no probe has (no transformers probe) gets coefficient 0 (the minimum-norm solution).
-    ``nonnegative``: every coefficient at least 0 (no cost per MAC or per block below zero, which
-    noisy timings of correlated features can otherwise give)."""
+def fit(points: list[tuple[list[float], float]]) -> list[float]:
+    """Non-negative least-squares coefficients of latency on the features; ``points`` are
+    (features, ms). No cost per MAC, layer or block is below zero (a plain least-squares fit of
+    noisy, correlated timings can say so, and then predicts a deep, narrow network at next to
+    nothing). A feature no probe has (no transformers probe) gets coefficient 0."""
+    from scipy.optimize import nnls
+
     x = np.array([row for row, _ in points])
     y = np.array([ms for _, ms in points])
-    if nonnegative:
-        from scipy.optimize import nnls
-
-        return [float(c) for c in nnls(x, y)[0]]
-    coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return [float(c) for c in coefficients]
+    return [float(c) for c in nnls(x, y)[0]]
 
 
 def probes_of(candidates: list[Candidate], count: int = 8) -> list[Candidate]:
@@ -162,16 +159,13 @@ def build_latency_model(candidates: list[Candidate], in_shape, num_classes: int,
 
 def fit_probes(chosen: list[Candidate], measure_ms, runtime: str, batch_size: int, kind: str) -> LatencyModel:
     """Measure each probe (``measure_ms(candidate)``, in ms) and fit; each probe's leave-one-out
-    prediction (fitted without it) gives the model's error on networks it has not seen. The
-    coefficients are non-negative: no layer or MAC makes a network faster (a least-squares fit of
-    noisy, correlated timings can say so, and then predicts a deep, narrow network at next to
-    nothing)."""
+    prediction (fitted without it) gives the model's error on networks it has not seen."""
     rows = [(candidate, features(candidate, kind), measure_ms(candidate)) for candidate in chosen]
     points = [(row, ms) for _, row, ms in rows]
-    coefficients = fit(points, nonnegative=True)
+    coefficients = fit(points)
     records = []
     for i, (candidate, row, ms) in enumerate(rows):
-        others = fit(points[:i] + points[i + 1:], nonnegative=True) if len(points) > 1 else coefficients
+        others = fit(points[:i] + points[i + 1:]) if len(points) > 1 else coefficients
         records.append({"candidate": candidate.name, "macs": candidate.macs, "layers": candidate.layers,
                         "features": row, "measured_ms": ms,
                         "predicted_ms": float(max(1e-3, np.dot(coefficients, row))),
